@@ -1,0 +1,3 @@
+from dreamcore.cli import main
+
+raise SystemExit(main())

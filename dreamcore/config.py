@@ -1,0 +1,447 @@
+"""TrainConfig: the single source of truth for a training run.
+
+The CLI (``python -m dreamcore train``), the WebUI tab and the Python API all build a ``TrainConfig``.
+It validates itself before any model loads and reports every problem at once; the training loop reads
+it and never changes it; the resolved copy is saved as ``train_config.json`` beside every output.
+
+Field names are the flags of the guide's ``train_dreambooth.py`` command, so that command runs verbatim.
+Each field's ``metadata`` carries its help text, its group in the UI and, where it has them, choices and
+flag aliases; the CLI and the tab are generated from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from dreamcore.fileio import atomic_write_text
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif", ".heic", ".heif")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v")
+CONFIG_FILE_NAME = "train_config.json"
+
+# A hub repo id ("owner/name"); such ids are resolved from a local Hugging Face cache only.
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """Every problem found in a TrainConfig, one line each, written for the person who set it."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("The training settings have problems:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+def _field(default: Any, help: str, group: str, **extra: Any) -> Any:
+    metadata = {"help": help, "group": group, **extra}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One subject to learn: photos of it, the prompt that names it, and its class for prior preservation."""
+
+    instance_prompt: str
+    instance_data_dir: str
+    class_prompt: str = ""
+    class_data_dir: str = ""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- Model -------------------------------------------------------------------------------------
+    pretrained_model_name_or_path: str = _field(
+        "", "Base model: a diffusers folder, a single .safetensors/.ckpt file (SD1.x/SD2.x), or a hub id "
+        "already in the local Hugging Face cache.", "Model", required=True)
+    pretrained_vae_name_or_path: str = _field(
+        "", "Replacement VAE: a diffusers VAE folder, a single-file VAE, or a cached hub id "
+        "(e.g. stabilityai/sd-vae-ft-mse).", "Model")
+    revision: str = _field(
+        "", "Branch of a hub repo in the local cache (the guide's 'fp16'); ignored for local folders and files.",
+        "Model")
+    tokenizer_name: str = _field("", "Tokenizer folder to use instead of the model's own.", "Model")
+    model_family: str = _field(
+        "auto", "Model type; 'auto' detects it from the weights as the WebUI does.", "Model",
+        choices=MODEL_FAMILIES)
+
+    # --- Photos and prompts ------------------------------------------------------------------------
+    instance_data_dir: str = _field("", "Folder of photos of the subject.", "Concept")
+    instance_prompt: str = _field("", "Prompt naming the subject with its rare token, e.g. 'photo of sks person'.",
+                                  "Concept")
+    class_data_dir: str = _field(
+        "", "Folder of class images for prior preservation (made by the base model when short); "
+        "default: <output_dir>/class_images/<class prompt>.", "Concept")
+    class_prompt: str = _field("", "Prompt of the subject's class, e.g. 'photo of a person'.", "Concept")
+    concepts_list: str = _field(
+        "", "JSON file: a list of {instance_prompt, class_prompt, instance_data_dir, class_data_dir}; "
+        "several concepts train together. Replaces the four fields above.", "Concept")
+    resolution: int = _field(512, "Training resolution in pixels (a multiple of 8).", "Concept")
+    center_crop: bool = _field(False, "Centre-crop photos to a square; otherwise a random crop.", "Concept")
+    hflip: bool = _field(False, "Randomly mirror photos (augmentation; turns off latent caching).", "Concept")
+
+    # --- Prior preservation ------------------------------------------------------------------------
+    with_prior_preservation: bool = _field(
+        False, "Train on class images too so the class ('a person') does not turn into the subject.", "Prior")
+    prior_loss_weight: float = _field(1.0, "Weight of the class-image loss.", "Prior")
+    num_class_images: int = _field(100, "Class images wanted per concept; missing ones are generated.", "Prior")
+    sample_batch_size: int = _field(4, "Batch size when generating class images.", "Prior")
+    class_negative_prompt: str = _field("", "Negative prompt when generating class images.", "Prior")
+    class_guidance_scale: float = _field(7.5, "Guidance scale when generating class images.", "Prior")
+    class_infer_steps: int = _field(30, "Sampling steps per generated class image.", "Prior")
+
+    # --- Training ----------------------------------------------------------------------------------
+    output_dir: str = _field("dreamcore-output", "Where checkpoints, samples and the final model go.", "Training")
+    seed: int = _field(1337, "Random seed: the same seed and settings give the same weights.", "Training")
+    max_train_steps: int | None = _field(
+        None, "Optimizer steps; empty = 100 per photo (the guide's rule).", "Training")
+    num_train_epochs: int | None = _field(
+        None, "Passes over the photos; used only when max_train_steps is empty.", "Training")
+    train_batch_size: int = _field(1, "Photos per step (class images are added on top).", "Training")
+    gradient_accumulation_steps: int = _field(1, "Batches accumulated per optimizer step.", "Training")
+    gradient_checkpointing: bool = _field(False, "Recompute activations in backward: less memory, slower.",
+                                          "Training")
+    train_text_encoder: bool = _field(False, "Train the text encoder as well as the UNet.", "Training")
+    mixed_precision: str = _field("no", "Compute precision: fp16 (VAE kept fp32), bf16 or no.", "Training",
+                                  choices=MIXED_PRECISION)
+    learning_rate: float = _field(5e-6, "Learning rate (the guide uses 1e-6).", "Training")
+    scale_lr: bool = _field(False, "Multiply the learning rate by batch size x accumulation x processes.",
+                            "Training")
+    lr_scheduler: str = _field("constant", "Learning-rate schedule.", "Training", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = _field(500, "Warm-up steps (ignored by 'constant').", "Training")
+    lr_num_cycles: int = _field(1, "Cycles of the cosine schedule.", "Training")
+    lr_power: float = _field(1.0, "Power of the polynomial schedule.", "Training")
+    cache_latents: bool = _field(
+        True, "Encode photos once and keep the latents (only when no random augmentation is on).", "Training")
+    allow_tf32: bool = _field(False, "Allow TF32 matrix maths on Ampere and newer GPUs.", "Training")
+    dataloader_num_workers: int = _field(0, "Worker processes that load photos (0 = in the main process).",
+                                         "Training")
+
+    # --- Optimizer ---------------------------------------------------------------------------------
+    use_8bit_adam: bool = _field(False, "8-bit AdamW from bitsandbytes (falls back to AdamW where it cannot run).",
+                                 "Optimizer")
+    adam_beta1: float = _field(0.9, "AdamW beta1.", "Optimizer")
+    adam_beta2: float = _field(0.999, "AdamW beta2.", "Optimizer")
+    adam_weight_decay: float = _field(1e-2, "AdamW weight decay.", "Optimizer")
+    adam_epsilon: float = _field(1e-8, "AdamW epsilon.", "Optimizer")
+    max_grad_norm: float = _field(1.0, "Gradient clipping norm (0 = off).", "Optimizer")
+
+    # --- Saving and samples ------------------------------------------------------------------------
+    save_interval: int = _field(
+        0, "Every N steps save a checkpoint (single file) and samples; 0 = only at the end.", "Saving",
+        aliases=("--validation_steps",))
+    checkpointing_steps: int = _field(
+        500, "Every N steps save the resumable training state (optimizer, scheduler, RNG, step).", "Saving")
+    checkpoints_total_limit: int | None = _field(None, "Keep at most this many step checkpoints.", "Saving")
+    resume_from_checkpoint: str = _field(
+        "", "Continue from a saved state: 'latest' or a state folder.", "Saving")
+    save_sample_prompt: str = _field(
+        "", "Prompt of the samples made at each save (default: the instance prompt).", "Saving",
+        aliases=("--validation_prompt",))
+    save_sample_negative_prompt: str = _field("", "Negative prompt of the samples.", "Saving")
+    n_save_sample: int = _field(4, "Samples per save.", "Saving", aliases=("--num_validation_images",))
+    save_guidance_scale: float = _field(7.5, "Guidance scale of the samples.", "Saving")
+    save_infer_steps: int = _field(50, "Sampling steps of the samples.", "Saving")
+    save_half: bool = _field(True, "Write the single-file model in fp16 (half the size; the WebUI's default).",
+                             "Saving")
+    model_name: str = _field("", "File name of the exported model (default: the output folder's name).", "Saving")
+
+    # ------------------------------------------------------------------------------------------------
+    def concepts(self) -> list[Concept]:
+        """The concepts to train, from ``concepts_list`` or the single-concept fields. Raises ConfigError."""
+        problems: list[str] = []
+        concepts = self._concepts(problems)
+        if problems:
+            raise ConfigError(problems)
+        return concepts
+
+    def _concepts(self, problems: list[str]) -> list[Concept]:
+        if self.concepts_list:
+            return _read_concepts_file(Path(self.concepts_list), problems)
+        if not self.instance_data_dir and not self.instance_prompt:
+            problems.append("instance_data_dir and instance_prompt: give a photo folder and a prompt such as "
+                            "'photo of sks person' (or a concepts_list file).")
+            return []
+        return [Concept(self.instance_prompt, self.instance_data_dir, self.class_prompt, self.class_data_dir)]
+
+    def problems(self) -> list[str]:
+        """Everything wrong with these settings, without loading a model. Empty means valid."""
+        problems: list[str] = []
+        if not self.pretrained_model_name_or_path:
+            problems.append("pretrained_model_name_or_path: give the base model (a diffusers folder or a "
+                            ".safetensors/.ckpt file).")
+        elif not Path(self.pretrained_model_name_or_path).exists() and not HUB_REPO_ID.match(
+                self.pretrained_model_name_or_path):
+            problems.append(f"pretrained_model_name_or_path: {self.pretrained_model_name_or_path!r} does not exist.")
+        if self.pretrained_vae_name_or_path and not Path(self.pretrained_vae_name_or_path).exists() and not \
+                HUB_REPO_ID.match(self.pretrained_vae_name_or_path):
+            problems.append(f"pretrained_vae_name_or_path: {self.pretrained_vae_name_or_path!r} does not exist.")
+        if self.concepts_list and (self.instance_data_dir or self.instance_prompt):
+            problems.append("concepts_list and instance_data_dir/instance_prompt both given: use one or the other.")
+        for index, concept in enumerate(self._concepts(problems)):
+            where = f"concept {index + 1}" if self.concepts_list else "instance"
+            problems.extend(_concept_problems(concept, where, self.with_prior_preservation))
+
+        for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "sample_batch_size",
+                     "n_save_sample", "save_infer_steps", "class_infer_steps", "lr_num_cycles"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: must be at least 1 (got {getattr(self, name)}).")
+        if self.resolution > 0 and self.resolution % 8:
+            problems.append(f"resolution: {self.resolution} is not a multiple of 8 (the VAE works in 8-pixel "
+                            f"cells); use {self.resolution // 8 * 8 or 8}.")
+        for name in ("max_train_steps", "num_train_epochs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"{name}: must be at least 1 (got {value}); leave it empty for the default.")
+        for name in ("num_class_images", "lr_warmup_steps", "save_interval", "checkpointing_steps",
+                     "dataloader_num_workers"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must not be negative (got {getattr(self, name)}).")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit <= 0:
+            problems.append("checkpoints_total_limit: must be at least 1, or empty for no limit.")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate: must be positive (got {self.learning_rate}).")
+        for name in ("prior_loss_weight", "adam_weight_decay", "max_grad_norm", "adam_epsilon"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must not be negative (got {getattr(self, name)}).")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name}: must be in [0, 1) (got {getattr(self, name)}).")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                problems.append(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}.")
+        problems.extend(_output_dir_problems(Path(self.output_dir)))
+        if self.resume_from_checkpoint and self.resume_from_checkpoint != "latest" and not Path(
+                self.resume_from_checkpoint).is_dir():
+            problems.append(f"resume_from_checkpoint: {self.resume_from_checkpoint!r} is not a saved state folder; "
+                            "use 'latest' or a folder under <output_dir>/state.")
+        if self.model_name and not re.fullmatch(r"[\w.+-][\w .+-]*", self.model_name):
+            problems.append(f"model_name: {self.model_name!r} may use letters, digits, spaces and . _ + - only.")
+        return problems
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError listing every problem; return self when there are none."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    # --- (de)serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "settings") -> "TrainConfig":
+        """Build from a dict (a JSON config, the REST API, the tab). Unknown or mistyped keys are errors."""
+        if not isinstance(values, dict):
+            raise ConfigError([f"{source}: expected a JSON object of settings, got {type(values).__name__}."])
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        problems = [f"{source}: unknown setting {key!r}" + _did_you_mean(key, known) for key in values
+                    if key not in known]
+        converted: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in known:
+                try:
+                    converted[key] = coerce_field_value(known[key], value)
+                except (TypeError, ValueError) as error:
+                    problems.append(f"{source}: {key}: {error}")
+        if problems:
+            raise ConfigError(problems)
+        return cls(**converted)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError([f"{path}: cannot read the config file ({error.strerror})."]) from error
+        except json.JSONDecodeError as error:
+            raise ConfigError([f"{path}: not valid JSON (line {error.lineno}: {error.msg})."]) from error
+        return cls.from_dict(values, source=str(path))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """TrainConfig's fields in declaration order (what the CLI and the tab are built from)."""
+    return list(dataclasses.fields(TrainConfig))
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The plain Python type of a field: bool, int, float or str (Optional is unwrapped)."""
+    annotation = str(f.type).replace(" ", "")
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if annotation == name or annotation.startswith(name + "|"):
+            return kind
+    raise TypeError(f"TrainConfig.{f.name} has an unsupported type {f.type!r}")
+
+
+def field_is_optional(f: dataclasses.Field) -> bool:
+    return "None" in str(f.type)
+
+
+def coerce_field_value(f: dataclasses.Field, value: Any) -> Any:
+    """Check and convert a raw value (from JSON or a UI) to a field's type; raise ValueError if it is wrong."""
+    kind = field_type(f)
+    if value is None or (value == "" and kind is not str):
+        if field_is_optional(f):
+            return None
+        if kind is str:
+            return ""
+        raise ValueError(f"a value is required ({kind.__name__})")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {value!r}")
+    return value
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per TrainConfig field (plus --config FILE.json) to a parser."""
+    parser.add_argument("--config", metavar="FILE.json", default=None,
+                        help="Read settings from a JSON file; flags given on the command line override it.")
+    for f in config_fields():
+        names = ["--" + f.name, *f.metadata.get("aliases", ())]
+        kind = field_type(f)
+        help_text = f.metadata["help"]
+        if kind is bool:
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(*names, dest=f.name, type=_optional(kind) if field_is_optional(f) else kind,
+                                choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
+                                help=f"{help_text} (default: {f.default})")
+
+
+def config_from_arguments(namespace: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed flags: defaults, then the --config file, then the flags given."""
+    values: dict[str, Any] = {}
+    if getattr(namespace, "config", None):
+        values.update(TrainConfig.load(namespace.config).to_dict())
+    for f in config_fields():
+        if hasattr(namespace, f.name):
+            values[f.name] = getattr(namespace, f.name)
+    return TrainConfig.from_dict(values, source="command line")
+
+
+def _optional(kind: type):
+    def parse(text: str):
+        return None if text.strip().lower() in ("", "none") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# --- validation helpers ------------------------------------------------------------------------------
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Files in a folder (not recursive) whose suffix marks them as images, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_concepts_file(path: Path, problems: list[str]) -> list[Concept]:
+    expected = ("concepts_list: expected a JSON list of objects with instance_prompt, instance_data_dir, "
+                "class_prompt and class_data_dir")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        problems.append(f"concepts_list: cannot read {path} ({error.strerror}).")
+        return []
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        problems.append(f"concepts_list: {path} is not valid JSON ({error}). {expected}.")
+        return []
+    if not isinstance(entries, list) or not entries:
+        problems.append(f"{expected}; {path} holds {type(entries).__name__ if entries else 'nothing'}.")
+        return []
+    concepts = []
+    allowed = {f.name for f in dataclasses.fields(Concept)}
+    for index, entry in enumerate(entries):
+        where = f"concepts_list {path} entry {index + 1}"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected an object, got {type(entry).__name__}.")
+            continue
+        unknown = sorted(set(entry) - allowed)
+        if unknown:
+            problems.append(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}.")
+        missing = [k for k in ("instance_prompt", "instance_data_dir") if not entry.get(k)]
+        if missing:
+            problems.append(f"{where}: missing {', '.join(missing)}.")
+        bad_types = [k for k in allowed if k in entry and not isinstance(entry[k], str)]
+        if bad_types:
+            problems.append(f"{where}: {', '.join(sorted(bad_types))} must be text.")
+        if unknown or missing or bad_types:
+            continue
+        concepts.append(Concept(**{k: entry.get(k, "") for k in allowed}))
+    return concepts
+
+
+def _concept_problems(concept: Concept, where: str, prior_preservation: bool) -> list[str]:
+    problems = []
+    if not concept.instance_prompt.strip():
+        problems.append(f"{where}: instance_prompt is empty; name the subject, e.g. 'photo of sks person'.")
+    folder = Path(concept.instance_data_dir)
+    if not concept.instance_data_dir:
+        problems.append(f"{where}: instance_data_dir is empty; give the folder of photos.")
+    elif not folder.is_dir():
+        problems.append(f"{where}: photo folder {folder} does not exist.")
+    else:
+        try:
+            images = list_image_files(folder)
+        except OSError as error:
+            problems.append(f"{where}: cannot list photo folder {folder} ({error.strerror}).")
+        else:
+            if not images:
+                problems.append(f"{where}: photo folder {folder} holds no images "
+                                f"({', '.join(IMAGE_SUFFIXES[:4])}, ...); put 13-20 photos of the subject there.")
+    if prior_preservation and not concept.class_prompt.strip():
+        problems.append(f"{where}: with_prior_preservation needs a class_prompt, e.g. 'photo of a person'.")
+    if concept.class_data_dir and Path(concept.class_data_dir).exists() and not Path(concept.class_data_dir).is_dir():
+        problems.append(f"{where}: class_data_dir {concept.class_data_dir} is a file, not a folder.")
+    return problems
+
+
+def _output_dir_problems(output_dir: Path) -> list[str]:
+    if output_dir.exists() and not output_dir.is_dir():
+        return [f"output_dir: {output_dir} is a file; choose a folder."]
+    existing = output_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"output_dir: {output_dir} is not writable ({existing} cannot be written to); choose another folder."]
+    return []
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
