@@ -1,0 +1,1 @@
+"""The core commands of ``python -m dreamcore``; other areas keep theirs beside their code."""
