@@ -1,0 +1,91 @@
+"""``python -m dreamcore train``: the guide's train_dreambooth.py command, flag for flag."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+HELP = "Train DreamBooth (accepts the guide's train_dreambooth.py flags; --config FILE.json too)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dreamcore.config import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+class ConsoleReporter:
+    """Prints stages and warnings, and draws a progress bar with step, loss, it/s and ETA."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.kind == "progress":
+            if self.bar is None:
+                self.bar = tqdm(total=event.total_steps, initial=event.step - 1, unit="step", dynamic_ncols=True)
+            self.bar.update(event.step - self.bar.n)
+            postfix = {"loss": f"{event.loss:.4f}", "lr": f"{event.learning_rate:.2e}"}
+            if event.prior_loss is not None:
+                postfix["prior"] = f"{event.prior_loss:.4f}"
+            self.bar.set_postfix(postfix)
+        elif event.kind == "log":
+            self._write(("WARNING: " if event.level == "warning" else "") + event.message)
+        elif event.kind == "stage":
+            self._write(f"== {event.name}" + (f": {event.detail}" if event.detail else ""))
+        elif event.kind == "class_images":
+            self._write(f"class images: {event.done}/{event.total}")
+        elif event.kind == "samples":
+            self._write(f"step {event.step}: samples in {event.paths[0].rsplit('/', 1)[0]}")
+        elif event.kind == "checkpoint":
+            self._write(f"step {event.step}: {event.what} saved to {event.path}")
+        elif event.kind == "finished":
+            self.close()
+            print(f"\nTraining {event.status} at step {event.step}. Outputs:")
+            for name, path in event.outputs.items():
+                print(f"  {name:12s} {path}")
+
+    def _write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text) if self.bar is not None else print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run(args: argparse.Namespace) -> int:
+    from dreamcore.config import ConfigError, config_from_arguments
+    from dreamcore.events import StopRequest
+    from dreamcore.training import TrainingError, train
+
+    try:
+        config = config_from_arguments(args)
+        config.validate()
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    stop = StopRequest()
+    reporter = ConsoleReporter()
+
+    def request_stop(signum, frame):  # first Ctrl+C stops cleanly, a second one aborts
+        print("\nStopping after this step (saving a resumable state); press Ctrl+C again to abort.",
+              file=sys.stderr)
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        train(config, callbacks=[reporter], stop=stop)
+    except (ConfigError, TrainingError) as error:
+        reporter.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0

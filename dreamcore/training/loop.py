@@ -1,0 +1,417 @@
+"""DreamBooth training: one loop, with set-up, saving and sampling as named helpers around it.
+
+The step is the one of diffusers' train_dreambooth.py: encode the photo to latents, add noise at a random
+timestep, predict the noise (or v), and take the MSE; with prior preservation the batch also holds class
+images and their loss is added with ``prior_loss_weight``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from dreamcore.components import ModelComponents
+from dreamcore.config import CONFIG_FILE_NAME, TrainConfig
+from dreamcore.events import (CheckpointSaved, ClassImagesProgress, Emitter, Finished, Progress, SamplesSaved,
+                              Stage, StopSignal)
+from dreamcore.images import load_rgb_image
+from dreamcore.training.class_images import generate_missing_class_images
+from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, example_generator,
+                                     image_to_tensor, needs_random_augmentation)
+from dreamcore.training.optim import build_lr_scheduler, build_optimizer
+from dreamcore.training.sampling import save_samples
+from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, is_full_size, plan_run,
+                                      weight_dtype)
+from dreamcore.training.state import (STATE_DIR_NAME, TrainingProgress, load_training_state,
+                                      resolve_state_folder, save_training_state)
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" or "stopped"
+    step: int
+    outputs: dict[str, str]
+    losses: list[float] = field(default_factory=list)
+
+
+def compute_loss(model_pred: torch.Tensor, target: torch.Tensor, with_prior: bool,
+                 prior_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(total, instance, prior) MSE losses. With prior preservation the batch is [instances; classes]:
+    the first half is compared as the subject, the second half as the class."""
+    if not with_prior:
+        loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+        return loss, loss, None
+    pred_instance, pred_prior = model_pred.chunk(2)
+    target_instance, target_prior = target.chunk(2)
+    instance_loss = F.mse_loss(pred_instance.float(), target_instance.float(), reduction="mean")
+    prior_loss = F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")
+    return instance_loss + prior_loss_weight * prior_loss, instance_loss, prior_loss
+
+
+class Trainer:
+    """Holds the live state of one run; ``train()`` below drives it."""
+
+    def __init__(self, plan: RunPlan, models: ModelComponents, emit: Emitter, stop: StopSignal | None):
+        from accelerate import Accelerator
+
+        self.plan = plan
+        self.config = plan.config
+        self.emit = emit
+        self.stop = stop
+        config = self.config
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+        self.device = self.accelerator.device
+        check_precision_supported(config.mixed_precision, self.device)
+        if config.allow_tf32 and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.models = models
+        self.noise_scheduler = _training_noise_scheduler(models.scheduler)
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.frozen_dtype = weight_dtype(config.mixed_precision)
+        self.noise_generator = torch.Generator().manual_seed(config.seed)
+
+    # --- set-up ----------------------------------------------------------------------------------------
+    def prepare_models(self) -> None:
+        config, models = self.config, self.models
+        models.vae.requires_grad_(False).to(self.device, dtype=torch.float32).eval()  # fp32: no black images
+        models.unet.requires_grad_(True).train()
+        models.text_encoder.requires_grad_(config.train_text_encoder)
+        if config.train_text_encoder:
+            models.text_encoder.train()
+        else:
+            models.text_encoder.to(self.device, dtype=self.frozen_dtype).eval()
+        if config.gradient_checkpointing:
+            models.unet.enable_gradient_checkpointing()
+            if config.train_text_encoder:
+                models.text_encoder.gradient_checkpointing_enable()
+        self.trained = {"unet": models.unet}
+        if config.train_text_encoder:
+            self.trained["text_encoder"] = models.text_encoder
+        parameters = [p for module in self.trained.values() for p in module.parameters()]
+        learning_rate = config.learning_rate
+        if config.scale_lr:
+            learning_rate *= (config.train_batch_size * config.gradient_accumulation_steps
+                              * self.accelerator.num_processes)
+        self.optimizer = build_optimizer(dataclasses.replace(config, learning_rate=learning_rate), parameters,
+                                         self.device, lambda m: self.emit.log(m, "warning"))
+        self.lr_scheduler = build_lr_scheduler(config, self.optimizer, self.plan.total_steps)
+        prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
+        self.wrapped = dict(zip(self.trained, prepared[:-1]))
+        self.optimizer = prepared[-1]
+
+    def prepare_data(self, class_images: list[list[Path]]) -> None:
+        config = self.config
+        concepts = []
+        for concept_plan, classes in zip(self.plan.concepts, class_images):
+            concept = concept_plan.concept
+            concepts.append(ConceptExamples(
+                tuple(Example(p, concept.instance_prompt) for p in concept_plan.photos),
+                tuple(Example(p, concept.class_prompt) for p in classes)))
+        self.schedule = ExampleSchedule(concepts, config.train_batch_size, config.seed,
+                                        self.accelerator.num_processes, self.accelerator.process_index)
+        all_paths = [e.path for c in concepts for e in (*c.instances, *c.classes)]
+        random_augmentation = needs_random_augmentation(all_paths, config.resolution, config.center_crop,
+                                                        config.hflip)
+        self.latent_cache: dict[Path, torch.Tensor] | None = None
+        if config.cache_latents and random_augmentation:
+            self.emit.log("cache_latents: not caching, because photos are randomly augmented (hflip, or random "
+                          "crops of non-square photos); run `dreamcore prepare` for square photos to cache.")
+        elif config.cache_latents:
+            self.emit(Stage("cache", f"encoding {len(set(all_paths))} images once"))
+            self.latent_cache = {path: self._encode_to_distribution(self._load_tensor(path, 0, 0)[None])[0]
+                                 for path in dict.fromkeys(all_paths)}
+        self.prompt_cache: dict[str, torch.Tensor] | None = None
+        if not config.train_text_encoder:
+            prompts = {e.prompt for c in concepts for e in (*c.instances, *c.classes)}
+            with torch.no_grad():
+                self.prompt_cache = {p: self.models.text_encoder(self._tokenize([p]))[0][0] for p in prompts}
+
+    # --- one step ------------------------------------------------------------------------------------
+    def _tokenize(self, prompts: list[str]) -> torch.Tensor:
+        tokenizer = self.models.tokenizer
+        return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                         return_tensors="pt").input_ids.to(self.device)
+
+    def _load_tensor(self, path: Path, index: int, slot: int) -> torch.Tensor:
+        image = load_rgb_image(path)
+        return image_to_tensor(image, self.config.resolution, self.config.center_crop, self.config.hflip,
+                               example_generator(self.config.seed, index, slot))
+
+    def _encode_to_distribution(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The VAE's latent distribution (mean and log-variance stacked on channels), kept in fp32."""
+        with torch.no_grad():
+            return self.models.vae.encode(pixels.to(self.device, torch.float32)).latent_dist.parameters.float()
+
+    def _latents(self, examples: list[Example], index: int) -> torch.Tensor:
+        if self.latent_cache is not None:
+            parameters = torch.stack([self.latent_cache[e.path] for e in examples])
+        else:
+            pixels = torch.stack([self._load_tensor(e.path, index, slot) for slot, e in enumerate(examples)])
+            parameters = self._encode_to_distribution(pixels)
+        mean, logvar = parameters.chunk(2, dim=1)
+        std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+        sample = mean + std * torch.randn(mean.shape, generator=self.noise_generator).to(self.device)
+        return sample * self.models.vae.config.scaling_factor
+
+    def _encoder_states(self, examples: list[Example]) -> torch.Tensor:
+        if self.prompt_cache is not None:
+            return torch.stack([self.prompt_cache[e.prompt] for e in examples])
+        return self.wrapped["text_encoder"](self._tokenize([e.prompt for e in examples]))[0]
+
+    def micro_step(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and backward of micro-batch ``index``; returns (loss, prior loss), detached."""
+        config = self.config
+        instances, classes = self.schedule.batch(index)
+        examples = instances + classes
+        latents = self._latents(examples, index)
+        noise = torch.randn(latents.shape, generator=self.noise_generator).to(self.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=self.noise_generator).to(self.device)
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        with self.accelerator.autocast():
+            encoder_states = self._encoder_states(examples)
+            model_pred = self.wrapped["unet"](noisy_latents, timesteps, encoder_states).sample
+        target = noise if self.prediction_type == "epsilon" else \
+            self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        loss, _, prior_loss = compute_loss(model_pred, target, bool(classes), config.prior_loss_weight)
+        self.accelerator.backward(loss)  # accelerate divides by gradient_accumulation_steps itself
+        return loss.detach(), None if prior_loss is None else prior_loss.detach()
+
+    def optimizer_step(self) -> None:
+        if self.config.max_grad_norm > 0:
+            parameters = [p for module in self.wrapped.values() for p in module.parameters()]
+            self.accelerator.clip_grad_norm_(parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # --- saving --------------------------------------------------------------------------------------
+    def live_components(self) -> ModelComponents:
+        unwrap = self.accelerator.unwrap_model
+        return dataclasses.replace(self.models, unet=unwrap(self.wrapped["unet"]),
+                                   text_encoder=unwrap(self.wrapped["text_encoder"])
+                                   if "text_encoder" in self.wrapped else self.models.text_encoder)
+
+    def save_state(self, step: int) -> Path:
+        folder = self.plan.output_dir / STATE_DIR_NAME
+        if self.accelerator.is_main_process:
+            scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
+            save_training_state(folder, TrainingProgress(step, self.plan.total_steps, self.config.seed),
+                                {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()},
+                                self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
+                                self.lr_scheduler, scaler, self.noise_generator,
+                                json.dumps(self.config.to_dict(), indent=2) + "\n")
+            self.emit(CheckpointSaved(step, str(folder), "state"))
+        self.accelerator.wait_for_everyone()
+        return folder
+
+    def restore_state(self) -> int:
+        folder = resolve_state_folder(self.config.resume_from_checkpoint, self.plan.output_dir)
+        optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        progress, scaler_state = load_training_state(
+            folder, {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()}, optimizer,
+            self.lr_scheduler, self.noise_generator)
+        if scaler_state is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(scaler_state)
+        if progress.seed != self.config.seed:
+            raise TrainingError(f"{folder}: the saved run used seed {progress.seed}, this one {self.config.seed}; "
+                                "resume with the same seed to continue the same run.")
+        self.emit.log(f"resumed from {folder} at step {progress.step}")
+        return progress.step
+
+    def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
+        """Samples plus the single-file model (and, at the end, the diffusers folder)."""
+        from dreamcore.convert import save_single_file
+        from dreamcore.models import build_pipeline, save_diffusers_folder
+
+        config, plan = self.config, self.plan
+        outputs: dict[str, str] = {}
+        components = self.live_components()
+        for module in self.wrapped.values():
+            module.eval()
+        try:
+            pipeline = build_pipeline(components)
+            sample_folder = plan.output_dir / "samples" / f"step-{step:06d}"
+            prompt = config.save_sample_prompt or plan.concepts[0].concept.instance_prompt
+            if self.accelerator.is_main_process:
+                with self.accelerator.autocast():
+                    paths = save_samples(pipeline, sample_folder, prompt, config.save_sample_negative_prompt,
+                                         config.n_save_sample, config.seed, config.save_guidance_scale,
+                                         config.save_infer_steps, config.resolution)
+                self.emit(SamplesSaved(step, tuple(str(p) for p in paths), prompt))
+                outputs["samples"] = str(sample_folder)
+                metadata = self.export_metadata(step)
+                user_metadata = {"description": f"dreamcore DreamBooth of '{prompt}', {step} steps",
+                                 "activation text": ", ".join(c.concept.instance_prompt for c in plan.concepts),
+                                 "sd version": {"sd1": "SD1", "sd2": "SD2", "sd2-v": "SD2"}.get(components.family, ""),
+                                 "notes": f"Trained by dreamcore from {config.pretrained_model_name_or_path}"}
+                if final:
+                    folder = save_diffusers_folder(components, plan.output_dir / "diffusers")
+                    (folder / CONFIG_FILE_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+                    outputs["diffusers"] = str(folder)
+                    path = plan.output_dir / f"{plan.model_name}.safetensors"
+                else:
+                    path = plan.output_dir / "checkpoints" / f"{plan.model_name}-step-{step:06d}.safetensors"
+                save_single_file(components, path, half=config.save_half, metadata=metadata,
+                                 user_metadata=user_metadata)
+                config.save(path.parent / CONFIG_FILE_NAME)
+                outputs["single_file"] = str(path)
+                self.emit(CheckpointSaved(step, str(path), "final" if final else "checkpoint"))
+                if not final:
+                    self._apply_checkpoint_limit()
+        finally:
+            for module in self.wrapped.values():
+                module.train()
+        self.accelerator.wait_for_everyone()
+        return outputs
+
+    def export_metadata(self, step: int) -> dict[str, str]:
+        from dreamcore import __version__
+
+        config = self.config
+        return {"dreamcore.version": __version__, "dreamcore.base_model": Path(config.pretrained_model_name_or_path).name,
+                "dreamcore.trigger_words": ", ".join(c.concept.instance_prompt for c in self.plan.concepts),
+                "dreamcore.class_prompts": ", ".join(c.concept.class_prompt for c in self.plan.concepts),
+                "dreamcore.steps": str(step), "dreamcore.resolution": str(config.resolution),
+                "dreamcore.family": self.models.family, "dreamcore.seed": str(config.seed)}
+
+    def _apply_checkpoint_limit(self) -> None:
+        limit = self.config.checkpoints_total_limit
+        if limit is None:
+            return
+        folder = self.plan.output_dir / "checkpoints"
+        files = sorted(folder.glob(f"{self.plan.model_name}-step-*.safetensors"))
+        for old in files[:-limit]:
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
+            self.emit.log(f"removed {old.name} (checkpoints_total_limit={limit})")
+
+
+def _training_noise_scheduler(scheduler: Any):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config)
+
+
+def load_models(config: TrainConfig) -> ModelComponents:
+    from dreamcore.models import load_base_model
+
+    return load_base_model(config.pretrained_model_name_or_path, vae=config.pretrained_vae_name_or_path,
+                           revision=config.revision,
+                           family="auto" if config.model_family == "auto" else config.model_family,
+                           tokenizer=config.tokenizer_name)
+
+
+def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None) -> list[list[Path]]:
+    """Class images per concept (empty lists without prior preservation), generating the missing ones."""
+    from dreamcore.models import build_pipeline
+
+    config, plan = trainer.config, trainer.plan
+    if not config.with_prior_preservation:
+        return [[] for _ in plan.concepts]
+    emit(Stage("class_images", f"{config.num_class_images} per concept"))
+    models = trainer.models
+    pipeline = None
+    result = []
+    for concept_plan in plan.concepts:
+        concept = concept_plan.concept
+        if pipeline is None:
+            models.unet.to(trainer.device)
+            models.text_encoder.to(trainer.device)
+            models.vae.to(trainer.device)
+            pipeline = build_pipeline(models)
+        with trainer.accelerator.autocast():
+            images = generate_missing_class_images(
+                pipeline, concept_plan.class_dir, concept.class_prompt, config.class_negative_prompt,
+                config.num_class_images, config.sample_batch_size, config.seed, config.class_guidance_scale,
+                config.class_infer_steps, config.resolution,
+                on_progress=lambda done, total: emit(ClassImagesProgress(done, total)), stop=stop,
+                warn=lambda m: emit.log(m, "warning"), process_index=trainer.accelerator.process_index,
+                num_processes=trainer.accelerator.num_processes)
+        trainer.accelerator.wait_for_everyone()
+        if len(images) < config.num_class_images and not (stop is not None and stop.is_set()):
+            raise TrainingError(f"class images: only {len(images)} of {config.num_class_images} usable in "
+                                f"{concept_plan.class_dir}; see the warnings above.")
+        result.append(sorted(images)[:config.num_class_images])
+    return result
+
+
+def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: StopSignal | None = None) -> TrainResult:
+    """Train DreamBooth as ``config`` says. Events go to ``callbacks``; ``stop.is_set()`` ends the run
+    cleanly (resumable state and a usable checkpoint are saved). Raises ConfigError / TrainingError."""
+    emit = Emitter(callbacks)
+    emit(Stage("validate"))
+    plan = plan_run(config, warn=lambda m: emit.log(m, "warning"))
+    config = plan.config
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    config.save(plan.output_dir / CONFIG_FILE_NAME)
+    emit(Stage("load", config.pretrained_model_name_or_path))
+    models = load_models(config)
+    trainer = Trainer(plan, models, emit, stop)
+    if trainer.device.type == "cpu" and is_full_size(models.unet):
+        emit.log("Training a full-size model on the CPU: expect minutes per step, i.e. days for a full run. "
+                 "Use a CUDA GPU; the ETA below is measured from the first steps.", "warning")
+    class_images = ensure_class_images(trainer, emit, stop)
+    trainer.prepare_models()
+    trainer.prepare_data(class_images)
+    start_step = trainer.restore_state() if config.resume_from_checkpoint else 0
+
+    emit(Stage("train", f"{plan.total_steps} steps on {trainer.device}"))
+    losses: list[float] = []
+    outputs: dict[str, str] = {}
+    status = "completed"
+    started = time.perf_counter()
+    step = start_step
+    while step < plan.total_steps:
+        if stop is not None and stop.is_set():
+            status = "stopped"
+            break
+        accumulated, accumulated_prior = 0.0, 0.0
+        for micro in range(config.gradient_accumulation_steps):
+            index = step * config.gradient_accumulation_steps + micro
+            with trainer.accelerator.accumulate(*trainer.wrapped.values()):
+                loss, prior_loss = trainer.micro_step(index)
+            accumulated += loss.item() / config.gradient_accumulation_steps
+            if prior_loss is not None:
+                accumulated_prior += prior_loss.item() / config.gradient_accumulation_steps
+        if not math.isfinite(accumulated):
+            raise TrainingError(
+                f"the loss became {accumulated} at step {step + 1}. Likely causes: fp16 overflow (use "
+                "mixed_precision bf16, or keep the VAE in fp32 as dreamcore does), a learning rate too high "
+                f"({config.learning_rate}; the guide uses 1e-6), or a damaged base model. No checkpoint was "
+                "written from this step; resume from the last saved state after changing the setting.")
+        trainer.optimizer_step()
+        step += 1
+        losses.append(accumulated)
+        elapsed = time.perf_counter() - started
+        rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
+        emit(Progress(step, plan.total_steps, accumulated, trainer.lr_scheduler.get_last_lr()[0], rate,
+                      (plan.total_steps - step) / rate if rate > 0 else 0.0,
+                      accumulated_prior if config.with_prior_preservation else None))
+        if config.checkpointing_steps and step % config.checkpointing_steps == 0 and step < plan.total_steps:
+            trainer.save_state(step)
+        if config.save_interval and step % config.save_interval == 0 and step < plan.total_steps:
+            trainer.save_checkpoint(step, final=False)
+
+    if status == "stopped":
+        emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
+        trainer.save_state(step)
+        outputs = trainer.save_checkpoint(step, final=False)
+    else:
+        emit(Stage("export", "final model"))
+        outputs = trainer.save_checkpoint(step, final=True)
+    outputs["state"] = str(plan.output_dir / STATE_DIR_NAME) if status == "stopped" else ""
+    outputs["config"] = str(plan.output_dir / CONFIG_FILE_NAME)
+    outputs = {k: v for k, v in outputs.items() if v}
+    emit(Finished(status, step, outputs))
+    return TrainResult(status, step, outputs, losses)

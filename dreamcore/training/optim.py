@@ -1,0 +1,47 @@
+"""The optimizer and learning-rate schedule of a run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import torch
+
+from dreamcore.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def eight_bit_adam_problem(device: torch.device) -> str | None:
+    """Why bitsandbytes' 8-bit AdamW cannot run here, or None when it can."""
+    if device.type != "cuda":
+        return f"8-bit Adam needs a CUDA GPU; training runs on {device.type}"
+    try:
+        import bitsandbytes  # noqa: F401
+    except (ImportError, RuntimeError, OSError) as error:  # a broken CUDA setup raises from the import
+        return f"bitsandbytes cannot be loaded ({error}); install it with `pip install bitsandbytes`"
+    return None
+
+
+def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter], device: torch.device,
+                    warn) -> torch.optim.Optimizer:
+    """AdamW, 8-bit from bitsandbytes when asked for and possible (else plain AdamW, with one warning)."""
+    kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    parameters = list(parameters)
+    if config.use_8bit_adam:
+        problem = eight_bit_adam_problem(device)
+        if problem is None:
+            import bitsandbytes
+
+            return bitsandbytes.optim.AdamW8bit(parameters, **kwargs)
+        warn(f"use_8bit_adam: {problem}. Using standard AdamW instead (same maths, more memory).")
+    return torch.optim.AdamW(parameters, foreach=device.type == "cuda", **kwargs)
+
+
+def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    """The schedule, stepped once per optimizer step (so warm-up and length are in optimizer steps)."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps,
+                         num_training_steps=total_steps, num_cycles=config.lr_num_cycles, power=config.lr_power)

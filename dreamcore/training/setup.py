@@ -1,0 +1,114 @@
+"""Everything decided before the first step: the resolved plan of a run, the device, the models.
+
+``plan_run`` reads the photo folders and fills the settings left to dreamcore (steps from the photo count,
+default class-image folders); nothing here changes the user's TrainConfig, it returns a resolved copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dreamcore.config import Concept, ConfigError, TrainConfig
+from dreamcore.images import ImageLoadError, load_rgb_image, scan_images
+
+STEPS_PER_PHOTO = 100  # the guide's rule: ~100 steps per photo
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class ConceptPlan:
+    concept: Concept
+    photos: tuple[Path, ...]
+    class_dir: Path | None  # None without prior preservation
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    config: TrainConfig  # resolved: max_train_steps filled in
+    concepts: tuple[ConceptPlan, ...]
+    output_dir: Path
+    model_name: str
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.config.max_train_steps)
+
+    @property
+    def photo_count(self) -> int:
+        return sum(len(c.photos) for c in self.concepts)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^\w]+", "_", text.strip().lower()).strip("_")[:60] or "class"
+
+
+def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> RunPlan:
+    """Check every photo (skipping unusable ones with a warning) and resolve the settings left open."""
+    config.validate()
+    output_dir = Path(config.output_dir)
+    problems: list[str] = []
+    concepts = []
+    for index, concept in enumerate(config.concepts()):
+        photos = usable_photos(Path(concept.instance_data_dir), warn)
+        if not photos:
+            problems.append(f"concept {index + 1}: no usable photos in {concept.instance_data_dir} (see the "
+                            "skipped files above); add readable JPEG or PNG photos of the subject.")
+        class_dir = None
+        if config.with_prior_preservation:
+            class_dir = Path(concept.class_data_dir) if concept.class_data_dir else \
+                output_dir / "class_images" / slug(concept.class_prompt)
+        concepts.append(ConceptPlan(concept, tuple(photos), class_dir))
+    if problems:
+        raise ConfigError(problems)
+    photo_count = sum(len(c.photos) for c in concepts)
+    steps = config.max_train_steps
+    if steps is None:
+        if config.num_train_epochs is not None:
+            batches = -(-photo_count // config.train_batch_size)
+            steps = max(1, config.num_train_epochs * batches // config.gradient_accumulation_steps)
+        else:
+            steps = STEPS_PER_PHOTO * photo_count
+    resolved = dataclasses.replace(config, max_train_steps=steps)
+    model_name = config.model_name or output_dir.resolve().name or "dreamcore"
+    return RunPlan(resolved, tuple(concepts), output_dir, model_name)
+
+
+def usable_photos(folder: Path, warn: Callable[[str], None]) -> list[Path]:
+    """Photos that load; every other file is named in a warning (skipping a bad photo is safe)."""
+    images, skipped = scan_images(folder)
+    for path, reason in skipped:
+        warn(f"skipping {path}: {reason}")
+    usable = []
+    for path in images:
+        try:
+            load_rgb_image(path).close()
+        except ImageLoadError as error:
+            warn(f"skipping {path}: {error.reason}")
+            continue
+        usable.append(path)
+    return usable
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def check_precision_supported(mixed_precision: str, device: torch.device) -> None:
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise TrainingError("mixed_precision fp16 needs a CUDA GPU; this run is on the "
+                            f"{device.type}. Use mixed_precision 'bf16' or 'no' here.")
+    if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainingError("mixed_precision bf16 is not supported by this GPU; use 'fp16'.")
+
+
+def is_full_size(unet: torch.nn.Module) -> bool:
+    return sum(p.numel() for p in unet.parameters()) > 100_000_000

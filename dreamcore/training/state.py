@@ -1,0 +1,75 @@
+"""Resumable training state: trained weights, optimizer, schedule, random generators and the step.
+
+Everything needed to continue a run exactly as if it had not stopped is written into one folder,
+atomically (``<output_dir>/state``): a resumed run reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dreamcore.fileio import atomic_directory
+
+STATE_DIR_NAME = "state"
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass
+class TrainingProgress:
+    step: int  # optimizer steps done
+    total_steps: int
+    seed: int
+
+
+class ResumeError(ValueError):
+    pass
+
+
+def save_training_state(folder: Path, progress: TrainingProgress, trained_modules: dict[str, torch.nn.Module],
+                        optimizer: torch.optim.Optimizer, lr_scheduler: Any, scaler_state: dict | None,
+                        noise_generator: torch.Generator, config_json: str) -> Path:
+    with atomic_directory(folder) as temp:
+        for name, module in trained_modules.items():
+            state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+            save_file(state, str(temp / f"{name}.safetensors"))
+        torch.save({
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "scaler": scaler_state,
+            "noise_generator": noise_generator.get_state(),
+        }, temp / "optimizer.pt")
+        (temp / PROGRESS_FILE).write_text(json.dumps(progress.__dict__, indent=2) + "\n")
+        (temp / "train_config.json").write_text(config_json)
+    return folder
+
+
+def resolve_state_folder(resume_from: str, output_dir: Path) -> Path:
+    folder = output_dir / STATE_DIR_NAME if resume_from == "latest" else Path(resume_from)
+    if not (folder / PROGRESS_FILE).is_file():
+        raise ResumeError(f"resume_from_checkpoint: no saved training state in {folder} "
+                          f"(expected {PROGRESS_FILE} there); start without resume_from_checkpoint.")
+    return folder
+
+
+def load_training_state(folder: Path, trained_modules: dict[str, torch.nn.Module],
+                        optimizer: torch.optim.Optimizer, lr_scheduler: Any,
+                        noise_generator: torch.Generator) -> tuple[TrainingProgress, dict | None]:
+    """Restore a saved state in place; returns the progress and the gradient scaler's state."""
+    progress = TrainingProgress(**json.loads((folder / PROGRESS_FILE).read_text()))
+    for name, module in trained_modules.items():
+        path = folder / f"{name}.safetensors"
+        if not path.is_file():
+            raise ResumeError(f"{folder}: the saved state has no {name} weights, but this run trains {name}; "
+                              "resume with the same train_text_encoder setting as the saved run.")
+        module.load_state_dict(load_file(str(path)))
+    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    noise_generator.set_state(saved["noise_generator"])
+    return progress, saved["scaler"]

@@ -1,0 +1,160 @@
+"""TrainConfig: every validation error, all reported at once; the CLI generated from the dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dreamcore.config import (ConfigError, TrainConfig, add_config_arguments, config_fields,
+                              config_from_arguments)
+
+GUIDE_COMMAND = """
+  --pretrained_model_name_or_path={model}
+  --pretrained_vae_name_or_path="stabilityai/sd-vae-ft-mse"
+  --output_dir={out}
+  --revision="fp16"
+  --with_prior_preservation --prior_loss_weight=1.0
+  --seed=1337
+  --resolution=512
+  --train_batch_size=1
+  --train_text_encoder
+  --mixed_precision="fp16"
+  --use_8bit_adam
+  --gradient_accumulation_steps=1
+  --learning_rate=1e-6
+  --lr_scheduler="constant"
+  --lr_warmup_steps=0
+  --num_class_images=50
+  --sample_batch_size=4
+  --max_train_steps=800
+  --save_interval=10000
+  --save_sample_prompt="photo of ukj person"
+  --concepts_list="{concepts}"
+"""
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    return folder
+
+
+def parse(argv: list[str]) -> TrainConfig:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return config_from_arguments(parser.parse_args(argv))
+
+
+def test_guide_command_parses_verbatim(tmp_path: Path, photos: Path, model_dir: Path) -> None:
+    concepts = tmp_path / "concepts_list.json"
+    concepts.write_text(json.dumps([{"instance_prompt": "photo of ukj person", "class_prompt": "photo of a person",
+                                     "instance_data_dir": str(photos), "class_data_dir": str(tmp_path / "cls")}]))
+    argv = shlex.split(GUIDE_COMMAND.format(model=model_dir, out=tmp_path / "out", concepts=concepts))
+    config = parse(argv)
+    assert config.train_text_encoder and config.use_8bit_adam and config.with_prior_preservation
+    assert config.mixed_precision == "fp16" and config.learning_rate == 1e-6 and config.max_train_steps == 800
+    assert config.revision == "fp16" and config.save_sample_prompt == "photo of ukj person"
+    assert config.problems() == []
+    assert config.concepts()[0].class_prompt == "photo of a person"
+
+
+def test_every_field_has_a_flag_and_help() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for f in config_fields():
+        assert f"--{f.name}" in flags
+        assert f.metadata["help"] and f.metadata["group"]
+
+
+def test_flags_override_config_file(tmp_path: Path, photos: Path, model_dir: Path) -> None:
+    base = TrainConfig(pretrained_model_name_or_path=str(model_dir), instance_data_dir=str(photos),
+                       instance_prompt="photo of sks person", learning_rate=3e-6, max_train_steps=10)
+    path = base.save(tmp_path / "c.json")
+    config = parse(["--config", str(path), "--max_train_steps", "20"])
+    assert config.learning_rate == 3e-6 and config.max_train_steps == 20
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    config = TrainConfig(pretrained_model_name_or_path="", instance_data_dir=str(tmp_path / "missing"),
+                         instance_prompt="photo of sks person", with_prior_preservation=True, resolution=510,
+                         lr_scheduler="sometimes", max_train_steps=0, output_dir=str(not_a_dir / "out"),
+                         train_batch_size=0, learning_rate=-1.0)
+    with pytest.raises(ConfigError) as raised:
+        config.validate()
+    text = "\n".join(raised.value.problems)
+    for expected in ("pretrained_model_name_or_path", "does not exist", "class_prompt", "multiple of 8",
+                     "lr_scheduler", "max_train_steps", "output_dir", "train_batch_size", "learning_rate"):
+        assert expected in text, expected
+    assert len(raised.value.problems) >= 9
+
+
+def test_empty_photo_folder(tmp_path: Path, model_dir: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no photos here")
+    config = TrainConfig(pretrained_model_name_or_path=str(model_dir), instance_data_dir=str(empty),
+                         instance_prompt="photo of sks person", output_dir=str(tmp_path / "o"))
+    assert any("holds no images" in p and str(empty) in p for p in config.problems())
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "not valid JSON"),
+    ('{"instance_prompt": "x"}', "expected a JSON list"),
+    ("[]", "expected a JSON list"),
+    ('[{"instance_prompt": "photo of sks person"}]', "missing instance_data_dir"),
+    ('[{"instance_prompt": "p", "instance_data_dir": "d", "colour": "red"}]', "unknown key"),
+    ('["just a string"]', "expected an object"),
+])
+def test_bad_concepts_file(tmp_path: Path, model_dir: Path, content: str, expected: str) -> None:
+    path = tmp_path / "concepts.json"
+    path.write_text(content)
+    config = TrainConfig(pretrained_model_name_or_path=str(model_dir), concepts_list=str(path),
+                         output_dir=str(tmp_path / "o"))
+    problems = config.problems()
+    assert any(expected in p and str(path) in p for p in problems), problems
+
+
+def test_unreadable_concepts_file(tmp_path: Path, model_dir: Path) -> None:
+    config = TrainConfig(pretrained_model_name_or_path=str(model_dir), concepts_list=str(tmp_path / "nope.json"),
+                         output_dir=str(tmp_path / "o"))
+    assert any("cannot read" in p and "nope.json" in p for p in config.problems())
+
+
+def test_from_dict_rejects_unknown_and_mistyped_keys() -> None:
+    with pytest.raises(ConfigError) as raised:
+        TrainConfig.from_dict({"learning_rat": 1e-6, "max_train_steps": "many", "train_text_encoder": "yes"})
+    text = str(raised.value)
+    assert "learning_rat" in text and "did you mean 'learning_rate'" in text
+    assert "max_train_steps" in text and "train_text_encoder" in text
+
+
+def test_round_trip_through_json(tmp_path: Path) -> None:
+    config = TrainConfig(pretrained_model_name_or_path="m", instance_prompt="photo of sks person",
+                         max_train_steps=None, learning_rate=1e-6)
+    loaded = TrainConfig.load(config.save(tmp_path / "train_config.json"))
+    assert loaded == config
+
+
+def test_config_is_immutable() -> None:
+    config = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.learning_rate = 1.0  # type: ignore[misc]

@@ -1,0 +1,133 @@
+"""The training loop on a tiny model: loss falls, prior term, text encoder frozen or trained, resume, stop."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreamcore import TrainConfig
+from dreamcore.events import StopRequest
+from dreamcore.training import TrainingError, compute_loss, train
+
+
+def tiny_config(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(pretrained_model_name_or_path=str(model), instance_data_dir=str(photos),
+                  instance_prompt="photo of sks person", output_dir=str(out), resolution=64, max_train_steps=6,
+                  learning_rate=1e-3, lr_warmup_steps=0, checkpointing_steps=0, n_save_sample=1,
+                  save_infer_steps=2, seed=7)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_prior_loss_is_computed_on_the_class_half() -> None:
+    target = torch.zeros(4, 4, 8, 8)
+    prediction = torch.zeros(4, 4, 8, 8)
+    prediction[2:] = 1.0  # error only in the class half
+    total, instance, prior = compute_loss(prediction, target, with_prior=True, prior_loss_weight=0.5)
+    assert instance.item() == 0.0 and prior.item() == 1.0 and total.item() == 0.5
+    prediction = torch.zeros(4, 4, 8, 8)
+    prediction[:2] = 2.0  # error only in the instance half
+    total, instance, prior = compute_loss(prediction, target, with_prior=True, prior_loss_weight=0.5)
+    assert instance.item() == 4.0 and prior.item() == 0.0 and total.item() == 4.0
+    total, instance, prior = compute_loss(prediction, target, with_prior=False, prior_loss_weight=0.5)
+    assert prior is None and total.item() == 2.0
+
+
+def test_loss_falls_on_a_tiny_model(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", max_train_steps=40, learning_rate=2e-3,
+                         center_crop=True)
+    result = train(config)
+    first, last = sum(result.losses[:8]) / 8, sum(result.losses[-8:]) / 8
+    assert result.status == "completed" and len(result.losses) == 40
+    assert last < 0.8 * first, (first, last)
+
+
+def text_encoder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "text_encoder" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_text_encoder_frozen_or_trained(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path,
+                                        train_text_encoder: bool) -> None:
+    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", max_train_steps=3,
+                         train_text_encoder=train_text_encoder)
+    result = train(config)
+    before = text_encoder_weights(tiny_model_dir)
+    after = text_encoder_weights(Path(result.outputs["diffusers"]))
+    changed = [k for k in before if not torch.equal(before[k], after[k].to(before[k].dtype))]
+    assert bool(changed) == train_text_encoder
+
+
+def test_prior_preservation_generates_class_images_once(tiny_model_dir: Path, photo_dir: Path,
+                                                        tmp_path: Path) -> None:
+    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", max_train_steps=2,
+                         with_prior_preservation=True, class_prompt="photo of a person", num_class_images=3,
+                         sample_batch_size=2, class_infer_steps=2)
+    events = []
+    result = train(config, callbacks=[events.append])
+    class_dir = tmp_path / "out" / "class_images" / "photo_of_a_person"
+    made = sorted(class_dir.glob("*.png"))
+    assert len(made) == 3
+    assert any(e.kind == "progress" and e.prior_loss is not None for e in events)
+    stamps = {p: p.stat().st_mtime_ns for p in made}
+    (class_dir / "broken.png").write_bytes(b"not a png")  # a damaged file is skipped, never counted
+    train(config.replace(output_dir=str(tmp_path / "out"), num_class_images=4))
+    after = sorted(p for p in class_dir.glob("class-*.png"))
+    assert len(after) == 4 and all(p.stat().st_mtime_ns == stamps[p] for p in made)
+    assert (class_dir / "broken.png").read_bytes() == b"not a png"
+    assert result.status == "completed"
+
+
+def unet_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_resume_reaches_the_same_weights(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    common = dict(max_train_steps=8, train_text_encoder=True, gradient_accumulation_steps=2,
+                  lr_scheduler="cosine", lr_warmup_steps=2, train_batch_size=2)
+    straight = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "straight", **common))
+
+    stop = StopRequest()
+    interrupted = tiny_config(tiny_model_dir, photo_dir, tmp_path / "resumed", **common)
+    first = train(interrupted, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 3 else None],
+                  stop=stop)
+    assert first.status == "stopped" and first.step == 3
+    assert Path(first.outputs["single_file"]).is_file()  # a usable checkpoint at the stop
+    resumed = train(interrupted.replace(resume_from_checkpoint="latest"))
+    assert resumed.status == "completed" and resumed.step == 8
+    assert first.losses + resumed.losses == pytest.approx(straight.losses, rel=1e-5)
+    a, b = unet_weights(Path(straight.outputs["diffusers"])), unet_weights(Path(resumed.outputs["diffusers"]))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_with_a_cause(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", learning_rate=1e30, max_train_steps=30,
+                         max_grad_norm=0.0)
+    with pytest.raises(TrainingError, match="loss became"):
+        train(config)
+    assert not list((tmp_path / "out").glob("*.safetensors"))
+
+
+def test_outputs_and_events(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", max_train_steps=4, save_interval=2,
+                         checkpointing_steps=2, model_name="me")
+    events = []
+    result = train(config, callbacks=[events.append])
+    kinds = [e.kind for e in events]
+    assert kinds[-1] == "finished" and kinds.count("progress") == 4
+    assert [e.step for e in events if e.kind == "samples"] == [2, 4]
+    single = Path(result.outputs["single_file"])
+    assert single == tmp_path / "out" / "me.safetensors"
+    keys = load_file(str(single)).keys()
+    for prefix in ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."):
+        assert any(k.startswith(prefix) for k in keys), prefix
+    assert (tmp_path / "out" / "checkpoints" / "me-step-000002.safetensors").is_file()
+    saved = TrainConfig.load(tmp_path / "out" / "train_config.json")
+    assert saved.max_train_steps == 4 and saved == config
+    progress = [e for e in events if e.kind == "progress"]
+    assert all(math.isfinite(e.loss) and e.steps_per_second > 0 for e in progress)
