@@ -1,0 +1,153 @@
+"""A job's ``events.jsonl``: the child appends one JSON object per training event, the parent reads them.
+
+The file outlives both processes, so a restarted WebUI rebuilds a job's progress from it. The child writes
+each line with a single ``write`` and flushes it; a line cut short by a kill has no newline yet and is not
+read until it is complete (it never will be, so it is ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from dreamcore.events import Event
+
+# Event kinds the job runner adds to those of dreamcore.events.
+JOB_STARTED = "job_started"  # the child began an attempt: {"attempt", "pid"}
+JOB_ERROR = "job_error"  # the child caught an error: {"error_type", "message", "advice", "traceback"}
+
+
+class EventWriter:
+    """The child's callback: appends each event as one JSON line and flushes it at once."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._handle: TextIO = open(self.path, "a+", encoding="utf-8")
+        if self._handle.tell() > 0:
+            # An earlier attempt killed mid-write left a line without its newline: end it, so this
+            # attempt's first event starts a line of its own.
+            self._handle.seek(self._handle.tell() - 1)
+            last = self._handle.read(1)
+            if last != "\n":
+                self._handle.write("\n")
+                self._handle.flush()
+
+    def __call__(self, event: Event) -> None:
+        self.write(event.to_dict())
+
+    def write(self, values: dict[str, Any]) -> None:
+        line = json.dumps({**values, "time": time.time()}, default=str)
+        self._handle.write(line + "\n")
+        self._handle.flush()
+
+    def error(self, error: BaseException, advice: str) -> None:
+        self.write({"kind": JOB_ERROR, "error_type": type(error).__name__, "message": str(error) or repr(error),
+                    "advice": advice, "traceback": "".join(traceback.format_exception(error))})
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+@dataclass
+class JobProgress:
+    """What the events of a job say so far; the current attempt's fields reset at each ``job_started``."""
+
+    attempt: int = 0
+    pid: int | None = None
+    stage: str = ""
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    steps_per_second: float = 0.0
+    eta_seconds: float | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    samples: list[tuple[int, list[str]]] = field(default_factory=list)
+    checkpoints: list[tuple[int, str, str]] = field(default_factory=list)  # (step, what, path)
+    outputs: dict[str, str] = field(default_factory=dict)
+    finished_status: str | None = None  # "completed" | "stopped" in this attempt
+    error: dict[str, str] | None = None  # the JOB_ERROR event of this attempt
+    messages: list[str] = field(default_factory=list)  # Log events, newest last (bounded)
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == JOB_STARTED:
+            self.attempt = int(event.get("attempt", self.attempt + 1))
+            self.pid = event.get("pid")
+            self.finished_status = None
+            self.error = None
+            self.stage = "starting"
+        elif kind == "stage":
+            self.stage = str(event.get("name", ""))
+        elif kind == "progress":
+            step = int(event["step"])
+            # A resumed attempt starts again from its last saved state: drop the losses it will redo.
+            while self.losses and self.losses[-1][0] >= step:
+                self.losses.pop()
+            self.step, self.total_steps = step, int(event["total_steps"])
+            self.loss = float(event["loss"])
+            self.steps_per_second = float(event.get("steps_per_second") or 0.0)
+            self.eta_seconds = event.get("eta_seconds")
+            self.losses.append((step, self.loss))
+        elif kind == "samples":
+            self.samples.append((int(event["step"]), [str(p) for p in event.get("paths", [])]))
+        elif kind == "checkpoint":
+            self.checkpoints.append((int(event["step"]), str(event.get("what", "")), str(event["path"])))
+        elif kind == "finished":
+            self.finished_status = str(event["status"])
+            self.step = int(event.get("step", self.step))
+            self.outputs.update({str(k): str(v) for k, v in (event.get("outputs") or {}).items()})
+            if self.finished_status == "completed":
+                self.eta_seconds = 0.0
+        elif kind == JOB_ERROR:
+            self.error = {k: str(event.get(k, "")) for k in ("error_type", "message", "advice", "traceback")}
+        elif kind == "log":
+            self.messages.append(str(event.get("message", "")))
+            del self.messages[:-200]
+
+
+class EventsReader:
+    """Reads a job's events file incrementally: each call parses only the lines added since the last one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.progress = JobProgress()
+        self._offset = 0
+        self._identity: tuple[int, int] | None = None
+
+    def read(self) -> JobProgress:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._reset(None)
+            return self.progress
+        identity = (stat.st_dev, stat.st_ino)
+        if identity != self._identity or stat.st_size < self._offset:
+            self._reset(identity)  # the file was replaced (job removed and submitted again)
+        if stat.st_size == self._offset:
+            return self.progress
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset)
+            data = handle.read()
+        complete = data.rfind(b"\n") + 1
+        for line in data[:complete].splitlines():
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                # Only a write cut short by a kill produces this; say so where the job's messages show.
+                self.progress.messages.append(f"{self.path}: skipped an unfinished event line (the training "
+                                              "process was stopped while writing it).")
+                continue
+            self.progress.apply(event)
+        self._offset += complete
+        return self.progress
+
+    def _reset(self, identity: tuple[int, int] | None) -> None:
+        self.progress = JobProgress()
+        self._offset = 0
+        self._identity = identity

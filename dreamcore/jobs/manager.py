@@ -1,0 +1,392 @@
+"""JobManager: a queue of training jobs, each run in a child process, each kept in its own folder.
+
+    manager = JobManager("jobs")
+    manager.submit(config, "anna")      # queued; starts when the jobs before it have ended
+    manager.get("anna").step            # progress, read from the job's events file
+
+Several managers may share one jobs root (the WebUI, the CLI, a test): the one holding
+``<root>/.worker.lock`` runs the queue; the others read, submit, cancel and remove through the folders.
+A manager that takes the queue over (a restarted WebUI) adopts a child that still runs and marks a job
+whose child is gone as failed, so nothing shows "running" forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from dreamcore.config import ConfigError, TrainConfig
+from dreamcore.fileio import atomic_directory
+from dreamcore.jobs.advice import advice_for_exit, describe_exit
+from dreamcore.jobs.events_file import EventsReader
+from dreamcore.jobs.folder import FINAL_STATUSES, JobFolder, JobRecord, JobRecordError
+from dreamcore.jobs.info import JobInfo, build_job_info
+from dreamcore.jobs.locks import FileLock
+from dreamcore.jobs.names import check_job_name
+from dreamcore.jobs.process import ChildCommand, default_child_command, kill_process, process_alive, start_child
+
+logger = logging.getLogger(__name__)
+
+# Config fields holding local paths; made absolute at submit, because the child runs in the job folder.
+_PATH_FIELDS = ("instance_data_dir", "class_data_dir", "concepts_list", "tokenizer_name")
+_MODEL_FIELDS = ("pretrained_model_name_or_path", "pretrained_vae_name_or_path")  # may also be hub ids
+
+
+class JobError(Exception):
+    """Base of the errors JobManager raises for a request it refuses; nothing was changed."""
+
+
+class JobNotFoundError(JobError, LookupError):
+    pass
+
+
+class JobConflictError(JobError):
+    """The request does not fit the job's state (already exists, already running, still running, ...)."""
+
+
+@dataclass
+class _Child:
+    name: str
+    pid: int
+    popen: subprocess.Popen | None  # None for a child adopted from an earlier manager
+    killed_at: float | None = None
+
+
+class JobManager:
+    def __init__(self, root_dir: str | Path, python: str = sys.executable, *,
+                 child_command: ChildCommand | None = None, run_queue: bool = True,
+                 poll_interval: float = 0.5, stop_grace_seconds: float = 300.0):
+        """``root_dir``: one folder per job. ``python``: the interpreter of the children.
+        ``child_command``: builds a child's argv (tests); ``run_queue=False``: only read and submit.
+        ``stop_grace_seconds``: how long a child may take to stop after Cancel before it is killed."""
+        self.root = Path(root_dir).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.python = python
+        self.poll_interval = poll_interval
+        self.stop_grace_seconds = stop_grace_seconds
+        self._child_command = child_command or default_child_command(python)
+        self._records_lock = FileLock(self.root / ".jobs.lock")  # short read-modify-write of job records
+        self._worker_lock = FileLock(self.root / ".worker.lock")  # held while this manager runs the queue
+        self._readers: dict[str, EventsReader] = {}
+        self._readers_guard = threading.Lock()
+        self._current: _Child | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        if run_queue:
+            self._tick()  # take the queue over now, so a restart shows the true state at once
+            self._thread = threading.Thread(target=self._run_queue, name="dreamcore-jobs", daemon=True)
+            self._thread.start()
+
+    # --- requests -----------------------------------------------------------------------------------
+    def submit(self, config: TrainConfig, name: str) -> JobInfo:
+        """Queue a job. Raises JobNameError, ConfigError (every problem) or JobConflictError (name taken)."""
+        check_job_name(name)
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"submit: config must be a TrainConfig, got {type(config).__name__}")
+        folder = self._folder(name)
+        config = self._job_config(config, folder)
+        problems = config.problems()
+        if problems:
+            raise ConfigError(problems)
+        now = time.time()
+        with self._records_lock.hold():
+            if folder.path.exists():
+                raise JobConflictError(f"a job named {name!r} already exists ({self._status_text(folder)}); "
+                                       "choose another name, or use Resume / Re-run on that job.")
+            with atomic_directory(folder.path) as temp:
+                config.save(JobFolder(temp).config)
+                JobFolder(temp).write_record(JobRecord(name=name, status="queued", created_at=now, queued_at=now))
+        self._wake.set()
+        return self.get(name)
+
+    def list(self) -> list[JobInfo]:
+        """Every job under the root, oldest first; queued jobs carry their queue position."""
+        infos = []
+        for path in sorted(self.root.iterdir()):
+            if path.is_dir() and not path.name.startswith(".") and (path / "job.json").exists():
+                infos.append(self._info(JobFolder(path)))
+        infos.sort(key=lambda info: (info.created_at, info.name))
+        queued = sorted((i for i in infos if i.status == "queued"), key=lambda i: (self._queued_at(i), i.name))
+        for position, info in enumerate(queued, start=1):
+            info.queue_position = position
+        return infos
+
+    def get(self, name: str) -> JobInfo:
+        folder = self._existing(name)
+        info = self._info(folder)
+        if info.status == "queued":
+            info.queue_position = next(i.queue_position for i in self.list() if i.name == name)
+        return info
+
+    def cancel(self, name: str) -> JobInfo:
+        """A queued job is cancelled at once; a running one is asked to stop (it saves a resumable state)."""
+        folder = self._existing(name)
+        with self._records_lock.hold():
+            record = folder.read_record()
+            if record.status in FINAL_STATUSES:
+                raise JobConflictError(f"job {name!r} has already ended ({record.status}); nothing to cancel.")
+            if record.status == "queued":
+                record.status, record.finished_at = "cancelled", time.time()
+                record.error, record.advice = "cancelled before it started", "Resume puts it back in the queue."
+            elif record.stop_requested_at is None:
+                folder.stop_file.touch()
+                record.stop_requested_at = time.time()
+            folder.write_record(record)
+        self._wake.set()
+        return self.get(name)
+
+    def resume(self, name: str) -> JobInfo:
+        """Queue a failed or cancelled job again; it continues from its latest saved state."""
+        folder = self._existing(name)
+        with self._records_lock.hold():
+            record = folder.read_record()
+            if record.status in ("queued", "running"):
+                raise JobConflictError(f"job {name!r} is already {record.status}; it cannot be started twice.")
+            if record.status == "completed":
+                raise JobConflictError(f"job {name!r} has completed; use Re-run to train it again.")
+            config = TrainConfig.load(folder.config)
+            if config.resume_from_checkpoint != "latest":
+                config.replace(resume_from_checkpoint="latest").save(folder.config)
+            folder.stop_file.unlink(missing_ok=True)
+            record.status, record.queued_at = "queued", time.time()
+            record.finished_at = record.returncode = record.stop_requested_at = None
+            record.error = record.advice = ""
+            folder.write_record(record)
+        self._wake.set()
+        return self.get(name)
+
+    def rerun(self, name: str, new_name: str | None = None) -> JobInfo:
+        """Queue a fresh run of a job's settings under a new name (default: ``<name>-2``, ``-3``, ...),
+        so the earlier run's outputs stay as they are."""
+        folder = self._existing(name)
+        config = TrainConfig.load(folder.config).replace(resume_from_checkpoint="")
+        if new_name is None:
+            base = name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
+            number = 2
+            while self._folder(f"{base}-{number}").path.exists():
+                number += 1
+            new_name = f"{base}-{number}"
+        return self.submit(config, new_name)
+
+    def remove(self, name: str) -> None:
+        """Delete a job that is not running: its folder, outputs included. Cancel a running job first."""
+        folder = self._existing(name)
+        with self._records_lock.hold():
+            record = folder.read_record() if folder.record.exists() else None
+            if record is not None and record.status == "running":
+                raise JobConflictError(f"job {name!r} is running; cancel it first, then remove it.")
+            # Renamed first, so the job disappears at once even if deleting many files takes a while.
+            trash = self.root / f".removed-{name}-{time.time_ns()}"
+            folder.path.rename(trash)
+        shutil.rmtree(trash)
+        with self._readers_guard:
+            self._readers.pop(name, None)
+
+    def shutdown(self, stop_running: bool = False, timeout: float = 60.0) -> None:
+        """Stop running the queue. A running child keeps training (a later manager adopts it) unless
+        ``stop_running``: then it is asked to stop and waited for up to ``timeout`` seconds."""
+        if self._stopping.is_set():
+            return  # already shut down
+        if stop_running and self._current is not None and self._thread is not None and self._thread.is_alive():
+            name = self._current.name
+            try:
+                self.cancel(name)
+            except JobConflictError:
+                pass  # it ended meanwhile: nothing left to stop
+            deadline = time.monotonic() + timeout
+            while self._current is not None and time.monotonic() < deadline:
+                self._wake.set()
+                time.sleep(min(self.poll_interval, 0.2))
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(5.0, 4 * self.poll_interval))
+        self._current = None  # a child still running is now followed by whichever manager runs the queue next
+        self._worker_lock.release()
+
+    @property
+    def runs_queue(self) -> bool:
+        """Whether this manager is the one starting jobs under its root now."""
+        return self._worker_lock.held
+
+    # --- the queue ----------------------------------------------------------------------------------
+    def _run_queue(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self._tick()
+            except Exception:  # the queue must keep going for the other jobs; the error is logged in full
+                logger.exception("dreamcore jobs: the job queue hit an error (it keeps running)")
+
+    def _tick(self) -> None:
+        if not self._worker_lock.held:
+            if not self._worker_lock.acquire(blocking=False):
+                return  # another manager runs this root's queue
+            self._recover()
+        if self._current is not None:
+            self._watch_current()
+        if self._current is None:
+            self._start_next()
+
+    def _recover(self) -> None:
+        """After taking the queue over: adopt a child that still runs, finish the records of those gone."""
+        for info in self.list():
+            if info.status != "running":
+                continue
+            record = self._folder(info.name).read_record()
+            if record.pid is not None and self._current is None and process_alive(record.pid):
+                self._current = _Child(info.name, record.pid, popen=None)
+                logger.info("dreamcore jobs: %s is still training (pid %s); following it.", info.name, record.pid)
+            else:
+                self._finish(info.name, returncode=None, interrupted=True)
+
+    def _watch_current(self) -> None:
+        child = self._current
+        assert child is not None
+        if child.popen is not None:
+            ended, returncode = child.popen.poll() is not None, child.popen.returncode
+        else:
+            ended, returncode = not process_alive(child.pid), None
+        if ended:
+            self._current = None
+            self._finish(child.name, returncode, forced=child.killed_at is not None)
+            return
+        record = self._folder(child.name).read_record()
+        if (record.stop_requested_at is not None and child.killed_at is None
+                and time.time() - record.stop_requested_at > self.stop_grace_seconds):
+            logger.warning("dreamcore jobs: %s did not stop within %.0f s of Cancel; ending it.", child.name,
+                           self.stop_grace_seconds)
+            child.killed_at = time.time()
+            if child.popen is not None:
+                child.popen.kill()
+            else:
+                kill_process(child.pid)
+
+    def _start_next(self) -> None:
+        with self._records_lock.hold():
+            queued = [i for i in self.list() if i.status == "queued"]
+            if not queued:
+                return
+            info = min(queued, key=lambda i: i.queue_position or 0)
+            folder = self._folder(info.name)
+            record = folder.read_record()
+            record.attempt += 1
+            folder.stop_file.unlink(missing_ok=True)
+            with open(folder.log, "a", encoding="utf-8") as log:
+                log.write(f"=== attempt {record.attempt} started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+            try:
+                popen = start_child(self._child_command(folder, record.attempt), folder)
+            except OSError as error:
+                record.status, record.finished_at = "failed", time.time()
+                record.error = f"could not start the training process ({self.python}): {error}"
+                record.advice = "Check the Python interpreter setting of the job runner."
+                folder.write_record(record)
+                return
+            record.status, record.started_at, record.pid = "running", time.time(), popen.pid
+            record.returncode = record.finished_at = None
+            folder.write_record(record)
+            self._current = _Child(info.name, popen.pid, popen)
+        logger.info("dreamcore jobs: started %s (pid %s).", info.name, popen.pid)
+
+    def _finish(self, name: str, returncode: int | None, forced: bool = False, interrupted: bool = False) -> None:
+        """Write a job's final status from what its events say and how its child ended."""
+        folder = self._folder(name)
+        progress = self._reader(name).read()
+        with self._records_lock.hold():
+            record = folder.read_record()
+            record.returncode, record.pid, record.finished_at = returncode, None, time.time()
+            if progress.finished_status == "completed":
+                record.status, record.error, record.advice = "completed", "", ""
+            elif progress.finished_status == "stopped":
+                record.status, record.error = "cancelled", ""
+                record.advice = f"Stopped at step {progress.step}; Resume continues from the saved state."
+            elif forced:
+                record.status = "cancelled"
+                record.error = (f"the training process did not stop within {self.stop_grace_seconds:.0f} s of "
+                                "Cancel and was ended")
+                record.advice = "Resume continues from the last state saved before that (checkpointing_steps)."
+            elif progress.error is not None:
+                record.status = "failed"
+                record.error = f"{progress.error['error_type']}: {progress.error['message']}"
+                record.advice = progress.error["advice"]
+            else:
+                record.status = "failed"
+                where = f" at step {progress.step}" if progress.step else (
+                    f" during '{progress.stage}'" if progress.stage else "")
+                record.error = describe_exit(returncode) + where + (
+                    " (found when dreamcore started again)" if interrupted else "")
+                record.advice = advice_for_exit(returncode)
+            folder.write_record(record)
+            folder.stop_file.unlink(missing_ok=True)
+        logger.info("dreamcore jobs: %s %s%s", name, record.status, f": {record.error}" if record.error else "")
+
+    # --- helpers ------------------------------------------------------------------------------------
+    def _folder(self, name: str) -> JobFolder:
+        return JobFolder(self.root / check_job_name(name))
+
+    def _existing(self, name: str) -> JobFolder:
+        folder = self._folder(name)
+        if not folder.record.exists():
+            raise JobNotFoundError(f"no job named {name!r} under {self.root}.")
+        return folder
+
+    def _reader(self, name: str) -> EventsReader:
+        with self._readers_guard:
+            reader = self._readers.get(name)
+            if reader is None:
+                reader = self._readers[name] = EventsReader(self._folder(name).events)
+            return reader
+
+    def _info(self, folder: JobFolder) -> JobInfo:
+        try:
+            record = folder.read_record()
+        except JobRecordError as error:
+            return JobInfo(name=folder.name, status="failed", error=str(error), folder=str(folder.path),
+                           advice="Remove this job; its record cannot be read.")
+        with self._readers_guard:
+            reader = self._readers.get(folder.name)
+            if reader is None:
+                reader = self._readers[folder.name] = EventsReader(folder.events)
+            progress = reader.read()
+            return build_job_info(folder, record, progress)
+
+    def _queued_at(self, info: JobInfo) -> float:
+        try:
+            return self._folder(info.name).read_record().queued_at
+        except JobRecordError:
+            return float("inf")
+
+    def _status_text(self, folder: JobFolder) -> str:
+        try:
+            return folder.read_record().status
+        except JobRecordError:
+            return "its record is damaged"
+
+    @staticmethod
+    def _job_config(config: TrainConfig, folder: JobFolder) -> TrainConfig:
+        """The job's copy of the settings: outputs go to the job folder, local paths made absolute."""
+        changes: dict[str, str] = {"output_dir": str(folder.output)}
+        for name in _PATH_FIELDS:
+            value = getattr(config, name)
+            if value and not Path(value).is_absolute():
+                changes[name] = str(Path(value).resolve())
+        for name in _MODEL_FIELDS:
+            value = getattr(config, name)
+            if value and not Path(value).is_absolute() and Path(value).exists():
+                changes[name] = str(Path(value).resolve())
+        if config.resume_from_checkpoint not in ("", "latest") and not Path(config.resume_from_checkpoint).is_absolute():
+            changes["resume_from_checkpoint"] = str(Path(config.resume_from_checkpoint).resolve())
+        return config.replace(**changes)
+
+
