@@ -57,8 +57,8 @@ def plot_scores(scores: Sequence[CheckpointScore], path: str | Path, best_index:
     steps = [score.step if score.step is not None else index for index, score in enumerate(scores)]
     low, high = min(steps), max(steps)
 
-    def x_of(step: float) -> float:
-        return left + (right - left) * ((step - low) / (high - low) if high > low else 0.5)
+    def x_of(step: float) -> float:  # 20 pixels inside the frame so end points stay visible
+        return left + 20 + (right - left - 40) * ((step - low) / (high - low) if high > low else 0.5)
 
     def y_of(value: float) -> float:
         return bottom - (bottom - top) * min(max(value, 0.0), 1.0)
@@ -71,9 +71,12 @@ def plot_scores(scores: Sequence[CheckpointScore], path: str | Path, best_index:
     draw.text(((left + right) / 2, height - 8), "step", fill="black", font=font, anchor="ms")
     draw.rectangle([left, top, right, bottom], outline="black")
     draw.line([(left, y_of(drift_bound)), (right, y_of(drift_bound))], fill=SERIES_COLOURS["class drift"], width=1)
+    draw.text((right - 4, y_of(drift_bound) - 3), "drift bound", fill=SERIES_COLOURS["class drift"], font=font,
+              anchor="rs")
     if best_index is not None:
-        best_x = x_of(steps[best_index])
-        draw.line([(best_x, top), (best_x, bottom)], fill=(120, 120, 120), width=2)
+        best_x, best_y = x_of(steps[best_index]), y_of(scores[best_index].likeness)
+        draw.line([(best_x, top), (best_x, bottom)], fill=(150, 150, 150), width=1)
+        draw.ellipse([best_x - 9, best_y - 9, best_x + 9, best_y + 9], outline="black", width=2)
         draw.text((best_x, top - 4), "best", fill="black", font=font, anchor="ms")
 
     series = {"likeness": [score.likeness for score in scores],
