@@ -98,3 +98,24 @@ def test_bad_arrays_are_refused_with_a_clear_message():
         embed_faces(np.zeros((32, 32, 4), dtype=np.uint8))
     with pytest.raises(TypeError, match="Pillow image"):
         embed_faces(42)
+
+
+def test_same_and_different_after_dreamcore_prepare(tmp_path, astronaut, grace_hopper, second_view):
+    """The same judgement on the crops dreamcore.prepare writes for training (issue 4's portrait framing)."""
+    prepare = pytest.importorskip("dreamcore.prepare", reason="dreamcore.prepare (issue 4) is not in this tree")
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    astronaut.save(originals / "a1-astronaut.png")
+    second_view(astronaut).save(originals / "a2-astronaut-view.jpg", quality=92)
+    grace_hopper.save(originals / "h1-hopper.jpg", quality=92)
+    report = prepare.prepare_photos(originals, tmp_path / "prepared", size=512, framing="portrait")
+    crops = {photo.source.name: photo.output for photo in report.photos}
+    assert all(path is not None and path.is_file() for path in crops.values()), crops
+    astronaut_crop = largest_face(crops["a1-astronaut.png"])
+    view_crop = largest_face(crops["a2-astronaut-view.jpg"])
+    hopper_crop = largest_face(crops["h1-hopper.jpg"])
+    assert identity_similarity(astronaut_crop, view_crop) > SAME_PERSON_SIMILARITY
+    assert identity_similarity(astronaut_crop, largest_face(astronaut)) > SAME_PERSON_SIMILARITY
+    assert identity_similarity(hopper_crop, largest_face(grace_hopper)) > SAME_PERSON_SIMILARITY
+    assert identity_similarity(astronaut_crop, hopper_crop) < SAME_PERSON_SIMILARITY
+    assert identity_similarity(view_crop, hopper_crop) < SAME_PERSON_SIMILARITY
