@@ -153,8 +153,10 @@ class JobManager:
             if record.status == "completed":
                 raise JobConflictError(f"job {name!r} has completed; use Re-run to train it again.")
             config = TrainConfig.load(folder.config)
-            if config.resume_from_checkpoint != "latest":
-                config.replace(resume_from_checkpoint="latest").save(folder.config)
+            # Without a saved state (it failed before the first one) the job starts again from step 0.
+            resume_from = "latest" if self._has_saved_state(folder) else ""
+            if config.resume_from_checkpoint != resume_from:
+                config.replace(resume_from_checkpoint=resume_from).save(folder.config)
             folder.stop_file.unlink(missing_ok=True)
             record.status, record.queued_at = "queued", time.time()
             record.finished_at = record.returncode = record.stop_requested_at = None
@@ -372,6 +374,12 @@ class JobManager:
             return folder.read_record().status
         except JobRecordError:
             return "its record is damaged"
+
+    @staticmethod
+    def _has_saved_state(folder: JobFolder) -> bool:
+        from dreamcore.training.state import PROGRESS_FILE, STATE_DIR_NAME  # imports torch: only when resuming
+
+        return (folder.output / STATE_DIR_NAME / PROGRESS_FILE).is_file()
 
     @staticmethod
     def _job_config(config: TrainConfig, folder: JobFolder) -> TrainConfig:

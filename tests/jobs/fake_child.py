@@ -28,6 +28,8 @@ output = Path(config.output_dir)
 output.mkdir(parents=True, exist_ok=True)
 for step in range(1, config.max_train_steps + 1):
     if (folder / "stop").exists() and config.seed != 2:
+        (output / "state").mkdir(exist_ok=True)  # what real training saves on stop (resume looks for it)
+        (output / "state" / "progress.json").write_text(json.dumps({"step": step - 1}))
         writer(Finished("stopped", step - 1, {"state": str(output / "state")}))
         sys.exit(0)
     if config.seed == 1 and step == 2:

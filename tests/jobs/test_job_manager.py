@@ -95,6 +95,10 @@ def test_an_out_of_memory_error_in_the_child_fails_the_job_with_advice(make_mana
     assert "CUDA out of memory" in failed.error
     assert "gradient_checkpointing" in failed.advice and "use_8bit_adam" in failed.advice
     assert wait_until_final(manager, "after").status == "completed"
+    # It failed before saving any state: Resume starts it over instead of asking for a state that is not there.
+    manager.resume("oom")
+    assert TrainConfig.load(manager.root / "oom" / "train_config.json").resume_from_checkpoint == ""
+    assert wait_until_final(manager, "oom").attempt == 2
 
 
 def test_a_killed_child_fails_the_job_and_the_queue_goes_on(make_manager, fake_config):
