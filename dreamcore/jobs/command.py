@@ -1,0 +1,198 @@
+"""``python -m dreamcore jobs ...``: the training queue from the command line.
+
+    python -m dreamcore jobs submit anna --config anna.json     # queue a job (flags override the file)
+    python -m dreamcore jobs run                                # run the queue here until it is empty
+    python -m dreamcore jobs list | show NAME | cancel NAME | resume NAME | rerun NAME | remove NAME
+    python -m dreamcore jobs serve --port 7862                  # the REST API alone (no gradio)
+
+The queue lives in folders (``--output``/jobs, the same place the app and the WebUI tab use), so these
+commands see and change the jobs of a running app too; only one process runs the queue at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+HELP = "Queue training jobs that run in child processes; list, cancel, resume, re-run them; serve the REST API."
+DEFAULT_OUTPUT = "dreamcore-output"
+
+
+def jobs_root(output: str | Path) -> Path:
+    """Where the jobs of an output folder live (shared with ``python -m dreamcore ui --output``)."""
+    return Path(output) / "jobs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dreamcore.config import add_config_arguments
+
+    parser.add_argument("--output", default=DEFAULT_OUTPUT,
+                        help=f"Output folder; jobs live in its jobs/ folder (default: {DEFAULT_OUTPUT}).")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("list", help="List the jobs: status, progress, queue position.")
+    show = actions.add_parser("show", help="Show one job in full (--json for the REST API's JSON).")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    submit = actions.add_parser("submit", help="Queue a job from a settings file and/or flags.")
+    submit.add_argument("name", help="Job name: letters, digits, '.', '_', '-' (it names the job's folder).")
+    submit.add_argument("--wait", action="store_true",
+                        help="Also run the queue here until this job ends (unless another process runs it).")
+    add_config_arguments(submit)
+    for action, help_text in (("cancel", "Cancel a queued job, or stop a running one (it saves a resumable state)."),
+                              ("resume", "Queue a cancelled or failed job again; it continues from its saved state."),
+                              ("remove", "Delete a job that is not running, outputs included.")):
+        actions.add_parser(action, help=help_text).add_argument("name")
+    rerun = actions.add_parser("rerun", help="Queue a fresh run of a job's settings under a new name.")
+    rerun.add_argument("name")
+    rerun.add_argument("--as", dest="new_name", default=None, help="Name of the new job (default: NAME-2, ...).")
+    run_queue = actions.add_parser("run", help="Run the queue in this process until it is empty; Ctrl+C stops "
+                                               "the running job cleanly.")
+    run_queue.add_argument("--forever", action="store_true", help="Keep waiting for new jobs.")
+    serve = actions.add_parser("serve", help="Serve the REST API (/dreamcore/v1/) and run the queue, without a UI.")
+    serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: this computer only).")
+    serve.add_argument("--port", type=int, default=7862)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dreamcore.config import ConfigError, config_from_arguments
+    from dreamcore.jobs import JobError, JobManager, JobNameError
+
+    root = jobs_root(args.output)
+    try:
+        if args.action in ("run", "serve"):
+            return _run_queue(root, args)
+        manager = JobManager(root, run_queue=args.action == "submit" and args.wait)
+        if args.action == "list":
+            _print_table(manager.list())
+        elif args.action == "show":
+            info = manager.get(args.name)
+            print(json.dumps(info.to_dict(), indent=2) if args.json else _describe(info))
+        elif args.action == "submit":
+            info = manager.submit(config_from_arguments(args), args.name)
+            print(f"queued {info.name} (folder {info.folder})")
+            if args.wait:
+                return _follow(manager, info.name)
+        elif args.action == "cancel":
+            info = manager.cancel(args.name)
+            print(f"{info.name}: {'stop requested' if info.status == 'running' else info.status}")
+        elif args.action == "resume":
+            print(f"{manager.resume(args.name).name}: queued again")
+        elif args.action == "rerun":
+            print(f"queued {manager.rerun(args.name, args.new_name).name}")
+        elif args.action == "remove":
+            manager.remove(args.name)
+            print(f"removed {args.name}")
+    except (ConfigError, JobError, JobNameError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_queue(root: Path, args: argparse.Namespace) -> int:
+    from dreamcore.jobs import JobManager
+
+    manager = JobManager(root)
+    if not manager.runs_queue:
+        print(f"error: another process already runs the queue in {root}; use 'jobs list' to watch it.",
+              file=sys.stderr)
+        manager.shutdown()
+        return 1
+    if args.action == "serve":
+        return _serve(manager, args.host, args.port)
+    try:
+        print(f"running the queue in {root} (Ctrl+C stops the running job and saves its state)")
+        seen: dict[str, tuple] = {}
+        while True:
+            infos = manager.list()
+            for info in infos:
+                state = (info.status, info.step)
+                if seen.get(info.name) != state:
+                    seen[info.name] = state
+                    print(_one_line(info), flush=True)
+            if not args.forever and not any(i.status in ("queued", "running") for i in infos):
+                return 0 if all(i.status == "completed" for i in infos if i.name in seen) else 1
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("stopping the running job (it saves a resumable state) ...", flush=True)
+        return 130
+    finally:
+        manager.shutdown(stop_running=True, timeout=600)
+
+
+def _serve(manager, host: str, port: int) -> int:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from dreamcore.jobs.api import create_router
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}: anyone who can reach this port can start and delete training jobs "
+              "(there is no login).", file=sys.stderr)
+    app = FastAPI(title="dreamcore jobs")
+    app.include_router(create_router(manager))
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        manager.shutdown(stop_running=True, timeout=600)
+    return 0
+
+
+def _follow(manager, name: str) -> int:
+    last = None
+    try:
+        while True:
+            info = manager.get(name)
+            if (info.status, info.step) != last:
+                last = (info.status, info.step)
+                print(_one_line(info), flush=True)
+            if info.status in ("completed", "failed", "cancelled"):
+                if info.status != "completed":
+                    print(_describe(info), file=sys.stderr)
+                return 0 if info.status == "completed" else 1
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        print("stopping the job (it saves a resumable state) ...", flush=True)
+        return 130
+    finally:
+        manager.shutdown(stop_running=True, timeout=600)
+
+
+def _one_line(info) -> str:
+    text = f"{info.name:<24} {info.status:<10}"
+    if info.total_steps:
+        text += f" step {info.step}/{info.total_steps}"
+    if info.loss is not None:
+        text += f" loss {info.loss:.4f}"
+    if info.status == "running" and info.eta_seconds:
+        text += f" eta {info.eta_seconds:.0f}s"
+    if info.queue_position:
+        text += f" (#{info.queue_position} in queue)"
+    if info.error:
+        text += f"  {info.error}"
+    return text
+
+
+def _print_table(infos) -> None:
+    if not infos:
+        print("no jobs")
+    for info in infos:
+        print(_one_line(info))
+
+
+def _describe(info) -> str:
+    lines = [_one_line(info), f"folder: {info.folder}"]
+    if info.advice:
+        lines.append(f"advice: {info.advice}")
+    for key, path in info.outputs.items():
+        lines.append(f"{key}: {path}")
+    if info.samples:
+        step, paths = info.samples[-1]
+        lines.append(f"latest samples (step {step}): {', '.join(paths)}")
+    if info.log_tail:
+        lines += ["log:", *("  " + line for line in info.log_tail[-15:])]
+    return "\n".join(lines)
