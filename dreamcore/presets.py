@@ -1,0 +1,74 @@
+"""Named starting points for a run: TrainConfig field overrides, kept as data.
+
+The WebUI tab and the standalone app offer these by name; a test checks every preset against TrainConfig,
+so a renamed field cannot leave a preset silently wrong. A preset never names the photos, prompts, model or
+output folder: those belong to the person, not to the recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dreamcore.config import TrainConfig
+
+PORTRAIT_PRESET = "Portrait (the guide's recipe)"
+
+# The guide's recipe (../shared/docs/field.md): prior preservation with 12 class images, seed 1337, 512 px,
+# batch 1, text encoder trained, fp16, 8-bit Adam, lr 1e-6 constant without warm-up, 100 steps per photo
+# (max_train_steps left empty), a checkpoint and samples every 500 steps.
+_PORTRAIT: dict[str, Any] = {
+    "with_prior_preservation": True,
+    "prior_loss_weight": 1.0,
+    "num_class_images": 12,
+    "seed": 1337,
+    "resolution": 512,
+    "train_batch_size": 1,
+    "train_text_encoder": True,
+    "mixed_precision": "fp16",
+    "use_8bit_adam": True,
+    "learning_rate": 1e-6,
+    "lr_scheduler": "constant",
+    "lr_warmup_steps": 0,
+    "max_train_steps": None,
+    "save_interval": 500,
+}
+
+# By GPU memory, from the published and measured peaks (field.md): SD1 at 512 px with 8-bit AdamW needs
+# ~10 GB with gradient checkpointing and the text encoder frozen, 12.8 GB with the text encoder trained and
+# checkpointing on, 15.2 GB without it; plain fused AdamW holds ~5.5 GiB more optimizer state (15.4 vs 9.9 GiB).
+PRESETS: dict[str, dict[str, Any]] = {
+    PORTRAIT_PRESET: _PORTRAIT,
+    "GPU 8-10 GB (text encoder frozen)": {
+        **_PORTRAIT, "train_text_encoder": False, "gradient_checkpointing": True, "use_8bit_adam": True,
+        "mixed_precision": "fp16", "sample_batch_size": 1,
+    },
+    "GPU 12-16 GB": {
+        **_PORTRAIT, "train_text_encoder": True, "gradient_checkpointing": True, "use_8bit_adam": True,
+        "sample_batch_size": 2,
+    },
+    "GPU 16-24 GB": {
+        **_PORTRAIT, "train_text_encoder": True, "gradient_checkpointing": False, "use_8bit_adam": True,
+    },
+    "GPU 40 GB and more (bf16, plain AdamW)": {
+        **_PORTRAIT, "train_text_encoder": True, "gradient_checkpointing": False, "use_8bit_adam": False,
+        "mixed_precision": "bf16", "allow_tf32": True,
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """The field overrides of a preset (a copy). Raises KeyError naming the known presets."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def apply_preset(name: str, config: TrainConfig | None = None) -> TrainConfig:
+    """``config`` (default: TrainConfig()) with the preset's fields set; other fields are kept."""
+    base = (config or TrainConfig()).to_dict()
+    base.update(preset_overrides(name))
+    return TrainConfig.from_dict(base, source=f"preset {name!r}")

@@ -1,0 +1,136 @@
+"""What the tab's buttons do, without gradio: start, watch, cancel, publish, use in txt2img.
+
+Training runs through ``dreamcore.jobs.JobManager`` in a child process, so a crash or an out-of-memory
+error in training cannot take the WebUI down. The WebUI's model leaves the GPU when a job is started and
+comes back once no job is queued or running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from dreamcore.config import TrainConfig
+
+from .form import TabForm, build_config
+from .host import Host
+from .publish import PublishedModel, publish_checkpoint
+
+logger = logging.getLogger("dreamcore.webui")
+
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class UseInTxt2img:
+    title: str    # the checkpoint's title in the WebUI's list, now selected
+    prompt: str   # a prompt that calls the subject
+
+
+class TrainingController:
+    def __init__(self, host: Host, output_root: Callable[[], Path], poll_seconds: float = 1.0):
+        """``output_root`` is read on each use, so a change in the WebUI's Settings applies at once."""
+        self.host = host
+        self.output_root = output_root
+        self.poll_seconds = poll_seconds
+        self._managers: dict[Path, Any] = {}
+        self._lock = threading.Lock()
+        self._published: dict[str, PublishedModel] = {}
+        self._gpu_watch: threading.Thread | None = None
+
+    # --- jobs ------------------------------------------------------------------------------------
+    @property
+    def jobs_dir(self) -> Path:
+        return Path(self.output_root()) / "jobs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return Path(self.output_root()) / "uploads"
+
+    def manager(self) -> Any:
+        from dreamcore.jobs import JobManager  # imports the runner only when a job is touched
+
+        root = self.jobs_dir.resolve()
+        with self._lock:
+            if root not in self._managers:
+                self._managers[root] = JobManager(root)
+            return self._managers[root]
+
+    def job_names(self) -> list[str]:
+        if not self.jobs_dir.is_dir():
+            return []
+        return [info.name for info in sorted(self.manager().list(), key=lambda i: i.created_at, reverse=True)]
+
+    def build_config(self, form: TabForm) -> TrainConfig:
+        return build_config(form, self.host.checkpoint_path, self.uploads_dir)
+
+    def start(self, form: TabForm) -> tuple[Any, str]:
+        """Queue a job; returns its JobInfo and a note on the WebUI's model. Raises ConfigError/JobError."""
+        config = self.build_config(form)
+        info = self.manager().submit(config, form.job_name.strip())
+        note = self.host.free_gpu()
+        self._restore_gpu_when_idle()
+        return info, note
+
+    def job(self, name: str) -> Any:
+        return self.manager().get(name)
+
+    def cancel(self, name: str) -> Any:
+        return self.manager().cancel(name)
+
+    def watch(self, name: str, timeout_seconds: float | None = None) -> Iterator[Any]:
+        """Yield the job's info every poll until it ends (the last one is final); publish a finished model."""
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        while True:
+            info = self.job(name)
+            if info.status in FINAL_STATUSES:
+                if info.status == "completed":
+                    self.publish(info)
+                yield info
+                return
+            yield info
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            time.sleep(self.poll_seconds)
+
+    # --- results ---------------------------------------------------------------------------------
+    def publish(self, info: Any) -> PublishedModel:
+        """Copy a completed job's model into the WebUI's checkpoint folder (once) and refresh the list."""
+        if info.name in self._published and self._published[info.name].path.is_file():
+            return self._published[info.name]
+        exported = info.outputs.get("single_file")
+        if not exported:
+            raise FileNotFoundError(f"Job {info.name} finished without a single-file model (outputs: "
+                                    f"{', '.join(info.outputs) or 'none'}); see its log in {info.folder}.")
+        config = TrainConfig.load(Path(info.folder) / "train_config.json")
+        published = publish_checkpoint(exported, self.host.checkpoint_dir(), info.name, config.instance_prompt)
+        self.host.refresh_checkpoints()
+        self._published[info.name] = published
+        return published
+
+    def use_in_txt2img(self, name: str) -> UseInTxt2img:
+        info = self.job(name)
+        if info.status != "completed":
+            raise RuntimeError(f"Job {name} is {info.status}; only a completed job's model can be used.")
+        published = self.publish(info)
+        title = self.host.select_checkpoint(published.path)
+        return UseInTxt2img(title, f"portrait {published.activation_text}")
+
+    # --- the WebUI's model -----------------------------------------------------------------------
+    def _restore_gpu_when_idle(self) -> None:
+        if self._gpu_watch is not None and self._gpu_watch.is_alive():
+            return
+        self._gpu_watch = threading.Thread(target=self._wait_then_restore, name="dreamcore-gpu-restore",
+                                           daemon=True)
+        self._gpu_watch.start()
+
+    def _wait_then_restore(self) -> None:
+        while any(info.status not in FINAL_STATUSES for info in self.manager().list()):
+            time.sleep(self.poll_seconds)
+        note = self.host.restore_gpu()
+        if note:
+            logger.info("dreamcore: %s", note)

@@ -1,0 +1,45 @@
+"""Put a finished model where the WebUI's txt2img finds it, with the card text its Extra Networks show.
+
+``<checkpoint folder>/dreamcore/<name>.safetensors`` is written atomically (a half-copied file never
+appears in the checkpoint list), then ``<name>.json``, the WebUI's "user metadata" (activation text =
+the instance prompt), and ``<name>.yaml`` when the export has one (SD2 v-prediction needs it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamcore.fileio import atomic_path, atomic_write_text
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    path: Path            # the checkpoint in the WebUI's folder
+    metadata_path: Path   # its user-metadata JSON
+    activation_text: str  # what to type in the prompt to call the subject
+
+
+def publish_checkpoint(exported: str | Path, checkpoint_dir: str | Path, name: str, activation_text: str,
+                       description: str = "") -> PublishedModel:
+    exported = Path(exported)
+    if not exported.is_file():
+        raise FileNotFoundError(f"The trained model {exported} is missing; the job's folder may have been moved "
+                                "or deleted. Run the job again.")
+    target = Path(checkpoint_dir) / "dreamcore" / f"{name}{exported.suffix}"
+    with atomic_path(target) as temporary:
+        shutil.copyfile(exported, temporary)
+    yaml_config = exported.with_suffix(".yaml")
+    if yaml_config.is_file():
+        with atomic_path(target.with_suffix(".yaml")) as temporary:
+            shutil.copyfile(yaml_config, temporary)
+    metadata = {
+        "description": description or f"DreamBooth model trained by dreamcore; call the subject with "
+                                      f"'{activation_text}'.",
+        "activation text": activation_text,
+        "notes": f"Trained by dreamcore from {exported}.",
+    }
+    metadata_path = atomic_write_text(target.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+    return PublishedModel(target, metadata_path, activation_text)

@@ -1,0 +1,241 @@
+"""The "DreamBooth" tab: gradio components and the handlers wired to them.
+
+Only what gradio 3.41 (A1111), 3.43 (SD.Next), 4.40 (Forge) and the newest release share is used:
+Blocks/Row/Column/Tab/Accordion, Textbox/Number/Checkbox/Dropdown/File/Gallery/HTML/Markdown/Button,
+``gr.update`` and generator handlers. The loss plot is SVG in an HTML component. The handlers are plain
+methods of ``TabHandlers`` that take and return plain values, so tests call exactly what the buttons call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+from dreamcore.config import ConfigError, field_type
+from dreamcore.presets import preset_names, preset_overrides
+
+from .controller import FINAL_STATUSES, TrainingController
+from .form import MAIN_FIELDS, TabForm, advanced_fields, advanced_groups, default_ui_value, ui_value, uses_text_box
+from .views import loss_plot_svg, progress_html
+
+logger = logging.getLogger("dreamcore.webui")
+
+TAB_TITLE = "DreamBooth"
+TAB_ELEM_ID = "dreamcore_tab"
+FORM_INPUTS = ("base_model", "photos_dir", "uploads", "token", "class_word", "job_name")
+# What a watching handler yields, in this order.
+WATCH_OUTPUTS = ("message", "progress", "loss_plot", "samples", "log", "job")
+
+
+def uploaded_paths(files: Any) -> list[str]:
+    """gr.File(file_count="multiple") gives tempfile objects with ``.name`` (3.x) or path strings (4.x+)."""
+    if not files:
+        return []
+    return [file if isinstance(file, str) else getattr(file, "path", None) or file.name for file in files]
+
+
+class TabHandlers:
+    """Everything the tab's buttons do. Each method returns the values of its outputs, in order."""
+
+    def __init__(self, controller: TrainingController, default_preset: str):
+        self.controller = controller
+        self.default_preset = default_preset
+        self.advanced = advanced_fields()
+
+    # --- form ------------------------------------------------------------------------------------
+    def form_from_values(self, values: list[Any]) -> TabForm:
+        main = dict(zip(FORM_INPUTS, values[:len(FORM_INPUTS)]))
+        advanced_values = values[len(FORM_INPUTS):]
+        if len(advanced_values) != len(self.advanced):
+            raise ValueError(f"the tab sent {len(advanced_values)} advanced values for {len(self.advanced)} fields")
+        return TabForm(
+            base_model=main["base_model"] or "", photos_dir=main["photos_dir"] or "",
+            uploaded_photos=uploaded_paths(main["uploads"]), token=main["token"] or "",
+            class_word=main["class_word"] or "", job_name=main["job_name"] or "",
+            advanced={f.name: value for f, value in zip(self.advanced, advanced_values)})
+
+    def preset_values(self, name: str) -> list[Any]:
+        """The advanced controls' values for a preset: defaults, then the preset's fields."""
+        overrides = preset_overrides(name)
+        return [ui_value(f, overrides[f.name]) if f.name in overrides else default_ui_value(f)
+                for f in self.advanced]
+
+    def refresh_models(self) -> list[str]:
+        self.controller.host.refresh_checkpoints()
+        return self.controller.host.checkpoint_choices()
+
+    # --- training --------------------------------------------------------------------------------
+    def start(self, *values: Any) -> Iterator[tuple[Any, ...]]:
+        """Start button: queue the job, then follow it until it ends (yields WATCH_OUTPUTS)."""
+        from dreamcore.jobs import JobError
+
+        form = self.form_from_values(list(values))
+        try:
+            info, note = self.controller.start(form)
+        except (ConfigError, JobError, ValueError, LookupError, OSError) as error:
+            # Bad settings, a taken job name, an unwritable folder: shown where the person looks.
+            yield (_problem_markdown(error), "", "", [], "", "")
+            return
+        yield from self.watch(info.name, first_message=note)
+
+    def watch(self, name: str, first_message: str = "") -> Iterator[tuple[Any, ...]]:
+        """Follow a job (also after a page reload): progress, loss plot, samples, log; publish when done."""
+        name = (name or "").strip()
+        if not name:
+            yield ("Choose a job to watch.", "", "", [], "", "")
+            return
+        message = first_message
+        try:
+            for info in self.controller.watch(name):
+                if info.status in FINAL_STATUSES:
+                    message = _final_message(info, self.controller)
+                yield (message, _progress(info), loss_plot_svg(info.losses), _gallery(info),
+                       "\n".join(info.log_tail), info.name)
+        except (LookupError, OSError, ConfigError) as error:
+            yield (_problem_markdown(error), "", "", [], "", name)
+
+    def cancel(self, name: str) -> str:
+        name = (name or "").strip()
+        if not name:
+            return "Choose the job to cancel."
+        try:
+            info = self.controller.cancel(name)
+        except LookupError as error:
+            return _problem_markdown(error)
+        return f"Cancelling {info.name}: it stops at the next step and keeps a state you can resume."
+
+    def use_in_txt2img(self, name: str) -> tuple[str, str, str]:
+        """Select the job's model for txt2img; returns (message, prompt, checkpoint title) for the page."""
+        try:
+            result = self.controller.use_in_txt2img((name or "").strip())
+        except (LookupError, OSError, RuntimeError, ConfigError) as error:
+            return _problem_markdown(error), "", ""
+        return (f"Selected **{result.title}** for txt2img. Prompt: `{result.prompt}`", result.prompt, result.title)
+
+    def job_choices(self) -> list[str]:
+        return self.controller.job_names()
+
+
+def _progress(info: Any) -> str:
+    return progress_html(info.name, info.status, info.step, info.total_steps, info.steps_per_second,
+                         info.eta_seconds, info.loss, getattr(info, "stage", ""))
+
+
+def _gallery(info: Any) -> list[tuple[str, str]]:
+    items = []
+    for step, paths in info.samples:
+        items.extend((path, f"step {step}") for path in paths if Path(path).is_file())
+    return items
+
+
+def _final_message(info: Any, controller: TrainingController) -> str:
+    if info.status == "completed":
+        published = controller._published.get(info.name)
+        where = f" and copied to `{published.path}`" if published else ""
+        return (f"**{info.name} finished**{where}. Press *Use in txt2img* to select it; call the subject with "
+                f"`{published.activation_text if published else 'its instance prompt'}`.")
+    if info.status == "cancelled":
+        return f"**{info.name} was cancelled.** Its state is saved; resume it from the job list (REST API) or re-run."
+    return f"**{info.name} failed:** {info.error}\n\n{info.advice}"
+
+
+def _problem_markdown(error: BaseException) -> str:
+    problems = getattr(error, "problems", None)
+    if problems:
+        return "**Please fix:**\n" + "\n".join(f"- {problem}" for problem in problems)
+    return f"**{error}**"
+
+
+# --- gradio ----------------------------------------------------------------------------------------------
+
+def build_tab(controller: TrainingController, default_preset: str, notice: str = "") -> tuple[Any, TabHandlers]:
+    """The tab's gr.Blocks and the handlers wired into it."""
+    import gradio as gr
+
+    handlers = TabHandlers(controller, default_preset)
+    js_keyword = "_js" if int(gr.__version__.split(".")[0]) < 4 else "js"
+    with gr.Blocks(analytics_enabled=False) as blocks:
+        if notice:
+            gr.Markdown(notice)
+        with gr.Row():
+            with gr.Column():
+                with gr.Row():
+                    base_model = gr.Dropdown(choices=controller.host.checkpoint_choices(), label="Base model "
+                                             "(SD 1.x / 2.x checkpoint)", elem_id="dreamcore_base_model")
+                    refresh = gr.Button("Refresh list")
+                photos_dir = gr.Textbox(label="Photos: a folder of 13-20 photos of the subject")
+                uploads = gr.File(file_count="multiple", file_types=["image"], label="... or upload the photos")
+                with gr.Row():
+                    token = gr.Textbox(label="Token (a rare word that becomes the subject)", value="sks")
+                    class_word = gr.Textbox(label="Class", value="person")
+                job_name = gr.Textbox(label="Model name (also the job's name)", placeholder="anna-sd15")
+                preset = gr.Dropdown(choices=preset_names(), value=default_preset, label="Preset")
+                advanced_controls = []
+                with gr.Accordion("Advanced: every training setting", open=False):
+                    gr.Markdown(f"Set by the controls above: {', '.join(sorted(MAIN_FIELDS))}.")
+                    preset_values = dict(zip((f.name for f in handlers.advanced),
+                                             handlers.preset_values(default_preset)))
+                    for group, fields in advanced_groups().items():
+                        with gr.Tab(group):
+                            for f in fields:
+                                advanced_controls.append(_control(gr, f, preset_values[f.name]))
+                with gr.Row():
+                    start = gr.Button("Start training", variant="primary")
+                    cancel = gr.Button("Cancel")
+            with gr.Column():
+                message = gr.Markdown()
+                progress = gr.HTML()
+                loss_plot = gr.HTML()
+                samples = gr.Gallery(label="Samples per saved step", columns=4, height=360)
+                log = gr.Textbox(label="Log", lines=10, max_lines=20)
+                with gr.Row():
+                    job = gr.Dropdown(choices=handlers.job_choices(), label="Job")
+                    refresh_jobs = gr.Button("Refresh jobs")
+                    watch = gr.Button("Watch")
+                use = gr.Button("Use in txt2img", variant="primary")
+                prompt_out = gr.Textbox(visible=False)
+                title_out = gr.Textbox(visible=False)
+
+        form_inputs = [base_model, photos_dir, uploads, token, class_word, job_name, *advanced_controls]
+        watch_outputs = [message, progress, loss_plot, samples, log, job]
+        refresh.click(lambda: gr.update(choices=handlers.refresh_models()), inputs=[], outputs=[base_model])
+        preset.change(lambda name: handlers.preset_values(name), inputs=[preset], outputs=advanced_controls)
+        start.click(handlers.start, inputs=form_inputs, outputs=watch_outputs)
+        watch.click(handlers.watch, inputs=[job], outputs=watch_outputs)
+        cancel.click(handlers.cancel, inputs=[job], outputs=[message])
+        refresh_jobs.click(lambda: gr.update(choices=handlers.job_choices()), inputs=[], outputs=[job])
+        use.click(handlers.use_in_txt2img, inputs=[job], outputs=[message, prompt_out, title_out]).then(
+            None, inputs=[prompt_out, title_out], outputs=None, **{js_keyword: "dreamcoreUseInTxt2img"})
+    return blocks, handlers
+
+
+def _control(gr: Any, f: dataclasses.Field, value: Any) -> Any:
+    label = f.name
+    info = f.metadata["help"]
+    kind = field_type(f)
+    if f.metadata.get("choices"):
+        return gr.Dropdown(choices=list(f.metadata["choices"]), value=value, label=label, info=info)
+    if kind is bool:
+        return gr.Checkbox(value=value, label=label, info=info)
+    if uses_text_box(f):
+        return gr.Textbox(value=value, label=label, info=info)
+    return gr.Number(value=value, label=label, info=info, precision=0 if kind is int else None)
+
+
+def build_error_tab(markdown: str) -> Any:
+    """What shows when dreamcore cannot run here: the tab stays, with what is wrong and what to do."""
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False) as blocks:
+        gr.Markdown(markdown, elem_id="dreamcore_problem")
+    return blocks
+
+
+def error_markdown(error: BaseException) -> str:
+    lines = traceback.format_exception(type(error), error, error.__traceback__)
+    return (f"**The DreamBooth tab could not be built:** `{type(error).__name__}: {error}`\n\n"
+            "Please report this with the details below (Extensions tab > dreamcore > issues).\n\n"
+            f"```\n{''.join(lines)[-4000:]}\n```")

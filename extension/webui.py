@@ -1,0 +1,109 @@
+"""dreamcore inside a WebUI: the callbacks it registers (tab, settings, REST routes)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from dreamcore.presets import PORTRAIT_PRESET, preset_names
+
+from .deps import DependencyReport, check_dependencies
+
+logger = logging.getLogger("dreamcore.webui")
+
+SETTINGS_SECTION = ("dreamcore", "DreamBooth (dreamcore)")
+OPTION_OUTPUT_DIR = "dreamcore_output_dir"
+OPTION_DEFAULT_PRESET = "dreamcore_default_preset"
+
+
+class WebUIExtension:
+    def __init__(self, extension_root: Path):
+        self.extension_root = Path(extension_root)
+        self._host: Any = None
+        self._controller: Any = None
+        self.handlers: Any = None  # the last built tab's handlers (tests drive the tab through them)
+        self.dependencies: DependencyReport | None = None
+
+    def register(self) -> None:
+        from modules import script_callbacks
+
+        script_callbacks.on_ui_settings(self.on_ui_settings)
+        script_callbacks.on_ui_tabs(self.on_ui_tabs)
+        script_callbacks.on_app_started(self.on_app_started)
+
+    # --- host objects, made on first use (the WebUI's modules are complete only after start-up) -------
+    @property
+    def host(self) -> Any:
+        if self._host is None:
+            from .host import WebUIHost
+
+            self._host = WebUIHost()
+        return self._host
+
+    def output_root(self) -> Path:
+        return Path(self.host.option(OPTION_OUTPUT_DIR, str(self.host.default_output_dir())))
+
+    @property
+    def controller(self) -> Any:
+        if self._controller is None:
+            from .controller import TrainingController
+
+            self._controller = TrainingController(self.host, self.output_root)
+        return self._controller
+
+    # --- callbacks -------------------------------------------------------------------------------
+    def on_ui_settings(self) -> None:
+        from modules import shared
+
+        def option(default: Any, label: str, **extra: Any) -> Any:
+            return shared.OptionInfo(default, label, section=SETTINGS_SECTION, category_id="training", **extra)
+
+        import gradio as gr
+
+        shared.opts.add_option(OPTION_OUTPUT_DIR, option(
+            str(self.host.default_output_dir()), "Folder for dreamcore's training jobs (photos, samples, models)"))
+        shared.opts.add_option(OPTION_DEFAULT_PRESET, option(
+            PORTRAIT_PRESET, "Preset the DreamBooth tab starts with", component=gr.Dropdown,
+            component_args={"choices": preset_names()}))
+
+    def on_ui_tabs(self) -> list[tuple[Any, str, str]]:
+        """The tab is always returned: if dreamcore cannot run, it says why and what to do."""
+        from .tab import TAB_ELEM_ID, TAB_TITLE, build_error_tab, build_tab, error_markdown
+
+        self.dependencies = check_dependencies(self.extension_root)
+        if not self.dependencies.ok:
+            logger.warning("dreamcore: %s", self.dependencies.markdown())
+            return [(build_error_tab(self.dependencies.markdown()), TAB_TITLE, TAB_ELEM_ID)]
+        try:
+            preset = self.host.option(OPTION_DEFAULT_PRESET, PORTRAIT_PRESET)
+            if preset not in preset_names():
+                preset = PORTRAIT_PRESET
+            blocks, self.handlers = build_tab(self.controller, preset, notice=self.dependencies.markdown())
+        except Exception as error:  # a bug or a gradio difference must not remove the tab: show it instead
+            logger.exception("dreamcore: the DreamBooth tab could not be built")
+            return [(build_error_tab(error_markdown(error)), TAB_TITLE, TAB_ELEM_ID)]
+        return [(blocks, TAB_TITLE, TAB_ELEM_ID)]
+
+    def on_app_started(self, demo: Any, app: Any) -> None:
+        """Mount the jobs REST API (``/dreamcore/v1/...``) on the WebUI's FastAPI app."""
+        if self.dependencies is not None and not self.dependencies.ok:
+            return
+        mount_job_routes(app, self.controller.manager())
+
+
+def mount_job_routes(app: Any, manager: Any) -> bool:
+    """Include dreamcore.jobs' REST router in a FastAPI app; False (logged) when that module is absent."""
+    try:
+        from dreamcore.jobs import api
+    except ImportError as error:
+        logger.warning("dreamcore: REST API not mounted (%s)", error)
+        return False
+    app.include_router(api.create_router(manager))
+    return True
+
+
+def dreamcore_location() -> str:
+    module = sys.modules.get("dreamcore")
+    return getattr(module, "__file__", "?") if module else "not imported"

@@ -1,0 +1,109 @@
+"""dreamcore's install step: the WebUI runs ``python install.py`` in its own Python on every start.
+
+It installs only the dependencies that are missing, with every installed package pinned to its installed
+version as a pip constraint: it never upgrades, downgrades or removes a package of the WebUI (torch, gradio,
+transformers, huggingface-hub, pydantic, Pillow, numpy, ...). pip resolves everything before it installs
+anything, so when no version of a dependency fits the host's packages nothing changes; the reason is
+written to ``.dreamcore-install.json``, which the DreamBooth tab shows with what to do.
+
+With nothing missing it only reads package metadata, so a second start costs well under a second.
+The cwd may be the WebUI root (A1111, Forge) or this folder (SD.Next): every path comes from __file__.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXTENSION_ROOT = Path(__file__).resolve().parent
+PIP_TIMEOUT_SECONDS = 1800
+
+
+def _load_deps():
+    # Loaded by path under a unique name: "extension" is a common folder name in other WebUI extensions.
+    spec = importlib.util.spec_from_file_location("dreamcore_webui_install_deps", EXTENSION_ROOT / "extension" / "deps.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+deps = _load_deps()
+
+
+def installed_constraints() -> list[str]:
+    """``name==version`` for every package in this Python: what pip must leave exactly as it is."""
+    pins: dict[str, str] = {}
+    for distribution in importlib.metadata.distributions():
+        name = distribution.metadata["Name"]
+        if name and distribution.version:
+            pins.setdefault(name.lower().replace("_", "-"), distribution.version)
+    return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+def pip_install(requirements: list[str], constraints: list[str]) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory(prefix="dreamcore-install-") as folder:
+        constraints_file = Path(folder) / "host-constraints.txt"
+        constraints_file.write_text("\n".join(constraints) + "\n", encoding="utf-8")
+        command = [sys.executable, "-m", "pip", "install", "--prefer-binary", "-c", str(constraints_file),
+                   *requirements]
+        print(f"dreamcore: installing {' '.join(requirements)} (the WebUI's packages are kept as they are)",
+              flush=True)
+        return subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS)
+
+
+def write_report(messages: list[str], installed: list[str]) -> None:
+    """Write the report the tab reads; skip the write when it would not change (the no-op start)."""
+    path = EXTENSION_ROOT / deps.INSTALL_REPORT_NAME
+    report = {"messages": messages, "installed": installed, "python": sys.executable}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            previous = None  # unreadable: rewrite it below
+        if previous is not None and {k: previous.get(k) for k in report} == report:
+            return
+    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def main() -> int:
+    started = time.monotonic()
+    requirements = deps.read_requirements(EXTENSION_ROOT)
+    missing = [r for r in requirements if deps.installed_version(r) is None]
+    messages: list[str] = []
+    for requirement in missing:
+        if requirement.name.lower() in deps.HOST_OWNED:
+            messages.append(f"{requirement.name} is not installed in {sys.executable}. It belongs to the WebUI "
+                            "(a wrong build breaks its GPU support), so dreamcore does not install it: repair the "
+                            "WebUI's installation.")
+    wanted = [str(r) for r in missing if r.name.lower() not in deps.HOST_OWNED]
+    installed: list[str] = []
+    if wanted:
+        result = pip_install(wanted, installed_constraints())
+        if result.returncode == 0:
+            installed = wanted
+        else:
+            reason = "\n".join((result.stderr or result.stdout).strip().splitlines()[-12:])
+            messages.append(
+                f"Could not install {', '.join(wanted)} without changing a package the WebUI already has, "
+                f"so nothing was changed. pip said:\n\n```\n{reason}\n```\n\nUpdate the WebUI (newer WebUIs "
+                f"pin newer packages), or install a version that fits by hand with "
+                f"`\"{sys.executable}\" -m pip install ...`, then restart.")
+            print(f"dreamcore: {messages[-1]}", file=sys.stderr, flush=True)
+    write_report(messages, installed)
+    if wanted:
+        print(f"dreamcore: install step done in {time.monotonic() - started:.1f} s", flush=True)
+    return 0  # a failed install is reported to the tab; failing here would only add noise to the WebUI's start
+
+
+if __name__ == "__main__":
+    sys.exit(main())

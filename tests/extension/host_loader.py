@@ -1,0 +1,40 @@
+"""Load an extension's ``scripts/`` the way the WebUI does (../shared/docs/webui-host.md).
+
+Each ``.py`` in ``<extension>/scripts/`` is imported with ``spec_from_file_location(basename, path)``
+while the extension root is first on ``sys.path``; the root is removed again right after that import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+STANDIN_DIR = Path(__file__).resolve().parent / "webui_standin"
+
+
+def use_standin_host(data_dir: str | Path, flavor: str = "a1111") -> None:
+    """Make the stand-in ``modules`` importable as the host's own (its root is on sys.path in a WebUI)."""
+    os.environ["DREAMCORE_STANDIN_DATA_DIR"] = str(data_dir)
+    os.environ["DREAMCORE_STANDIN_FLAVOR"] = flavor
+    for name in [n for n in sys.modules if n == "modules" or n.startswith(("modules.", "modules_forge"))]:
+        del sys.modules[name]
+    if str(STANDIN_DIR) not in sys.path:
+        sys.path.insert(0, str(STANDIN_DIR))
+
+
+def load_extension_scripts(extension_root: str | Path) -> list[ModuleType]:
+    extension_root = Path(extension_root)
+    loaded = []
+    for path in sorted((extension_root / "scripts").glob("*.py")):
+        sys.path.insert(0, str(extension_root))
+        try:
+            spec = importlib.util.spec_from_file_location(path.stem, str(path))
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(extension_root))
+        loaded.append(module)
+    return loaded

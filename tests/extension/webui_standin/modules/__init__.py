@@ -1,0 +1,1 @@
+"""Test stand-in of the WebUI's ``modules`` package (see ../README.md)."""
