@@ -236,6 +236,18 @@ class TrainConfig:
             raise ConfigError(problems)
         return self
 
+    # --- Likeness ----------------------------------------------------------------------------------
+    score_likeness: bool = _field(
+        False, "At each save, score how much the samples look like you (face identity vs. your photos), how "
+        "much the class prompt drifts towards you, and how varied the samples are; needs pip install "
+        "'dreamcore[faces]'.", "Likeness")
+    keep_best: bool = _field(
+        False, "Export the checkpoint with the best likeness score (drift and variety within bounds) instead "
+        "of the last one; needs score_likeness.", "Likeness")
+    likeness_early_stop: int = _field(
+        0, "Stop training when likeness has not risen for this many saves in a row (0 = never); needs "
+        "score_likeness.", "Likeness")
+
     # --- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
