@@ -1,0 +1,94 @@
+"""``python -m dreamcore jobs ...`` and ``python -m dreamcore ui`` (argument handling and error messages)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import dreamcore
+from dreamcore.cli import main
+from dreamcore.jobs import ui_command
+from dreamcore.jobs.command import jobs_root
+
+from conftest import make_photos
+
+
+def config_file(tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    path = tmp_path / "anna.json"
+    path.write_text(json.dumps({"pretrained_model_name_or_path": str(model),
+                                "instance_data_dir": str(make_photos(tmp_path / "photos")),
+                                "instance_prompt": "photo of sks person", "max_train_steps": 5}))
+    return path
+
+
+def test_submit_list_show_cancel_remove(tmp_path, capsys):
+    output = tmp_path / "out"
+    common = ["jobs", "--output", str(output)]
+    assert main([*common, "submit", "anna", "--config", str(config_file(tmp_path)), "--seed", "7"]) == 0
+    assert "queued anna" in capsys.readouterr().out
+    saved = json.loads((jobs_root(output) / "anna" / "train_config.json").read_text())
+    assert saved["seed"] == 7 and saved["max_train_steps"] == 5  # flags override the file
+    assert main([*common, "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "anna" in listed and "queued" in listed and "#1 in queue" in listed
+    assert main([*common, "show", "anna", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "queued"
+    assert main([*common, "cancel", "anna"]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert main([*common, "remove", "anna"]) == 0
+    assert not (jobs_root(output) / "anna").exists()
+
+
+def test_refusals_exit_2_with_the_reason(tmp_path, capsys):
+    common = ["jobs", "--output", str(tmp_path / "out")]
+    assert main([*common, "submit", "../up", "--config", str(config_file(tmp_path))]) == 2
+    assert "not allowed" in capsys.readouterr().err
+    assert main([*common, "submit", "anna", "--config", str(config_file(tmp_path)), "--resolution", "30"]) == 2
+    assert "resolution: 30 is not a multiple of 8" in capsys.readouterr().err
+    assert main([*common, "cancel", "nobody"]) == 2
+    assert "no job named 'nobody'" in capsys.readouterr().err
+    assert not any(p for p in jobs_root(tmp_path / "out").iterdir() if not p.name.startswith("."))
+
+
+def test_ui_says_when_the_tab_folder_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dreamcore, "__file__", str(tmp_path / "dreamcore" / "__init__.py"))
+    monkeypatch.delitem(sys.modules, ui_command.GLUE_PACKAGE, raising=False)
+    assert main(["ui", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "dreamcore tab" in err and str(tmp_path / "extension") in err
+
+
+def test_ui_says_when_gradio_is_missing(tmp_path, monkeypatch, capsys):
+    real_find_spec = ui_command.importlib.util.find_spec
+    monkeypatch.setattr(ui_command.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gradio" else real_find_spec(name, *a))
+    assert main(["ui"]) == 2
+    assert "needs gradio" in capsys.readouterr().err
+
+
+def test_ui_loads_the_tab_by_path_as_dreamcore_webui_and_launches_it(tmp_path, monkeypatch, capsys):
+    """A stand-in extension folder beside a stand-in package: what the app is given, and the warning."""
+    extension = tmp_path / "extension"
+    extension.mkdir()
+    (extension / "__init__.py").write_text("")
+    (extension / "app.py").write_text(
+        "CALLS = []\n"
+        "def launch_standalone(output_root, host, port):\n"
+        "    CALLS.append((output_root, host, port))\n")
+    monkeypatch.setattr(dreamcore, "__file__", str(tmp_path / "dreamcore" / "__init__.py"))
+    monkeypatch.delitem(sys.modules, ui_command.GLUE_PACKAGE, raising=False)
+    monkeypatch.delitem(sys.modules, f"{ui_command.GLUE_PACKAGE}.app", raising=False)
+    monkeypatch.setattr(ui_command.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "gradio" else None)
+    assert main(["ui", "--output", str(tmp_path / "out"), "--port", "7999"]) == 0
+    app = sys.modules[f"{ui_command.GLUE_PACKAGE}.app"]
+    assert app.CALLS == [((tmp_path / "out").resolve(), "127.0.0.1", 7999)]
+    assert "warning" not in capsys.readouterr().err
+    assert main(["ui", "--host", "0.0.0.0"]) == 0
+    assert "anyone who can reach port 7861" in capsys.readouterr().err
+    assert app.CALLS[-1][1:] == ("0.0.0.0", 7861)
