@@ -1,0 +1,52 @@
+"""Published architectures versus custom ones (the tiny test models), told from component configs."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from dreamcore.assets import FAMILIES, load_component_config
+from dreamcore.convert.errors import ModelLoadError
+
+COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
+# Config fields that decide the shape of the weights or the numbers they produce.
+STRUCTURAL_FIELDS = {
+    "unet": ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+             "layers_per_block", "cross_attention_dim", "attention_head_dim", "use_linear_projection",
+             "norm_num_groups"),
+    "vae": ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "latent_channels",
+            "norm_num_groups", "scaling_factor"),
+    "text_encoder": ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "max_position_embeddings", "hidden_act"),
+    "scheduler": ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule"),
+}
+
+
+def published_configs(family: str) -> dict[str, dict[str, Any]]:
+    """The shipped diffusers configs of a published family (sd1, sd2, sd2-v)."""
+    if family not in FAMILIES:
+        raise ModelLoadError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+    return {component: load_component_config(family, component) for component in COMPONENTS}
+
+
+def differs_from_published(configs: Mapping[str, Mapping[str, Any]], family: str) -> bool:
+    """True when any structural field differs from the published model of that family."""
+    published = published_configs(family)
+    for component, fields in STRUCTURAL_FIELDS.items():
+        for field in fields:
+            mine, theirs = configs[component].get(field), published[component].get(field)
+            if _normalise(mine) != _normalise(theirs):
+                return True
+    return False
+
+
+def base_family(family: str) -> str:
+    """"sd1" or "sd2": the key layout of a family (SD2's epsilon and v models share it)."""
+    return "sd1" if family == "sd1" else "sd2"
+
+
+def prediction_type(family: str) -> str:
+    return "v_prediction" if family == "sd2-v" else "epsilon"
+
+
+def _normalise(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

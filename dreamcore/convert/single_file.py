@@ -1,0 +1,276 @@
+"""Single-file checkpoints (what the WebUIs load) to and from ``ModelComponents``; VAE files alone too."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from dreamcore.assets import load_tokenizer
+from dreamcore.components import ModelComponents
+from dreamcore.convert.architecture import (COMPONENTS, base_family, differs_from_published, prediction_type,
+                                            published_configs)
+from dreamcore.convert.checkpoint_files import metadata_json, read_state_dict, write_ckpt, write_safetensors
+from dreamcore.convert.errors import ModelLoadError
+from dreamcore.convert.family import detect_family, looks_v_prediction
+from dreamcore.convert.layout import (SCHEDULE_KEYS, split_single_file_layout, to_single_file_layout,
+                                      vae_from_original, vae_to_original)
+from dreamcore.convert.modules import (assign_weights, diffusers_config, empty_text_encoder, empty_unet, empty_vae,
+                                       text_config_dict, text_encoder_state_dict)
+from dreamcore.convert.original_config import original_config, original_config_yaml, read_original_config
+from dreamcore.convert.vae_keys import VAE_PREFIX
+from dreamcore.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# Our keys in a file's metadata. Structured values are JSON strings (safetensors metadata is str -> str).
+VERSION_KEY = "dreamcore.version"
+FAMILY_KEY = "dreamcore.family"
+PREDICTION_KEY = "dreamcore.prediction_type"
+ARCHITECTURE_KEY = "dreamcore.architecture"  # the component configs of a custom (non-published) model
+VAE_ARCHITECTURE_KEY = "dreamcore.vae_architecture"
+MODELSPEC_ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
+                          "sd2-v": "stable-diffusion-v2-768-v"}
+
+
+def training_metadata(base_model: str, trigger_words: str | list[str], steps: int,
+                      resolution: int) -> dict[str, str]:
+    """The metadata a trained model's file should carry, under dreamcore's and ModelSpec's key names."""
+    words = trigger_words if isinstance(trigger_words, str) else ", ".join(trigger_words)
+    return {
+        "dreamcore.base_model": str(base_model),
+        "dreamcore.trigger_words": words,
+        "dreamcore.training_steps": str(int(steps)),
+        "dreamcore.resolution": str(int(resolution)),
+        "modelspec.trigger_phrase": words,
+        "modelspec.resolution": f"{int(resolution)}x{int(resolution)}",
+    }
+
+
+def save_single_file(components: ModelComponents, path: str | Path, half: bool = False,
+                     metadata: dict[str, str] | None = None, user_metadata: dict | None = None) -> Path:
+    """Write a WebUI single file (``.safetensors``, or ``.ckpt`` by suffix); returns its path.
+
+    ``half`` stores floating tensors as fp16 (half the size; the WebUI does not mind). SD2 v-prediction
+    models also get ``<name>.yaml`` beside the file; ``user_metadata`` (description, "activation text",
+    ...) goes to ``<name>.json`` beside it, where the WebUI's model cards read it. Each file is atomic.
+    """
+    path = _single_file_path(path)
+    family = components.family
+    state_dict = components_state_dict(components)
+    if half:
+        state_dict = {key: t.half() if t.is_floating_point() else t for key, t in state_dict.items()}
+    file_metadata = _file_metadata(components, path)
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata {key!r}: keys and values must be strings (got {type(value).__name__}); "
+                            "use training_metadata() or str()")
+        file_metadata[key] = value
+    if path.suffix == ".ckpt":
+        write_ckpt(path, state_dict, file_metadata)
+    else:
+        write_safetensors(path, state_dict, file_metadata)
+    if family == "sd2-v":
+        # The WebUI cannot tell v-prediction from SD2's keys; the yaml beside the file tells it.
+        configs = _component_configs(components)
+        yaml_text = original_config_yaml(original_config(family, configs["unet"], configs["vae"],
+                                                         configs["scheduler"]))
+        atomic_write_text(path.with_suffix(".yaml"), yaml_text)
+    if user_metadata is not None:
+        atomic_write_text(path.with_suffix(".json"), json.dumps(user_metadata, indent=4, ensure_ascii=False) + "\n")
+    return path
+
+
+def components_state_dict(components: ModelComponents) -> dict[str, torch.Tensor]:
+    """All of a model's weights in the single-file (original) layout, as they would be written."""
+    text_config = components.text_encoder.config
+    return to_single_file_layout(
+        components.unet.state_dict(), components.vae.state_dict(), text_encoder_state_dict(components.text_encoder),
+        base_family(components.family), components.unet.config, components.vae.config,
+        text_layers=text_config.num_hidden_layers, max_positions=text_config.max_position_embeddings)
+
+
+def load_single_file(path: str | Path, family: str = "auto", use_ema: bool = False,
+                     config_yaml: str | Path | None = None) -> ModelComponents:
+    """Load a single-file SD1.x/SD2.x checkpoint into fp32 modules on the CPU.
+
+    The family comes from ``family`` if given, else from ``config_yaml`` or ``<name>.yaml`` beside the file,
+    else from dreamcore's metadata in the file, else from the keys (and, for SD2, the WebUI's test
+    forward pass for v-prediction). ``use_ema`` takes the UNet's EMA weights stored in the file.
+    """
+    path = Path(path)
+    state_dict, metadata = read_state_dict(path)
+    try:
+        key_family = detect_family(state_dict)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{path}: {error}") from None
+    yaml_path = Path(config_yaml) if config_yaml else path.with_suffix(".yaml")
+    yaml_config = read_original_config(yaml_path) if (config_yaml or yaml_path.is_file()) else None
+    chosen = _choose_family(path, key_family, family, yaml_config, metadata)
+    configs, custom = _configs_for(path, metadata, chosen or key_family)
+    if yaml_config is not None:
+        _apply_original_config(configs, yaml_config)
+    text_layers = int(configs["text_encoder"]["num_hidden_layers"])
+    try:
+        split = split_single_file_layout(state_dict, base_family(key_family), configs["unet"], configs["vae"],
+                                         text_layers, use_ema=use_ema)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{path}: {error}") from None
+    if split.has_ema and not use_ema:
+        log.info("%s also holds EMA weights; they are not used (pass use_ema / --use-ema to use them)", path.name)
+    name = {"sd1": "SD1.x", "sd2": "SD2.x"}[base_family(key_family)]
+    unet = assign_weights(empty_unet(configs["unet"]), split.unet, "UNet", str(path), name)
+    vae = assign_weights(empty_vae(configs["vae"]), split.vae, "VAE", str(path), name)
+    text_encoder = assign_weights(empty_text_encoder(configs["text_encoder"]), split.text_encoder,
+                                  "text encoder", str(path), name)
+    if chosen is None:  # SD2 with nothing but its keys to go by: test it as the WebUI does
+        chosen = "sd2-v" if (not custom and looks_v_prediction(unet)) else "sd2"
+        if chosen == "sd2-v":
+            configs = {**configs, **{k: v for k, v in published_configs("sd2-v").items() if k != "scheduler"},
+                       "scheduler": {**configs["scheduler"], "prediction_type": "v_prediction"}}
+        log.info("%s: no .yaml beside it; detected %s from its weights", path.name, chosen)
+    configs["scheduler"]["prediction_type"] = prediction_type(chosen)
+    _check_noise_schedule(path, state_dict, configs["scheduler"])
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(diffusers_config(configs["scheduler"]))
+    return ModelComponents(chosen, unet, vae, text_encoder, load_tokenizer(chosen), scheduler,
+                           architecture=configs if custom else None)
+
+
+def save_vae_file(vae: Any, path: str | Path, half: bool = False) -> Path:
+    """Write a VAE alone as the WebUIs keep it in ``models/VAE`` (original keys, no prefix)."""
+    path = _single_file_path(path)
+    state_dict = vae_to_original(vae.state_dict(), vae.config)
+    if half:
+        state_dict = {key: t.half() if t.is_floating_point() else t for key, t in state_dict.items()}
+    import dreamcore
+
+    metadata = {VERSION_KEY: dreamcore.__version__}
+    vae_config = diffusers_config(vae.config)
+    if differs_from_published({**published_configs("sd1"), "vae": vae_config}, "sd1"):
+        metadata[VAE_ARCHITECTURE_KEY] = metadata_json(vae_config)
+    if path.suffix == ".ckpt":
+        return write_ckpt(path, state_dict, metadata)
+    return write_safetensors(path, state_dict, metadata)
+
+
+def load_vae_file(path: str | Path) -> Any:
+    """Load a single-file VAE (bare original keys, or the VAE inside a full checkpoint) as AutoencoderKL."""
+    path = Path(path)
+    state_dict, metadata = read_state_dict(path)
+    if any(key.startswith(VAE_PREFIX) for key in state_dict):
+        log.info("%s is a full checkpoint; using the VAE inside it", path.name)
+        state_dict = {key[len(VAE_PREFIX):]: t for key, t in state_dict.items() if key.startswith(VAE_PREFIX)}
+    # A VAE's own training loss and EMA counters ride along in some files; they are not VAE weights.
+    state_dict = {key: t for key, t in state_dict.items()
+                  if not key.startswith("loss.") and key not in SCHEDULE_KEYS}
+    if "decoder.conv_in.weight" not in state_dict:
+        raise ModelLoadError(f"{path} is not a VAE (no decoder.conv_in.weight); choose a VAE file such as "
+                             "vae-ft-mse-840000-ema-pruned.safetensors, or a diffusers VAE folder")
+    if VAE_ARCHITECTURE_KEY in metadata:
+        config = _json_metadata(path, metadata, VAE_ARCHITECTURE_KEY)
+    else:
+        config = published_configs("sd1")["vae"]
+    try:
+        converted = vae_from_original(state_dict, config)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{path}: {error}") from None
+    return assign_weights(empty_vae(config), converted, "VAE", str(path), "Stable Diffusion")
+
+
+def _single_file_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix == "":
+        return path.with_name(path.name + ".safetensors")
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise ValueError(f"{path}: a single-file model ends in .safetensors or .ckpt (got {path.suffix!r})")
+    return path
+
+
+def _component_configs(components: ModelComponents) -> dict[str, dict[str, Any]]:
+    return {"unet": diffusers_config(components.unet.config), "vae": diffusers_config(components.vae.config),
+            "text_encoder": text_config_dict(components.text_encoder.config),
+            "scheduler": diffusers_config(components.scheduler.config)}
+
+
+def _file_metadata(components: ModelComponents, path: Path) -> dict[str, str]:
+    import dreamcore
+
+    metadata = {VERSION_KEY: dreamcore.__version__, FAMILY_KEY: components.family,
+                PREDICTION_KEY: prediction_type(components.family), "modelspec.sai_model_spec": "1.0.0",
+                "modelspec.title": path.stem}
+    if components.architecture is not None:
+        configs = _component_configs(components)
+        configs["scheduler"]["prediction_type"] = prediction_type(components.family)
+        metadata[ARCHITECTURE_KEY] = metadata_json(configs)
+    else:
+        metadata["modelspec.architecture"] = MODELSPEC_ARCHITECTURE[components.family]
+    return metadata
+
+
+def _choose_family(path: Path, key_family: str, requested: str, yaml_config, metadata: Mapping[str, str]
+                   ) -> str | None:
+    """The family by precedence (argument, yaml, metadata); None for SD2 when only a forward pass can tell."""
+    sources = [("family argument", requested if requested != "auto" else None),
+               (f"{path.with_suffix('.yaml').name}", yaml_config.family if yaml_config else None),
+               (f"{path.name}'s metadata", metadata.get(FAMILY_KEY))]
+    for source, family in sources:
+        if family is None:
+            continue
+        if family not in MODELSPEC_ARCHITECTURE:
+            raise ModelLoadError(f"{path}: {source} names family {family!r}; use sd1, sd2 or sd2-v")
+        if base_family(family) != key_family:
+            raise ModelLoadError(f"{path}: {source} says {family} but the weights are {key_family} "
+                                 f"({'OpenAI CLIP' if key_family == 'sd1' else 'OpenCLIP'} text encoder); "
+                                 "fix or remove the wrong one")
+        return family
+    return "sd1" if key_family == "sd1" else None
+
+
+def _configs_for(path: Path, metadata: Mapping[str, str], family: str) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Component configs (copied) and whether they are a custom architecture recorded in the file."""
+    if ARCHITECTURE_KEY not in metadata:
+        return published_configs(family), False
+    configs = _json_metadata(path, metadata, ARCHITECTURE_KEY)
+    if not isinstance(configs, dict) or any(not isinstance(configs.get(c), dict) for c in COMPONENTS):
+        raise ModelLoadError(f"{path}: its {ARCHITECTURE_KEY} metadata lacks one of {', '.join(COMPONENTS)}; "
+                             "the file is damaged - export it again")
+    return configs, True
+
+
+def _json_metadata(path: Path, metadata: Mapping[str, str], key: str) -> Any:
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{path}: its {key} metadata is not valid JSON ({error}); the file is damaged - "
+                             "export it again") from None
+
+
+def _apply_original_config(configs: dict[str, dict[str, Any]], yaml_config) -> None:
+    if yaml_config.scale_factor is not None:
+        configs["vae"]["scaling_factor"] = yaml_config.scale_factor
+    if yaml_config.beta_start is not None:
+        configs["scheduler"]["beta_start"] = yaml_config.beta_start
+    if yaml_config.beta_end is not None:
+        configs["scheduler"]["beta_end"] = yaml_config.beta_end
+    if yaml_config.num_train_timesteps is not None:
+        configs["scheduler"]["num_train_timesteps"] = yaml_config.num_train_timesteps
+
+
+def _check_noise_schedule(path: Path, state_dict: Mapping[str, torch.Tensor], scheduler: Mapping[str, Any]) -> None:
+    """A file's stored noise schedule must be the one training will use; otherwise say so, do not guess."""
+    stored = state_dict.get("alphas_cumprod")
+    if stored is None:
+        return
+    from diffusers import DDPMScheduler
+
+    expected = DDPMScheduler.from_config(diffusers_config(scheduler)).alphas_cumprod
+    if stored.shape != expected.shape or not torch.allclose(stored.float(), expected.float(), atol=2e-3):
+        raise ModelLoadError(f"{path}: its noise schedule (alphas_cumprod) is not the standard scaled-linear "
+                             f"{scheduler['beta_start']}..{scheduler['beta_end']} schedule; put the model's .yaml "
+                             "config beside it (linear_start/linear_end) so dreamcore trains with its schedule")

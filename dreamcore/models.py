@@ -1,0 +1,260 @@
+"""Loading a base model (diffusers folder, single file or cached hub id), saving a diffusers folder, and
+building a sampling pipeline: the model plumbing the trainer and the generator use.
+
+Nothing here downloads: a hub repo id is looked up in the local Hugging Face cache only, and the
+tokenizer and configs come from ``dreamcore.assets`` when a model does not carry its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from dreamcore.components import ModelComponents
+from dreamcore.convert.architecture import base_family, differs_from_published, prediction_type, published_configs
+from dreamcore.convert.errors import ModelLoadError
+from dreamcore.convert.modules import diffusers_config, text_config_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ModelLoadError", "load_base_model", "load_vae", "save_diffusers_folder", "build_pipeline",
+           "resolve_cached_repo", "SAMPLERS"]
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# Sampler names (as the UI and CLI offer them) -> diffusers scheduler classes.
+SAMPLERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+FAMILY_CHOICES = ("auto", "sd1", "sd2", "sd2-v")
+
+
+def load_base_model(path: str, vae: str = "", revision: str = "", family: str = "auto",
+                    tokenizer: str = "") -> ModelComponents:
+    """Load a Stable Diffusion 1.x/2.x model as fp32 CPU modules plus its training noise scheduler.
+
+    ``path``: a diffusers folder, a single ``.safetensors``/``.ckpt`` file (``<name>.yaml`` beside it is
+    honoured), or a hub repo id present in the local Hugging Face cache (``revision`` picks its branch).
+    ``vae``: a replacement VAE (diffusers folder, single file or cached repo id). ``tokenizer``: a tokenizer
+    folder or cached repo id to use instead of the model's. The scheduler returned is a ``DDPMScheduler``
+    with the model's prediction type (epsilon, or v_prediction for SD2-v).
+    """
+    if family not in FAMILY_CHOICES:
+        raise ModelLoadError(f"model family {family!r} is unknown; use one of {', '.join(FAMILY_CHOICES)}")
+    if not path:
+        raise ModelLoadError("no base model given; pass a diffusers folder, a .safetensors/.ckpt file, or a hub "
+                             "id that is in the local Hugging Face cache")
+    source = _resolve_source(path, revision, what="base model")
+    if source.is_file():
+        from dreamcore.convert.single_file import load_single_file
+
+        components = load_single_file(source, family=family)
+    else:
+        components = _load_diffusers_folder(source, family)
+    if vae:
+        components.vae = load_vae(vae)
+        components.architecture = _architecture(components)
+    if tokenizer:
+        components.tokenizer = _load_tokenizer(tokenizer, components.family)
+    return components
+
+
+def load_vae(source: str, revision: str = "") -> Any:
+    """A VAE from a diffusers VAE folder (or a model folder's ``vae/``), a single file, or a cached repo id."""
+    path = _resolve_source(source, revision, what="VAE")
+    if path.is_file():
+        from dreamcore.convert.single_file import load_vae_file
+
+        return load_vae_file(path)
+    if (path / "config.json").is_file():
+        return _from_pretrained("AutoencoderKL", path, None, "VAE")
+    if (path / "vae" / "config.json").is_file():
+        return _from_pretrained("AutoencoderKL", path, "vae", "VAE")
+    raise ModelLoadError(f"{path} is not a VAE: no config.json (diffusers VAE folder) or vae/config.json (model "
+                         "folder) in it; give a diffusers VAE folder or a single-file VAE (.safetensors/.ckpt)")
+
+
+def save_diffusers_folder(components: ModelComponents, directory: str | Path) -> Path:
+    """Write the model as a diffusers folder, atomically (a complete folder or none under that name).
+
+    ``diffusers.StableDiffusionPipeline.from_pretrained(directory)`` loads it offline (no safety checker).
+    """
+    from dreamcore.fileio import atomic_directory
+
+    directory = Path(directory)
+    with atomic_directory(directory) as temp:
+        _pipeline(components, components.scheduler).save_pretrained(str(temp), safe_serialization=True)
+    return directory
+
+
+def build_pipeline(components: ModelComponents, scheduler: str = "ddim") -> Any:
+    """A ``StableDiffusionPipeline`` over the given modules (shared, not copied) for sampling.
+
+    ``scheduler`` names the sampler (see ``SAMPLERS``); it inherits the model's noise schedule and
+    prediction type. No safety checker; the progress bar is off (callers report progress themselves).
+    """
+    import diffusers
+
+    if scheduler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {scheduler!r}; use one of {', '.join(SAMPLERS)}")
+    sampler = getattr(diffusers, SAMPLERS[scheduler]).from_config(components.scheduler.config)
+    pipeline = _pipeline(components, sampler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def resolve_cached_repo(repo_id: str, revision: str = "") -> Path:
+    """The snapshot folder of a hub repo in the local Hugging Face cache; never downloads."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    cache_dir = hub_cache_dir()
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, cache_dir=str(cache_dir),
+                                      local_files_only=True))
+    except LocalEntryNotFoundError:
+        at = f" at revision {revision!r}" if revision else ""
+        raise ModelLoadError(
+            f"{repo_id}{at} is not in the local Hugging Face cache ({cache_dir}), and dreamcore never downloads. "
+            f"On a machine with internet run `hf download {repo_id}{f' --revision {revision}' if revision else ''}`"
+            f" and copy the cache folder models--{repo_id.replace('/', '--')} into {cache_dir} (or set "
+            "HF_HUB_CACHE), or pass a local diffusers folder or .safetensors file instead") from None
+
+
+def hub_cache_dir() -> Path:
+    """Where huggingface_hub keeps its cache, read from the environment now (HF_HUB_CACHE, HF_HOME)."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _resolve_source(name: str, revision: str, what: str) -> Path:
+    from dreamcore.config import HUB_REPO_ID
+
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ModelLoadError(f"{path}: a {what} file must be .safetensors or .ckpt (got {path.suffix!r})")
+        return path
+    if HUB_REPO_ID.match(name) and not name.startswith((".", "/", "~")):
+        return resolve_cached_repo(name, revision)
+    raise ModelLoadError(f"{what} {name!r} not found: it is neither an existing file or folder nor a hub id "
+                         "(owner/name); check the path")
+
+
+def _load_diffusers_folder(folder: Path, family: str) -> ModelComponents:
+    if not (folder / "model_index.json").is_file():
+        found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        raise ModelLoadError(f"{folder} is not a diffusers model folder (no model_index.json; found {found}); give "
+                             "a diffusers folder or the .safetensors/.ckpt file itself")
+    for component in ("unet", "vae", "text_encoder"):
+        if not (folder / component / "config.json").is_file():
+            raise ModelLoadError(f"{folder} lacks its {component} (no {component}/config.json); the folder is "
+                                 "incomplete - copy or download the whole model again")
+    unet = _from_pretrained("UNet2DConditionModel", folder, "unet", "UNet")
+    vae = _from_pretrained("AutoencoderKL", folder, "vae", "VAE")
+    text_encoder = _from_pretrained("CLIPTextModel", folder, "text_encoder", "text encoder")
+    detected = "sd1" if text_encoder.config.hidden_act == "quick_gelu" else "sd2"
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    if scheduler_file.is_file():
+        try:
+            scheduler_config = json.loads(scheduler_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelLoadError(f"{scheduler_file} could not be read ({error}); fix or remove it") from None
+    else:
+        scheduler_config = published_configs(detected)["scheduler"]
+    if detected == "sd2" and scheduler_config.get("prediction_type") == "v_prediction":
+        detected = "sd2-v"
+    chosen = family if family != "auto" else detected
+    if base_family(chosen) != base_family(detected):
+        raise ModelLoadError(f"{folder}: family {chosen} was asked for but its text encoder is "
+                             f"{'OpenAI CLIP (SD1)' if detected == 'sd1' else 'OpenCLIP (SD2)'}; pick the right "
+                             "family or 'auto'")
+    if chosen != detected:
+        log.warning("%s: its scheduler says %s; using %s as asked", folder, detected, chosen)
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config({**diffusers_config(scheduler_config),
+                                           "prediction_type": prediction_type(chosen)})
+    tokenizer = (_load_tokenizer(str(folder / "tokenizer"), chosen) if (folder / "tokenizer").is_dir()
+                 else _shipped_tokenizer(folder, chosen))
+    components = ModelComponents(chosen, unet.float().eval(), vae.float().eval(), text_encoder.float().eval(),
+                                 tokenizer, scheduler)
+    components.architecture = _architecture(components)
+    return components
+
+
+def _architecture(components: ModelComponents) -> dict[str, dict[str, Any]] | None:
+    configs = {"unet": diffusers_config(components.unet.config), "vae": diffusers_config(components.vae.config),
+               "text_encoder": text_config_dict(components.text_encoder.config),
+               "scheduler": diffusers_config(components.scheduler.config)}
+    return configs if differs_from_published(configs, components.family) else None
+
+
+def _from_pretrained(class_name: str, folder: Path, subfolder: str | None, what: str) -> Any:
+    from safetensors import SafetensorError
+
+    if class_name == "CLIPTextModel":
+        import transformers as library
+    else:
+        import diffusers as library
+    location = folder / subfolder if subfolder else folder
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    variant = _only_variant(location)
+    if variant:
+        kwargs["variant"] = variant
+    try:
+        return getattr(library, class_name).from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{location}: could not load the {what} ({error}); the folder is incomplete or "
+                             "damaged - copy or download it again") from None
+
+
+def _only_variant(location: Path) -> str | None:
+    """"fp16" when a component folder holds only fp16-variant weights (as the guide's --revision fp16 gives)."""
+    names = [p.name for p in location.glob("*") if p.suffix in (".safetensors", ".bin")]
+    plain = [n for n in names if n.count(".") == 1]
+    fp16 = [n for n in names if ".fp16." in n]
+    return "fp16" if fp16 and not plain else None
+
+
+def _load_tokenizer(source: str, family: str) -> Any:
+    from transformers import CLIPTokenizer
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        path = _resolve_source(source, "", what="tokenizer")
+        if (path / "tokenizer").is_dir():
+            path = path / "tokenizer"
+    try:
+        return CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{path}: could not load the tokenizer ({error}); give a folder with vocab.json and "
+                             "merges.txt") from None
+
+
+def _shipped_tokenizer(folder: Path, family: str) -> Any:
+    from dreamcore.assets import load_tokenizer
+
+    log.info("%s has no tokenizer/; using dreamcore's shipped CLIP tokenizer", folder)
+    return load_tokenizer(family)
+
+
+def _pipeline(components: ModelComponents, scheduler: Any) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder,
+                                   tokenizer=components.tokenizer, unet=components.unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
