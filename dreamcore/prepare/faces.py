@@ -22,7 +22,7 @@ DETECTION_LONG_SIDE = 1024
 # smaller ones (a poster, a face far in the background) are reported but do not reject the photo.
 MIN_SCORE = 0.0
 CONFIDENT_SECOND_FACE_SCORE = 0.5
-SECOND_FACE_MIN_RELATIVE_WIDTH = 0.5
+SECOND_FACE_MIN_RELATIVE_WIDTH = 0.35
 
 
 class DetectorUnavailableError(RuntimeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -59,8 +60,14 @@ def prepare_photos(in_dir: str | Path, out_dir: str | Path, size: int = 512, fra
     photos: list[PhotoResult] = []
     thumbnails: list[Image.Image] = []
     kept_crops: dict[int, tuple[Image.Image, tuple[float, float, float, float]]] = {}
+    staging_area = contextlib.ExitStack()
     try:
-        with atomic_directory(out_dir) as staging:
+        staging = staging_area.enter_context(atomic_directory(out_dir))
+    except OSError as error:  # no folder can be made beside out_dir: read-only, missing drive, ...
+        raise _write_error(out_dir, in_dir, f"could not write {out_dir}: {error.strerror or error}",
+                           error.errno) from error
+    try:
+        with staging_area:
             for index, source in enumerate(sources):
                 if progress is not None:
                     progress(index, len(sources), source)
@@ -86,8 +93,7 @@ def prepare_photos(in_dir: str | Path, out_dir: str | Path, size: int = 512, fra
             save_png(make_contact_sheet(sheet_entries), staging / REPORT_DIR / CONTACT_SHEET_NAME)
             atomic_write_text(staging / REPORT_DIR / REPORT_NAME, report.to_json())
     except OutputWriteError as error:
-        raise OutputWriteError(error.errno, f"{error.strerror}; choose an output folder you can write to "
-                                            f"(the photos in {in_dir} were not changed)") from error
+        raise _write_error(out_dir, in_dir, str(error.strerror), error.errno) from error
     return report
 
 
@@ -101,6 +107,11 @@ def prepare_for_training(in_dir: str | Path, out_dir: str | Path, size: int = 51
         raise PrepareError(f"{in_dir}: none of the {len(report.photos)} photos could be used "
                            f"(see {report.report_path}); add photos where one face is clearly visible")
     return report
+
+
+def _write_error(out_dir: Path, in_dir: Path, what: str, errno: int | None) -> OutputWriteError:
+    return OutputWriteError(errno, f"{what}; choose an output folder you can write to "
+                                f"(nothing was written to {out_dir}; the photos in {in_dir} were not changed)")
 
 
 def _check_options(size: int, framing: str, pad_mode: str) -> None:
