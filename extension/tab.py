@@ -26,6 +26,9 @@ logger = logging.getLogger("dreamcore.webui")
 TAB_TITLE = "DreamBooth"
 TAB_ELEM_ID = "dreamcore_tab"
 FORM_INPUTS = ("base_model", "photos_dir", "uploads", "token", "class_word", "job_name")
+# javascript/dreamcore.js defines the function inside a WebUI; the standalone app has no txt2img page.
+USE_IN_TXT2IMG_JS = ("(prompt, title) => { if (typeof dreamcoreUseInTxt2img === 'function') "
+                     "{ return dreamcoreUseInTxt2img(prompt, title); } return []; }")
 # What a watching handler yields, in this order.
 WATCH_OUTPUTS = ("message", "progress", "loss_plot", "samples", "log", "job")
 
@@ -163,8 +166,10 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
         with gr.Row():
             with gr.Column():
                 with gr.Row():
+                    # Standalone (newest gradio only) also takes a typed path; the WebUIs offer their list.
+                    custom = {"allow_custom_value": True} if controller.host.flavor == "standalone" else {}
                     base_model = gr.Dropdown(choices=controller.host.checkpoint_choices(), label="Base model "
-                                             "(SD 1.x / 2.x checkpoint)", elem_id="dreamcore_base_model")
+                                             "(SD 1.x / 2.x checkpoint)", elem_id="dreamcore_base_model", **custom)
                     refresh = gr.Button("Refresh list")
                 photos_dir = gr.Textbox(label="Photos: a folder of 13-20 photos of the subject")
                 uploads = gr.File(file_count="multiple", file_types=["image"], label="... or upload the photos")
@@ -208,7 +213,7 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
         cancel.click(handlers.cancel, inputs=[job], outputs=[message])
         refresh_jobs.click(lambda: gr.update(choices=handlers.job_choices()), inputs=[], outputs=[job])
         use.click(handlers.use_in_txt2img, inputs=[job], outputs=[message, prompt_out, title_out]).then(
-            None, inputs=[prompt_out, title_out], outputs=None, **{js_keyword: "dreamcoreUseInTxt2img"})
+            None, inputs=[prompt_out, title_out], outputs=None, **{js_keyword: USE_IN_TXT2IMG_JS})
     return blocks, handlers
 
 

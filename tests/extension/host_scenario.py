@@ -49,9 +49,14 @@ def make_extension_folder(webui: Path) -> Path:
     return root
 
 
-def make_base_model(webui: Path) -> Path:
+def make_base_model(webui: Path, source: Path | None) -> Path:
+    """The tiny base checkpoint in the WebUI's models folder (copied from ``source`` when given: a host venv
+    without diffusers cannot build one)."""
     target = webui / "models" / "Stable-diffusion" / "base" / "tiny-sd1.safetensors"
-    if not target.exists():
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        shutil.copyfile(source, target)
+    elif not target.exists():
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         subprocess.run([sys.executable, "-m", "dreamcore", "tiny-model", str(target), "--format", "safetensors"],
                        check=True, env=env, capture_output=True)
@@ -71,16 +76,19 @@ def make_photos(folder: Path, count: int = 3) -> Path:
     return folder
 
 
-def run(work: Path, flavor: str, train: bool) -> dict:
+def run(work: Path, flavor: str, train: bool, base_model_source: Path | None = None) -> dict:
     webui = work / "webui"
     extension_root = make_extension_folder(webui)
-    base_model = make_base_model(webui)
+    make_base_model(webui, base_model_source)
     photos = make_photos(work / "photos")
     use_standin_host(webui, flavor)
     import gradio  # noqa: F401  the WebUI has gradio imported before it loads extensions
     from modules import script_callbacks, sd_models, shared
 
     shared.refresh_checkpoints()
+    base_title = next(t for t in sd_models.checkpoints_list if t.endswith("tiny-sd1.safetensors"))
+    shared.opts.data["sd_model_checkpoint"] = base_title  # the WebUI starts with a model loaded
+    sd_models.model_data.sd_model = base_title
     started = time.perf_counter()
     scripts = load_extension_scripts(extension_root)
     import_seconds = time.perf_counter() - started
@@ -105,7 +113,7 @@ def run(work: Path, flavor: str, train: bool) -> dict:
     handlers = extension.handlers
     advanced = dict(zip([f.name for f in handlers.advanced], handlers.preset_values(handlers.default_preset)))
     advanced.update(TINY_RUN)
-    base_title = next(t for t in handlers.refresh_models() if t.endswith("tiny-sd1.safetensors"))
+    assert base_title in handlers.refresh_models()
     values = [base_title, str(photos), None, "sks", "person", JOB_NAME, *advanced.values()]
     started = time.perf_counter()
     outputs = None
@@ -132,7 +140,7 @@ def run(work: Path, flavor: str, train: bool) -> dict:
     result["user_metadata"] = json.loads(metadata.read_text()) if metadata.is_file() else None
     # The WebUI's model comes back once no job is left (the controller's watcher polls every second).
     deadline = time.monotonic() + 15
-    while not any(c.startswith("load:") and JOB_NAME not in c for c in sd_models.calls) and \
+    while f"load:{base_title}" not in sd_models.calls and \
             time.monotonic() < deadline and flavor != "forge":
         time.sleep(0.2)
     result["model_calls"] = list(sd_models.calls)
@@ -144,8 +152,9 @@ def main() -> int:
     parser.add_argument("work", type=Path)
     parser.add_argument("--flavor", default="a1111", choices=("a1111", "forge", "sdnext"))
     parser.add_argument("--train", action="store_true")
+    parser.add_argument("--base-model", type=Path, default=None, help="tiny base checkpoint to copy in")
     args = parser.parse_args()
-    result = run(args.work, args.flavor, args.train)
+    result = run(args.work, args.flavor, args.train, args.base_model)
     print("SCENARIO-RESULT " + json.dumps(result))
     sys.stdout.flush()
     os._exit(0)  # the job manager's watcher threads are daemons; end without waiting on them

@@ -1,0 +1,48 @@
+"""``python -m dreamcore ui``: the DreamBooth tab and the jobs REST API as a gradio app, without a WebUI.
+
+The same tab as in the WebUI, over a ``StandaloneHost``: base models and finished models live in
+``<output root>/models`` (a path may also be typed in), jobs in ``<output root>/jobs``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dreamcore.presets import PORTRAIT_PRESET
+
+from .controller import TrainingController
+from .host import StandaloneHost
+from .tab import TAB_TITLE, build_tab
+
+
+def build_app(output_root: str | Path, share_api: bool = True) -> tuple[Any, Any, Any]:
+    """A FastAPI app with the REST API under /dreamcore/v1/ and the tab at /; returns (app, blocks, handlers)."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from .webui import mount_job_routes
+
+    output_root = Path(output_root)
+    host = StandaloneHost(output_root)
+    host.checkpoint_dir().mkdir(parents=True, exist_ok=True)
+    controller = TrainingController(host, lambda: output_root)
+    notice = (f"**dreamcore (standalone)**: base models are read from `{host.checkpoint_dir()}` (or type a path); "
+              "finished models are written there too.")
+    blocks, handlers = build_tab(controller, PORTRAIT_PRESET, notice=notice)
+    blocks.title = TAB_TITLE
+    app = FastAPI(title="dreamcore")
+    if share_api:
+        mount_job_routes(app, controller.manager())
+    app = gr.mount_gradio_app(app, blocks.queue(), path="/")
+    return app, blocks, handlers
+
+
+def launch_standalone(output_root: str | Path, host: str = "127.0.0.1", port: int = 7861,
+                      share_api: bool = True) -> None:
+    """Serve the app until interrupted (binds ``host``: 127.0.0.1 unless told otherwise)."""
+    import uvicorn
+
+    app, _blocks, _handlers = build_app(output_root, share_api)
+    print(f"dreamcore: open http://{host}:{port}/ (REST API under /dreamcore/v1/)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
