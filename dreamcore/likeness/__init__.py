@@ -20,13 +20,14 @@ from dreamcore.likeness.scores import (CheckpointScore, LikenessError, PhotoRefe
                                        scores_to_json)
 from dreamcore.likeness.selection import (DEFAULT_DRIFT_BOUND, DEFAULT_VARIETY_BOUND, select_best,
                                           should_stop_early, within_bounds)
+from dreamcore.likeness.tracker import LikenessTracker
 
 __all__ = [
     "CheckpointScore", "DEFAULT_DRIFT_BOUND", "DEFAULT_PROMPT_VARIATIONS", "DEFAULT_VARIETY_BOUND", "FaceEmbedding",
-    "LikenessError", "PhotoReference", "PromptScore", "SAME_PERSON_DISTANCE", "SAME_PERSON_SIMILARITY",
-    "ScoringUnavailableError", "embed_faces", "embed_photos", "evaluate_pipeline", "expand_prompts",
-    "face_distance", "format_table", "identity_similarity", "image_variety", "is_same_person", "load_report",
-    "plot_scores", "run_report", "save_report", "score_images", "score_loaded_images", "scores_from_json",
-    "scores_from_report", "scores_to_json", "scoring_available", "select_best", "should_stop_early",
-    "within_bounds",
+    "LikenessError", "LikenessTracker", "PhotoReference", "PromptScore", "SAME_PERSON_DISTANCE",
+    "SAME_PERSON_SIMILARITY", "ScoringUnavailableError", "embed_faces", "embed_photos", "evaluate_pipeline",
+    "expand_prompts", "face_distance", "format_table", "identity_similarity", "image_variety", "is_same_person",
+    "load_report", "plot_scores", "run_report", "save_report", "score_images", "score_loaded_images",
+    "scores_from_json", "scores_from_report", "scores_to_json", "scoring_available", "select_best",
+    "should_stop_early", "within_bounds",
 ]

@@ -11,6 +11,7 @@ rescaled. That is a weak second view - same pose, same expression - and the test
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -79,3 +80,21 @@ def photo_folder(tmp_path: Path, astronaut: Image.Image) -> Path:
     astronaut.save(folder / "astronaut.png")
     second_view(astronaut).save(folder / "astronaut-view.jpg", quality=92)
     return folder
+
+
+class FacePipeline:
+    """Stands in for StableDiffusionPipeline: draws the user for the instance prompt, someone else otherwise."""
+
+    def __init__(self, user: Image.Image, stranger: Image.Image):
+        self.user, self.stranger, self.calls = user, stranger, []
+
+    def __call__(self, prompt, num_images_per_prompt, generator, **options):
+        self.calls.append(dict(prompt=prompt, count=num_images_per_prompt,
+                               seeds=[g.initial_seed() for g in generator], **options))
+        face = self.user if "sks" in prompt else self.stranger
+        return SimpleNamespace(images=[face.rotate(3 * index) for index in range(num_images_per_prompt)])
+
+
+@pytest.fixture(name="FacePipeline")
+def face_pipeline_class():
+    return FacePipeline

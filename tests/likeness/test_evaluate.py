@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -30,9 +28,10 @@ def test_tiny_model_runs_end_to_end_and_writes_table_and_plot(tmp_path, photo_fo
     reference = embed_photos(photos)
     options = dict(num_samples=2, num_inference_steps=2, guidance_scale=5.0, prompt_variations=("{}, smiling",),
                    reference=reference)
+    pipelines = {100: tiny_pipeline(0), 200: tiny_pipeline(1)}
     scores = []
-    for step, weights_seed in ((100, 0), (200, 1)):
-        scores.append(evaluate_pipeline(tiny_pipeline(weights_seed), photos, "photo of sks person",
+    for step, pipeline in pipelines.items():
+        scores.append(evaluate_pipeline(pipeline, photos, "photo of sks person",
                                         "photo of a person", step, out_dir=tmp_path / f"step-{step}",
                                         label=f"step-{step}", **options))
 
@@ -56,7 +55,7 @@ def test_tiny_model_runs_end_to_end_and_writes_table_and_plot(tmp_path, photo_fo
     assert plot.is_file() and plot.stat().st_size > 1000
 
     # Fixed seeds: the same weights give the same samples and the same score.
-    again = evaluate_pipeline(tiny_pipeline(0), photos, "photo of sks person", "photo of a person", 100,
+    again = evaluate_pipeline(pipelines[100], photos, "photo of sks person", "photo of a person", 100,
                               out_dir=tmp_path / "again", **options)
     assert again.variety == scores[0].variety
     first = json.loads((tmp_path / "step-100" / MANIFEST_NAME).read_text())["instance"]["photo of sks person"][0]
@@ -64,20 +63,8 @@ def test_tiny_model_runs_end_to_end_and_writes_table_and_plot(tmp_path, photo_fo
                           np.asarray(Image.open(tmp_path / "again" / first)))
 
 
-class FacePipeline:
-    """Stands in for StableDiffusionPipeline: draws the user for the instance prompt, someone else otherwise."""
-
-    def __init__(self, user: Image.Image, stranger: Image.Image):
-        self.user, self.stranger, self.calls = user, stranger, []
-
-    def __call__(self, prompt, num_images_per_prompt, generator, **options):
-        self.calls.append(dict(prompt=prompt, count=num_images_per_prompt,
-                               seeds=[g.initial_seed() for g in generator], **options))
-        face = self.user if "sks" in prompt else self.stranger
-        return SimpleNamespace(images=[face.rotate(3 * index) for index in range(num_images_per_prompt)])
-
-
-def test_pipeline_wiring_with_real_faces(tmp_path, photo_folder, astronaut, grace_hopper, second_view):
+def test_pipeline_wiring_with_real_faces(tmp_path, photo_folder, astronaut, grace_hopper, second_view,
+                                        FacePipeline):
     pipeline = FacePipeline(second_view(astronaut), grace_hopper)
     score = evaluate_pipeline(pipeline, sorted(photo_folder.iterdir()), "photo of sks person", "photo of a person",
                               step=500, seed=42, num_samples=3, num_inference_steps=7, guidance_scale=6.0,
@@ -93,7 +80,8 @@ def test_pipeline_wiring_with_real_faces(tmp_path, photo_folder, astronaut, grac
     assert select_best([score]) == 0
 
 
-def test_no_class_prompt_means_no_drift_and_prompts_are_checked(photo_folder, astronaut, grace_hopper):
+def test_no_class_prompt_means_no_drift_and_prompts_are_checked(photo_folder, astronaut, grace_hopper,
+                                                                 FacePipeline):
     pipeline = FacePipeline(astronaut, grace_hopper)
     score = evaluate_pipeline(pipeline, sorted(photo_folder.iterdir()), "photo of sks person", "", step=1,
                               num_samples=1, prompt_variations=())
