@@ -87,16 +87,20 @@ def scoring_available() -> tuple[bool, str]:
     return True, "Likeness scoring is available (dlib face-identity models from dreamcore[faces])."
 
 
-def embed_faces(image: ImageInput, upsample_times: int = 1) -> list[FaceEmbedding]:
+def embed_faces(image: ImageInput, upsample_times: int | None = None) -> list[FaceEmbedding]:
     """Every face dlib finds in ``image``, largest first, each with its identity vector.
 
     ``image`` is a Pillow image, an RGB/grayscale uint8 array or a path (read upright, as RGB).
-    ``upsample_times`` doubles the image that many times before detection so small faces are found
-    (1 finds faces down to about 40 pixels). Raises :class:`ScoringUnavailableError` without the extra.
+    ``upsample_times`` doubles the image that many times before detection: 0 finds faces from about 80
+    pixels, 1 from about 40 at four times the cost. None (default) tries 0 and, only if that finds
+    nothing, 1. Raises :class:`ScoringUnavailableError` without the extra.
     """
     pixels = _rgb_array(image)
     models = _load_models()
-    boxes, scores, _ = models.detector.run(pixels, upsample_times, 0.0)
+    for upsample in ((0, 1) if upsample_times is None else (upsample_times,)):
+        boxes, scores, _ = models.detector.run(pixels, upsample, 0.0)
+        if len(boxes):
+            break
     faces = []
     for box, score in zip(boxes, scores):
         landmarks = models.landmarks(pixels, box)
