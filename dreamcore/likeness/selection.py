@@ -16,8 +16,9 @@ from dreamcore.likeness.scores import CheckpointScore
 # Class-prompt samples of unrelated people score about 0.2-0.35; a mean at dlib's same-person line (0.5)
 # means the class prompt draws the user on average: prior preservation has failed.
 DEFAULT_DRIFT_BOUND = SAME_PERSON_SIMILARITY
-# Seeds of a healthy checkpoint differ by 0.1-0.3 in mean pixel difference; under 0.05 they are
-# near-copies of one picture, the overfitting the guide warns about.
+# Mean pixel difference (image_variety) measured on real photos: two different portraits 0.27-0.34, a
+# photo and its mirror image 0.20, a 3-degree rotation 0.10, a 1% shift 0.03, a slight blur 0.01. Below
+# 0.05 the seeds give near-copies of one picture: the collapse that overfitting causes.
 DEFAULT_VARIETY_BOUND = 0.05
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
-from dreamcore.likeness import (SAME_PERSON_SIMILARITY, LikenessError, embed_photos, image_variety, score_images)
+from dreamcore.likeness import (DEFAULT_VARIETY_BOUND, SAME_PERSON_SIMILARITY, LikenessError, embed_photos,
+                                image_variety, score_images)
 
 
 def save(image: Image.Image, path):
@@ -61,6 +62,15 @@ def test_variety_falls_as_samples_collapse():
     assert image_variety([noise(0), noise(0)]) == 0.0
     assert image_variety(collapsed) < image_variety(distinct)
     assert 0.0 <= image_variety(distinct) <= 1.0
+
+
+def test_default_variety_bound_separates_near_copies_from_different_pictures(astronaut, grace_hopper):
+    hopper = grace_hopper.resize(astronaut.size)
+    assert image_variety([astronaut, hopper]) > 4 * DEFAULT_VARIETY_BOUND
+    assert image_variety([astronaut, astronaut.rotate(3)]) > DEFAULT_VARIETY_BOUND
+    shifted = astronaut.crop((4, 4, 512, 512)).resize(astronaut.size)
+    assert image_variety([astronaut, shifted]) < DEFAULT_VARIETY_BOUND
+    assert image_variety([astronaut, astronaut.filter(ImageFilter.GaussianBlur(2))]) < DEFAULT_VARIETY_BOUND
 
 
 def test_photos_without_any_face_are_refused_naming_the_folder(tmp_path):
