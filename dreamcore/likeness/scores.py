@@ -5,8 +5,8 @@
   0..1, 0.5 = dlib's same-person line) and the mean is taken; a sample in which no face is found counts
   as 0, so a checkpoint that stops drawing faces loses likeness. ``face_rate`` reports that share too.
 - class drift: the same measure on the class-prompt samples ("photo of a person"). Prior preservation
-  should keep it where unrelated people score (about 0.2-0.35); when it nears 0.5 the class prompt has
-  started to draw the user.
+  should keep it where unrelated people score (roughly 0.15-0.45); when it nears 0.5 the class prompt
+  has started to draw the user.
 - variety: how different the samples of one prompt are from one another, as the mean absolute pixel
   difference (0..1) of every pair at 64x64. Overfitting collapses every seed onto the same picture and
   drives it towards 0. It needs no face, so it is defined even for checkpoints that draw none.
