@@ -39,14 +39,21 @@ def make_contact_sheet(entries: list[tuple[Image.Image, str, str, str]]) -> Imag
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
+    """``text`` cut with "..." to the thumbnail width (binary search: captions can be long)."""
     if draw.textlength(text, font=font) <= THUMB:
         return text
-    while text and draw.textlength(text + "...", font=font) > THUMB:
-        text = text[:-1]
-    return text + "..."
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if draw.textlength(text[:middle] + "...", font=font) <= THUMB:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + "..."
 
 
 def save_png(image: Image.Image, path: Path) -> Path:
+    """Lossless PNG; zlib level 1 is ~5x faster than the default 6 for ~10% larger files."""
     with atomic_path(path) as temp:
-        image.save(temp, format="PNG")
+        image.save(temp, format="PNG", compress_level=1)
     return path
