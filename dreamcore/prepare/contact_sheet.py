@@ -24,7 +24,7 @@ def make_contact_sheet(entries: list[tuple[Image.Image, str, str, str]]) -> Imag
     cell_w, cell_h = THUMB + 2 * MARGIN, THUMB + CAPTION_HEIGHT + 2 * MARGIN
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=12)
+    font = _caption_font()
     for index, (image, name, verdict, status) in enumerate(entries):
         x = (index % columns) * cell_w + MARGIN
         y = (index // columns) * cell_h + MARGIN
@@ -36,6 +36,13 @@ def make_contact_sheet(entries: list[tuple[Image.Image, str, str, str]]) -> Imag
         draw.text((x, y + THUMB + 5), _fit(draw, name, font), fill=(20, 20, 20), font=font)
         draw.text((x, y + THUMB + 21), _fit(draw, verdict, font), fill=colour, font=font)
     return sheet
+
+
+def _caption_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1 (A1111 ships 9.5) has only the fixed bitmap font; captions still fit
+        return ImageFont.load_default()
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
