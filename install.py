@@ -25,6 +25,21 @@ from pathlib import Path
 EXTENSION_ROOT = Path(__file__).resolve().parent
 PIP_TIMEOUT_SECONDS = 1800
 
+# Releases that install next to an older package a WebUI pins, but then fail to import. pip cannot know
+# (their metadata does not say), so: (installed package, its versions, constraint for what we install).
+COMPATIBILITY_RULES = [
+    # diffusers >= 0.32 imports transformers' SiglipImageProcessor (transformers >= 4.37) when a pipeline
+    # loads; A1111 1.10 pins transformers 4.30.2 (tests/extension/test_install.py trains with 0.31 there).
+    ("transformers", "<4.37", "diffusers<0.32"),
+    # diffusers 0.37 imports transformers' Dinov2WithRegistersConfig in its autoencoders package.
+    ("transformers", "<4.48", "diffusers<0.37"),
+]
+# Run after an install: the modules dreamcore imports, so a release that installs but cannot import is
+# reported now, in the tab, rather than as a failed training job later.
+IMPORT_CHECK = ("import diffusers, transformers, accelerate, safetensors, PIL, numpy; "
+                "from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, StableDiffusionPipeline; "
+                "from transformers import CLIPTextModel, CLIPTokenizer")
+
 
 def _load_deps():
     # Loaded by path under a unique name: "extension" is a common folder name in other WebUI extensions.
@@ -46,6 +61,27 @@ def installed_constraints() -> list[str]:
         if name and distribution.version:
             pins.setdefault(name.lower().replace("_", "-"), distribution.version)
     return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+def compatibility_constraints() -> list[str]:
+    constraints = []
+    for package, versions, constraint in COMPATIBILITY_RULES:
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if deps.version_satisfies(version, versions):
+            constraints.append(constraint)
+    return constraints
+
+
+def import_problem() -> str:
+    """The error of importing what dreamcore uses, in a fresh Python; empty when everything imports."""
+    result = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True,
+                            timeout=PIP_TIMEOUT_SECONDS)
+    if result.returncode == 0:
+        return ""
+    return "\n".join(result.stderr.strip().splitlines()[-3:])
 
 
 def pip_install(requirements: list[str], constraints: list[str]) -> subprocess.CompletedProcess:
@@ -88,9 +124,15 @@ def main() -> int:
     wanted = [str(r) for r in missing if r.name.lower() not in deps.HOST_OWNED]
     installed: list[str] = []
     if wanted:
-        result = pip_install(wanted, installed_constraints())
+        result = pip_install(wanted, installed_constraints() + compatibility_constraints())
         if result.returncode == 0:
             installed = wanted
+            problem = import_problem()
+            if problem:
+                messages.append(
+                    f"Installed {', '.join(wanted)}, but dreamcore's libraries do not import together with the "
+                    f"WebUI's packages:\n\n```\n{problem}\n```\n\nPlease report this (with the WebUI's "
+                    "version) so install.py learns to pick a release that fits.")
         else:
             reason = "\n".join((result.stderr or result.stdout).strip().splitlines()[-12:])
             messages.append(
