@@ -37,6 +37,10 @@ def test_rgb_jpeg_loads_unchanged_in_size(tmp_path: Path) -> None:
     (3, Image.Transpose.ROTATE_180),
     (6, Image.Transpose.ROTATE_90),    # camera held clockwise: stored pixels are the upright turned left
     (8, Image.Transpose.ROTATE_270),
+    (2, Image.Transpose.FLIP_LEFT_RIGHT),  # the mirrored tags (front cameras, some editors)
+    (4, Image.Transpose.FLIP_TOP_BOTTOM),
+    (5, Image.Transpose.TRANSPOSE),
+    (7, Image.Transpose.TRANSVERSE),
 ])
 def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, stored_from_upright) -> None:
     upright = _gradient_rgb()

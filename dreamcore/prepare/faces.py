@@ -75,6 +75,11 @@ def _detector():
     return dlib.get_frontal_face_detector()
 
 
+def require_detector() -> None:
+    """Raise :class:`DetectorUnavailableError` (saying what to install) when dlib is missing."""
+    _detector()
+
+
 def detect_faces(image: Image.Image) -> list[FaceBox]:
     """All faces in an RGB image, in its own pixel coordinates, largest first."""
     scale = min(1.0, DETECTION_LONG_SIDE / max(image.size))

@@ -14,7 +14,7 @@ from dreamcore.fileio import OutputWriteError, atomic_directory, atomic_write_te
 from dreamcore.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageLoadError, load_rgb_image, scan_images
 from dreamcore.prepare import quality
 from dreamcore.prepare.contact_sheet import make_contact_sheet, save_png
-from dreamcore.prepare.faces import find_main_face
+from dreamcore.prepare.faces import find_main_face, require_detector
 from dreamcore.prepare.framing import FRAMINGS, PAD_MODES, CropPlan, plan_center_crop, plan_face_crop, render_crop
 from dreamcore.prepare.report import GUIDE_MAX_PHOTOS, GUIDE_MIN_PHOTOS, STEPS_PER_PHOTO, PhotoResult, PrepareReport
 from dreamcore.prepare.token import TokenCheck, check_token
@@ -48,18 +48,13 @@ def prepare_photos(in_dir: str | Path, out_dir: str | Path, size: int = 512, fra
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     _check_options(size, framing, pad_mode)
     token_check = check_token(token) if token is not None else None
+    require_detector()  # fail before any work when the detector package is missing
     usable, skipped = scan_images(in_dir, max_pixels=max_pixels)
     if not usable and not skipped:
         raise PrepareError(f"{in_dir}: no photos found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); "
                            "put the photos directly in this folder")
     _check_output_folder(in_dir, out_dir)
 
-    skipped_reasons = dict(skipped)
-    sources = sorted([*usable, *skipped_reasons], key=lambda path: (path.name.casefold(), path.name))
-    output_names = _output_names(usable)
-    photos: list[PhotoResult] = []
-    thumbnails: list[Image.Image] = []
-    kept_crops: dict[int, tuple[Image.Image, tuple[float, float, float, float]]] = {}
     staging_area = contextlib.ExitStack()
     try:
         staging = staging_area.enter_context(atomic_directory(out_dir))
@@ -68,30 +63,8 @@ def prepare_photos(in_dir: str | Path, out_dir: str | Path, size: int = 512, fra
                            error.errno) from error
     try:
         with staging_area:
-            for index, source in enumerate(sources):
-                if progress is not None:
-                    progress(index, len(sources), source)
-                if source in skipped_reasons:
-                    photos.append(PhotoResult(source=source, kept=False, verdict=skipped_reasons[source]))
-                    thumbnails.append(_placeholder())
-                    continue
-                result, crop, thumbnail = _prepare_one(source, size, framing, keep_center_crop, pad_mode,
-                                                       max_pixels)
-                if crop is not None:
-                    result.output = out_dir / output_names[source]
-                    save_png(crop, staging / output_names[source])
-                    kept_crops[len(photos)] = (crop, result.face_box_in_crop)
-                photos.append(result)
-                thumbnails.append(thumbnail)
-            report = _assess_set(in_dir, out_dir, size, framing, photos, kept_crops, token_check)
-            report.report_path = out_dir / REPORT_DIR / REPORT_NAME
-            report.contact_sheet_path = out_dir / REPORT_DIR / CONTACT_SHEET_NAME
-            # Drawn after the set checks, which add near-duplicate warnings to the captions.
-            sheet_entries = [(thumbnail, photo.source.name, _short_verdict(photo),
-                              "rejected" if not photo.kept else "warning" if photo.warnings else "kept")
-                             for thumbnail, photo in zip(thumbnails, photos)]
-            save_png(make_contact_sheet(sheet_entries), staging / REPORT_DIR / CONTACT_SHEET_NAME)
-            atomic_write_text(staging / REPORT_DIR / REPORT_NAME, report.to_json())
+            report = _write_set(staging, in_dir, out_dir, usable, dict(skipped), size, framing,
+                                keep_center_crop, pad_mode, max_pixels, token_check, progress)
     except OutputWriteError as error:
         raise _write_error(out_dir, in_dir, str(error.strerror), error.errno) from error
     return report
@@ -106,6 +79,41 @@ def prepare_for_training(in_dir: str | Path, out_dir: str | Path, size: int = 51
     if not report.kept:
         raise PrepareError(f"{in_dir}: none of the {len(report.photos)} photos could be used "
                            f"(see {report.report_path}); add photos where one face is clearly visible")
+    return report
+
+
+def _write_set(staging: Path, in_dir: Path, out_dir: Path, usable: list[Path], skipped: dict[Path, str],
+               size: int, framing: str, keep_center_crop: bool, pad_mode: str, max_pixels: int,
+               token_check: TokenCheck | None, progress: Progress | None) -> PrepareReport:
+    """Crop every photo into ``staging`` (the future ``out_dir``), then check the set and write the report."""
+    sources = sorted([*usable, *skipped], key=lambda path: (path.name.casefold(), path.name))
+    output_names = _output_names(usable)
+    photos: list[PhotoResult] = []
+    thumbnails: list[Image.Image] = []
+    kept_crops: dict[int, tuple[Image.Image, tuple[float, float, float, float] | None]] = {}
+    for index, source in enumerate(sources):
+        if progress is not None:
+            progress(index, len(sources), source)
+        if source in skipped:
+            photos.append(PhotoResult(source=source, kept=False, verdict=skipped[source]))
+            thumbnails.append(_placeholder())
+            continue
+        result, crop, thumbnail = _prepare_one(source, size, framing, keep_center_crop, pad_mode, max_pixels)
+        if crop is not None:
+            result.output = out_dir / output_names[source]
+            save_png(crop, staging / output_names[source])
+            kept_crops[len(photos)] = (crop, result.face_box_in_crop)
+        photos.append(result)
+        thumbnails.append(thumbnail)
+    report = _assess_set(in_dir, out_dir, size, framing, photos, kept_crops, token_check)
+    report.report_path = out_dir / REPORT_DIR / REPORT_NAME
+    report.contact_sheet_path = out_dir / REPORT_DIR / CONTACT_SHEET_NAME
+    # Drawn after the set checks, which add near-duplicate warnings to the captions.
+    sheet_entries = [(thumbnail, photo.source.name, _short_verdict(photo),
+                      "rejected" if not photo.kept else "warning" if photo.warnings else "kept")
+                     for thumbnail, photo in zip(thumbnails, photos)]
+    save_png(make_contact_sheet(sheet_entries), staging / REPORT_DIR / CONTACT_SHEET_NAME)
+    atomic_write_text(staging / REPORT_DIR / REPORT_NAME, report.to_json())
     return report
 
 

@@ -242,3 +242,24 @@ def test_prepare_for_training_refuses_a_set_with_nothing_usable(tmp_path: Path, 
     report = prepare_for_training(photos, tmp_path / "out", size=128)
     assert report.framing == "portrait" and [p.source.name for p in report.kept] == ["grace.jpg"]
     assert report.suggested_max_train_steps == 100
+
+
+def test_missing_detector_package_says_what_to_install(tmp_path: Path, grace_hopper: Image.Image,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from dreamcore.cli import main
+    from dreamcore.prepare import faces
+
+    def no_dlib():
+        raise faces.DetectorUnavailableError("photo preparation needs the face detector from the 'dlib-bin' "
+                                             "package: pip install dlib-bin")
+
+    monkeypatch.setattr(faces, "_detector", no_dlib)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    grace_hopper.save(photos / "grace.jpg")
+    with pytest.raises(faces.DetectorUnavailableError, match="pip install dlib-bin"):
+        prepare_photos(photos, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert main(["prepare", str(photos), str(tmp_path / "out")]) == 2
+    assert "pip install dlib-bin" in capsys.readouterr().err
