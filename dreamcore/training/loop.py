@@ -24,6 +24,7 @@ from dreamcore.events import (CheckpointSaved, ClassImagesProgress, Emitter, Fin
                               Stage, StopSignal)
 from dreamcore.images import load_rgb_image
 from dreamcore.training.class_images import generate_missing_class_images
+from dreamcore.training.compat import accumulate
 from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, example_generator,
                                      image_to_tensor, needs_random_augmentation)
 from dreamcore.training.optim import build_lr_scheduler, build_optimizer
@@ -152,15 +153,42 @@ class Trainer:
         with torch.no_grad():
             return self.models.vae.encode(pixels.to(self.device, torch.float32)).latent_dist.parameters.float()
 
+    def _random(self, shape: tuple[int, ...], draw) -> torch.Tensor:
+        """This process's rows of a draw made for the whole global batch.
+
+        Every process draws the randomness (noise, timesteps) of the global batch from the same generator
+        and keeps its own rows, so N processes compute exactly what one process does with the global batch.
+        """
+        rows_per_half = self.config.train_batch_size
+        halves = shape[0] // rows_per_half
+        processes = self.accelerator.num_processes
+        full = draw((shape[0] * processes, *shape[1:]))
+        if processes == 1:
+            return full.to(self.device)
+        index = self.accelerator.process_index
+        rows = [h * rows_per_half * processes + index * rows_per_half + r
+                for h in range(halves) for r in range(rows_per_half)]
+        return full[rows].to(self.device)
+
+    def _global_slot(self, local_slot: int) -> int:
+        """Position of a local example in the global batch (fixes its augmentation across process counts)."""
+        half, row = divmod(local_slot, self.config.train_batch_size)
+        return (half * self.accelerator.num_processes + self.accelerator.process_index) * \
+            self.config.train_batch_size + row
+
+    def _randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return self._random(shape, lambda s: torch.randn(s, generator=self.noise_generator))
+
     def _latents(self, examples: list[Example], index: int) -> torch.Tensor:
         if self.latent_cache is not None:
             parameters = torch.stack([self.latent_cache[e.path] for e in examples])
         else:
-            pixels = torch.stack([self._load_tensor(e.path, index, slot) for slot, e in enumerate(examples)])
+            pixels = torch.stack([self._load_tensor(e.path, index, self._global_slot(slot))
+                                  for slot, e in enumerate(examples)])
             parameters = self._encode_to_distribution(pixels)
         mean, logvar = parameters.chunk(2, dim=1)
         std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
-        sample = mean + std * torch.randn(mean.shape, generator=self.noise_generator).to(self.device)
+        sample = mean + std * self._randn(tuple(mean.shape))
         return sample * self.models.vae.config.scaling_factor
 
     def _encoder_states(self, examples: list[Example]) -> torch.Tensor:
@@ -174,9 +202,10 @@ class Trainer:
         instances, classes = self.schedule.batch(index)
         examples = instances + classes
         latents = self._latents(examples, index)
-        noise = torch.randn(latents.shape, generator=self.noise_generator).to(self.device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=self.noise_generator).to(self.device)
+        noise = self._randn(tuple(latents.shape))
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = self._random((latents.shape[0],),
+                                 lambda s: torch.randint(0, steps, s, generator=self.noise_generator))
         noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with self.accelerator.autocast():
             encoder_states = self._encoder_states(examples)
@@ -379,7 +408,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
         accumulated, accumulated_prior = 0.0, 0.0
         for micro in range(config.gradient_accumulation_steps):
             index = step * config.gradient_accumulation_steps + micro
-            with trainer.accelerator.accumulate(*trainer.wrapped.values()):
+            with accumulate(trainer.accelerator, list(trainer.wrapped.values())):
                 loss, prior_loss = trainer.micro_step(index)
             accumulated += loss.item() / config.gradient_accumulation_steps
             if prior_loss is not None:
