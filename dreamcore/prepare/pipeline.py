@@ -154,10 +154,18 @@ def _check_output_folder(in_dir: Path, out_dir: Path) -> None:
 
 
 def _output_names(sources: list[Path]) -> dict[Path, str]:
-    """``<stem>.png``; when two photos share a stem (IMG_1.jpg, IMG_1.png) the suffix is kept in the name."""
-    stems = [path.stem.casefold() for path in sources]
-    return {path: f"{path.stem}.png" if stems.count(path.stem.casefold()) == 1
-            else f"{path.stem}-{path.suffix.lstrip('.').lower()}.png" for path in sources}
+    """``<stem>.png``, made unique ignoring case (IMG_1.jpg + IMG_1.png, or a.jpg + A.jpg, must not
+    overwrite each other on Windows or macOS): later ones get ``-2``, ``-3``, ..."""
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for source in sources:
+        name, number = f"{source.stem}.png", 1
+        while name.casefold() in taken:
+            number += 1
+            name = f"{source.stem}-{number}.png"
+        taken.add(name.casefold())
+        names[source] = name
+    return names
 
 
 def _prepare_one(source: Path, size: int, framing: str, keep_center_crop: bool, pad_mode: str,

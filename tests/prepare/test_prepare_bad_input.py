@@ -263,3 +263,17 @@ def test_missing_detector_package_says_what_to_install(tmp_path: Path, grace_hop
     assert not (tmp_path / "out").exists()
     assert main(["prepare", str(photos), str(tmp_path / "out")]) == 2
     assert "pip install dlib-bin" in capsys.readouterr().err
+
+
+def test_photos_sharing_a_name_get_distinct_crops(tmp_path: Path, grace_hopper: Image.Image) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    small = grace_hopper.resize((256, 300))
+    small.save(photos / "IMG_1.jpg")
+    small.save(photos / "IMG_1.png")
+    small.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "img_1.webp")
+    report = prepare_photos(photos, tmp_path / "out", size=64)
+    outputs = [photo.output.name for photo in report.photos]
+    assert len({name.casefold() for name in outputs}) == 3
+    assert outputs[0] == "IMG_1.png" and all(name.lower().startswith("img_1") for name in outputs)
+    assert all(photo.output.is_file() for photo in report.photos)
