@@ -66,18 +66,19 @@ def assign_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor],
         state_dict = {**state_dict, POSITION_IDS: torch.arange(expected[POSITION_IDS].shape[-1]).unsqueeze(0)}
     if any(key.startswith(TEXT_MODEL_PREFIX) for key in state_dict):
         state_dict = text_encoder_module_keys(state_dict, module)
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    if missing or unexpected:
-        detail = (f"missing {what} key {missing[0]!r}" if missing else f"unexpected {what} key {unexpected[0]!r}")
-        raise ModelLoadError(f"{source}: {detail} ({len(missing)} missing, {len(unexpected)} unexpected); the "
-                             f"{what} is not a complete {family_name} {what} of this architecture")
-    for key, tensor in state_dict.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
+    for key, tensor in state_dict.items():  # shapes first: a wrong shape says more than a missing key
+        if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):
             raise ModelLoadError(
                 f"{source}: {what} key {key!r} has shape {tuple(tensor.shape)} but a {family_name} {what} has "
                 f"{tuple(expected[key].shape)}; this is an unknown architecture (a different model type, or "
                 "a custom size without the config it was saved with)")
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    if missing or unexpected:
+        detail = (f"missing {what} key {missing[0]!r}" if missing else f"unexpected {what} key {unexpected[0]!r}")
+        raise ModelLoadError(f"{source}: {detail} ({len(missing)} missing, {len(unexpected)} unexpected); this "
+                             f"is not a complete {family_name} {what}: the file is damaged or an unknown "
+                             "architecture")
     # A copy each: the module must own its weights (a file's tensors may share storage or be memory-mapped).
     weights = {key: tensor.to(torch.float32 if tensor.is_floating_point() else tensor.dtype, copy=True)
                .contiguous() for key, tensor in state_dict.items()}

@@ -1,0 +1,122 @@
+"""``python -m dreamcore convert SRC DST``: single file <-> diffusers folder, whole models or VAEs alone."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+HELP = "Convert a model between a diffusers folder and a single .safetensors/.ckpt file (VAE alone too)."
+FORMATS = ("safetensors", "ckpt", "diffusers")
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="a diffusers folder, a .safetensors/.ckpt file, a VAE (folder "
+                        "or file), or a hub id in the local Hugging Face cache")
+    parser.add_argument("dst", metavar="DST", help="where to write: a .safetensors/.ckpt file or a folder")
+    parser.add_argument("--to", choices=FORMATS, default=None,
+                        help="output format (default: from DST's suffix; a folder means diffusers)")
+    parser.add_argument("--half", action="store_true",
+                        help="store weights as fp16 (half the size; the round trip is exact for fp16 inputs)")
+    parser.add_argument("--use-ema", action="store_true", help="take the UNet's EMA weights from a single file")
+    parser.add_argument("--family", choices=("auto", "sd1", "sd2", "sd2-v"), default="auto",
+                        help="model type; 'auto' detects it (a .yaml beside the file is honoured)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dreamcore.convert.errors import ModelLoadError
+    from dreamcore.fileio import OutputWriteError
+
+    try:
+        destination = convert(args.src, args.dst, to=args.to, half=args.half, use_ema=args.use_ema,
+                              family=args.family)
+    except (ModelLoadError, OutputWriteError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {destination}")
+    return 0
+
+
+def convert(src: str, dst: str, to: str | None = None, half: bool = False, use_ema: bool = False,
+            family: str = "auto") -> Path:
+    """Convert ``src`` to ``dst`` (format from ``to`` or DST's suffix); returns the path written."""
+    fmt, destination = _output_format(Path(dst), to)
+    if _is_vae(src):
+        if use_ema:
+            raise ValueError("--use-ema applies to full single-file models, not to a VAE")
+        return _convert_vae(src, destination, fmt, half)
+    from dreamcore.convert.single_file import load_single_file, save_single_file
+    from dreamcore.models import load_base_model, save_diffusers_folder
+
+    source = Path(src)
+    if use_ema and not source.is_file():
+        raise ValueError("--use-ema needs a single-file source (EMA weights live inside .ckpt/.safetensors files)")
+    components = (load_single_file(source, family=family, use_ema=use_ema) if source.is_file()
+                  else load_base_model(src, family=family))
+    if fmt == "diffusers":
+        if half:
+            for module in (components.unet, components.vae, components.text_encoder):
+                module.half()
+        return save_diffusers_folder(components, destination)
+    written = save_single_file(components, destination, half=half)
+    if components.family == "sd2-v":
+        log.info("wrote %s beside it: the WebUI needs it to know this is a v-prediction model",
+                 written.with_suffix(".yaml").name)
+    return written
+
+
+def _output_format(dst: Path, to: str | None) -> tuple[str, Path]:
+    suffix_format = {".safetensors": "safetensors", ".ckpt": "ckpt"}.get(dst.suffix)
+    if to is None:
+        return suffix_format or "diffusers", dst
+    if to == "diffusers":
+        if suffix_format:
+            raise ValueError(f"--to diffusers writes a folder, but {dst} ends in {dst.suffix}; drop the suffix")
+        return to, dst
+    if suffix_format and suffix_format != to:
+        raise ValueError(f"--to {to} but {dst} ends in {dst.suffix}; make them agree")
+    return to, dst if suffix_format else dst.with_name(dst.name + "." + to)
+
+
+def _is_vae(src: str) -> bool:
+    """A diffusers VAE folder, or a single file whose keys are a VAE's alone."""
+    path = Path(src)
+    if path.is_dir():
+        config = path / "config.json"
+        return config.is_file() and '"AutoencoderKL"' in config.read_text(encoding="utf-8", errors="replace")
+    if not path.is_file():
+        return False
+    from dreamcore.convert.family import VAE_ONLY_PROBE, UNET_INPUT_CONV
+
+    keys = _single_file_keys(path)
+    return VAE_ONLY_PROBE in keys and UNET_INPUT_CONV not in keys
+
+
+def _single_file_keys(path: Path) -> set[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return set(handle.keys())
+    except SafetensorError:
+        from dreamcore.convert.checkpoint_files import read_state_dict
+
+        return set(read_state_dict(path)[0])  # not safetensors: read it (safely) to see its keys
+
+
+def _convert_vae(src: str, destination: Path, fmt: str, half: bool) -> Path:
+    from dreamcore.convert.single_file import save_vae_file
+    from dreamcore.fileio import atomic_directory
+    from dreamcore.models import load_vae
+
+    vae = load_vae(src)
+    if fmt != "diffusers":
+        return save_vae_file(vae, destination, half=half)
+    if half:
+        vae.half()
+    with atomic_directory(destination) as temp:
+        vae.save_pretrained(str(temp), safe_serialization=True)
+    return destination
