@@ -29,8 +29,8 @@ from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, 
                                      image_to_tensor, needs_random_augmentation)
 from dreamcore.training.optim import build_lr_scheduler, build_optimizer
 from dreamcore.training.sampling import save_samples
-from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, is_full_size, plan_run,
-                                      weight_dtype)
+from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, effective_precision,
+                                      is_full_size, plan_run, weight_dtype)
 from dreamcore.training.state import (STATE_DIR_NAME, TrainingProgress, load_training_state,
                                       resolve_state_folder, save_training_state)
 
@@ -68,23 +68,26 @@ class Trainer:
         self.emit = emit
         self.stop = stop
         config = self.config
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+        self.precision = effective_precision(config.mixed_precision, emit)
+        self.accelerator = Accelerator(mixed_precision=self.precision,
                                        gradient_accumulation_steps=config.gradient_accumulation_steps)
         self.device = self.accelerator.device
-        check_precision_supported(config.mixed_precision, self.device)
+        check_precision_supported(self.precision, self.device)
         if config.allow_tf32 and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.models = models
         self.noise_scheduler = _training_noise_scheduler(models.scheduler)
         self.prediction_type = self.noise_scheduler.config.prediction_type
-        self.frozen_dtype = weight_dtype(config.mixed_precision)
+        self.frozen_dtype = weight_dtype(self.precision)
         self.noise_generator = torch.Generator().manual_seed(config.seed)
 
     # --- set-up ----------------------------------------------------------------------------------------
     def prepare_models(self) -> None:
         config, models = self.config, self.models
-        models.vae.requires_grad_(False).to(self.device, dtype=torch.float32).eval()  # fp32: no black images
+        models.vae.requires_grad_(False).to(self.device).eval()
+        if models.vae.dtype != torch.float32:
+            models.vae.to(dtype=torch.float32)  # the VAE stays fp32 in every precision: no black images
         models.unet.requires_grad_(True).train()
         models.text_encoder.requires_grad_(config.train_text_encoder)
         if config.train_text_encoder:
