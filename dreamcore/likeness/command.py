@@ -5,7 +5,8 @@ Each MODEL_OR_SAMPLES is one of:
   variations and --class_prompt are generated, saved under --out and scored;
 - a folder of samples written by a previous score run or training (``samples.json`` inside), or any
   folder of images (all one prompt; --class_samples adds class-prompt images);
-- a folder of such folders, e.g. training's ``samples/`` with one ``step-NNNNNN`` folder per checkpoint.
+- a folder of such folders, e.g. training's ``samples/`` with one ``step-NNNNNN`` folder per checkpoint;
+- a folder of models, e.g. training's ``checkpoints/`` (each file or diffusers folder one checkpoint).
 Several checkpoints give a table with the best one marked, a plot over steps and ``scores.json``.
 """
 
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dreamcore.likeness.selection import DEFAULT_DRIFT_BOUND, DEFAULT_VARIETY_BOUND
 
     parser.add_argument("targets", nargs="+", metavar="MODEL_OR_SAMPLES",
-                        help="Model file/folder, folder of samples, or folder of per-checkpoint sample folders.")
+                        help="Model file/folder, folder of checkpoints, folder of samples, or folder of "
+                             "per-checkpoint sample folders.")
     parser.add_argument("--photos", required=True, help="Folder of the training photos of the person.")
     parser.add_argument("--instance_prompt", default="", help="Prompt naming the person (needed for models), "
                         "e.g. 'photo of sks person'.")
@@ -145,12 +147,18 @@ def find_checkpoints(target: Path) -> list[Checkpoint]:
         return [Checkpoint(target.name, _step_in(target.name), model=target)]
     if (target / MANIFEST_NAME).is_file() or _images_in(target):
         return [_sample_folder(target)]
-    subfolders = sorted(p for p in target.iterdir() if p.is_dir() and not p.name.startswith("."))
-    found = [_sample_folder(p) for p in subfolders if (p / MANIFEST_NAME).is_file() or _images_in(p)]
-    if not found:
-        raise LikenessError(f"{target} holds no images, no samples.json and no folders of samples; give a "
-                            "model, a folder of generated images, or training's samples/ folder")
-    return found
+    entries = sorted(p for p in target.iterdir() if not p.name.startswith("."))
+    # A folder of checkpoints (training's checkpoints/: single files, or diffusers folders) ...
+    models = [Checkpoint(p.name, _step_in(p.stem), model=p) for p in entries
+              if (p.is_file() and p.suffix.lower() in MODEL_SUFFIXES) or (p / "model_index.json").is_file()]
+    # ... or a folder of sample folders (training's samples/, one step-NNNNNN folder per checkpoint).
+    sample_folders = [_sample_folder(p) for p in entries
+                      if p.is_dir() and ((p / MANIFEST_NAME).is_file() or _images_in(p))]
+    if not models and not sample_folders:
+        raise LikenessError(f"{target} holds no images, no samples.json, no models and no folders of samples; "
+                            "give a model, a folder of checkpoints, a folder of generated images, or "
+                            "training's samples/ folder")
+    return models + sample_folders
 
 
 def _sample_folder(folder: Path) -> Checkpoint:

@@ -69,6 +69,26 @@ def test_scores_a_model(tmp_path, photo_folder, capsys):
     assert rescored["num_class_samples"] == 2
 
 
+def test_scores_every_checkpoint_in_a_folder_and_only_those(tmp_path, photo_folder, capsys):
+    pytest.importorskip("dreamcore.models", reason="dreamcore.models (issue 2) is not in this tree")
+    from dreamcore.tiny import save_tiny_model
+
+    checkpoints = tmp_path / "checkpoints"
+    for step, seed in ((1000, 1), (500, 0)):
+        save_tiny_model(checkpoints / f"run-step-{step:06d}", family="sd1", fmt="diffusers", seed=seed)
+    (checkpoints / "train_config.json").write_text("{}")  # what training leaves beside them: not a checkpoint
+    out = tmp_path / "out"
+    code = main(["score", str(checkpoints), "--photos", str(photo_folder), "--instance_prompt", "photo of sks person",
+                 "--num_samples", "1", "--num_inference_steps", "1", "--prompt_variation", "{}, smiling",
+                 "--resolution", "64", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "scores.json").read_text())
+    assert [(c["label"], c["step"]) for c in report["checkpoints"]] == [("run-step-000500", 500),
+                                                                         ("run-step-001000", 1000)]
+    assert all(c["class_drift"] is None for c in report["checkpoints"])  # no --class_prompt
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["run-step-000500", "run-step-001000"]
+
+
 def test_bad_input_gets_a_clear_error(tmp_path, photo_folder, capsys):
     missing = tmp_path / "nowhere"
     assert main(["score", str(missing), "--photos", str(photo_folder)]) == 1
