@@ -1,0 +1,113 @@
+"""The tab inside the stand-in WebUI, in this process (newest gradio): what it shows and what its handlers do
+when something is wrong. The full training run through the tab is in test_webui_hosts.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import host_scenario
+from form_loader import glue  # noqa: F401  loads dreamcore_webui as the entry file does
+from host_loader import STANDIN_DIR, load_extension_scripts, use_standin_host
+
+
+@pytest.fixture
+def webui(tmp_path: Path, tiny_base_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    monkeypatch.setenv("DREAMCORE_STANDIN_DATA_DIR", str(tmp_path / "webui"))
+    monkeypatch.setenv("DREAMCORE_STANDIN_FLAVOR", "a1111")
+    root = host_scenario.make_extension_folder(tmp_path / "webui")
+    host_scenario.make_base_model(tmp_path / "webui", tiny_base_model)
+    use_standin_host(tmp_path / "webui", "a1111")
+    from modules import script_callbacks, shared
+
+    shared.refresh_checkpoints()
+    scripts = load_extension_scripts(root)
+    yield {"root": root, "extension": scripts[0].EXTENSION, "callbacks": script_callbacks, "shared": shared,
+           "photos": host_scenario.make_photos(tmp_path / "photos")}
+    script_callbacks.clear_callbacks()
+    for name in [n for n in sys.modules if n == "modules" or n.startswith(("modules.", "modules_forge"))]:
+        del sys.modules[name]
+    sys.path.remove(str(STANDIN_DIR))
+
+
+def _labels(blocks) -> set[str]:
+    return {getattr(block, "label", None) for block in blocks.blocks.values()} - {None}
+
+
+def test_tab_shows_every_advanced_field_and_the_settings(webui: dict) -> None:
+    webui["callbacks"].ui_settings_callback()
+    tabs = webui["callbacks"].ui_tabs_callback()
+    assert [(title, elem_id) for _, title, elem_id in tabs] == [("DreamBooth", "dreamcore_tab")]
+    handlers = webui["extension"].handlers
+    labels = _labels(tabs[0][0])
+    assert {f.name for f in handlers.advanced} <= labels
+    assert {"Base model (SD 1.x / 2.x checkpoint)", "Preset", "Samples per saved step", "Log"} <= labels
+    options = webui["shared"].opts.data_labels
+    assert options["dreamcore_default_preset"].default == "Portrait (the guide's recipe)"
+    assert options["dreamcore_output_dir"].default.endswith("outputs/dreamcore")
+
+
+def test_a_removed_dependency_shows_a_message_not_an_empty_page(webui: dict,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # how Python marks a module that cannot be imported
+    tabs = webui["callbacks"].ui_tabs_callback()
+    assert [(title, elem_id) for _, title, elem_id in tabs] == [("DreamBooth", "dreamcore_tab")]
+    extension = webui["extension"]
+    assert extension.handlers is None
+    message = extension.dependencies.markdown()
+    assert "`diffusers` is not installed" in message and "pip install 'diffusers>=0.31'" in message
+    shown = [block.value for block in tabs[0][0].blocks.values() if getattr(block, "elem_id", "") == "dreamcore_problem"]
+    assert shown and "diffusers" in str(shown[0])
+
+
+def test_a_tab_that_fails_to_build_shows_the_error(webui: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    tab_module = sys.modules["dreamcore_webui.tab"]
+
+    def broken_build_tab(*args, **kwargs):
+        raise AttributeError("module 'gradio' has no attribute 'Gallery'")
+
+    monkeypatch.setattr(tab_module, "build_tab", broken_build_tab)
+    tabs = webui["callbacks"].ui_tabs_callback()
+    assert len(tabs) == 1
+    shown = [str(block.value) for block in tabs[0][0].blocks.values()
+             if getattr(block, "elem_id", "") == "dreamcore_problem"]
+    assert shown and "has no attribute 'Gallery'" in shown[0]
+
+
+def test_start_with_bad_values_explains_and_queues_nothing(webui: dict) -> None:
+    webui["callbacks"].ui_tabs_callback()
+    handlers = webui["extension"].handlers
+    advanced = handlers.preset_values(handlers.default_preset)
+    advanced[[f.name for f in handlers.advanced].index("resolution")] = 63
+    outputs = list(handlers.start("", str(webui["photos"]), None, "two words", "person", "bad/name", *advanced))
+    assert len(outputs) == 1
+    message = outputs[0][0]
+    assert "Base model" in message and "Token" in message
+    outputs = list(handlers.start("base/tiny-sd1.safetensors", str(webui["photos"]), None, "sks", "person",
+                                  "anna", *advanced))
+    assert "resolution" in outputs[0][0] and "multiple of 8" in outputs[0][0]
+    assert handlers.job_choices() == []
+
+
+def test_preset_choice_sets_the_advanced_controls(webui: dict) -> None:
+    webui["callbacks"].ui_tabs_callback()
+    handlers = webui["extension"].handlers
+    names = [f.name for f in handlers.advanced]
+    small = dict(zip(names, handlers.preset_values("GPU 8-10 GB (text encoder frozen)")))
+    large = dict(zip(names, handlers.preset_values("GPU 40 GB and more (bf16, plain AdamW)")))
+    assert (small["train_text_encoder"], small["gradient_checkpointing"], small["use_8bit_adam"]) == (False, True, True)
+    assert (large["train_text_encoder"], large["mixed_precision"], large["use_8bit_adam"]) == (True, "bf16", False)
+    assert small["max_train_steps"] == ""  # empty = 100 steps per photo
+
+
+def test_uploaded_files_from_any_gradio_version() -> None:
+    tab = sys.modules["dreamcore_webui.tab"]
+
+    class TempFile:  # gradio 3.x gives tempfile wrappers with .name
+        name = "/tmp/a.png"
+
+    assert tab.uploaded_paths([TempFile(), "/tmp/b.png"]) == ["/tmp/a.png", "/tmp/b.png"]
+    assert tab.uploaded_paths(None) == []
