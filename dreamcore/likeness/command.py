@@ -196,10 +196,14 @@ def _load_pipeline(model: Path):
     from dreamcore.likeness.scores import LikenessError
     from dreamcore.models import ModelLoadError, build_pipeline, load_base_model
 
+    import torch
+
     try:
-        return build_pipeline(load_base_model(str(model)))
+        components = load_base_model(str(model))
     except ModelLoadError as error:
         raise LikenessError(f"cannot load the model to score: {error}") from error
+    # The device and precision of 'dreamcore generate', so a sample here is the image generate gives.
+    return build_pipeline(components).to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _step_in(name: str) -> int | None:
