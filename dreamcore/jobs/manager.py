@@ -12,6 +12,7 @@ whose child is gone as failed, so nothing shows "running" forever.
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 from dreamcore.config import ConfigError, TrainConfig
 from dreamcore.fileio import atomic_directory
 from dreamcore.jobs.advice import advice_for_exit, describe_exit
-from dreamcore.jobs.events_file import EventsReader
+from dreamcore.jobs.events_file import EventsReader, JobProgress
 from dreamcore.jobs.folder import FINAL_STATUSES, JobFolder, JobRecord, JobRecordError
 from dreamcore.jobs.info import JobInfo, build_job_info
 from dreamcore.jobs.locks import FileLock
@@ -112,7 +113,9 @@ class JobManager:
         infos = []
         for path in sorted(self.root.iterdir()):
             if path.is_dir() and not path.name.startswith(".") and (path / "job.json").exists():
-                infos.append(self._info(JobFolder(path)))
+                info = self._info(JobFolder(path))
+                if info is not None:
+                    infos.append(info)
         infos.sort(key=lambda info: (info.created_at, info.name))
         queued = sorted((i for i in infos if i.status == "queued"), key=lambda i: (self._queued_at(i), i.name))
         for position, info in enumerate(queued, start=1):
@@ -122,6 +125,8 @@ class JobManager:
     def get(self, name: str) -> JobInfo:
         folder = self._existing(name)
         info = self._info(folder)
+        if info is None:
+            raise JobNotFoundError(f"no job named {name!r} under {self.root} (it was just removed).")
         if info.status == "queued":
             info.queue_position = next(i.queue_position for i in self.list() if i.name == name)
         return info
@@ -191,6 +196,18 @@ class JobManager:
         shutil.rmtree(trash)
         with self._readers_guard:
             self._readers.pop(name, None)
+
+    def wait(self, name: str, timeout: float | None = None, poll_seconds: float = 0.5) -> JobInfo:
+        """Block until the job has ended (completed, failed or cancelled); return its final JobInfo.
+        Raises TimeoutError after ``timeout`` seconds. Someone must run the queue (this or another manager)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.get(name)
+            if info.status in FINAL_STATUSES:
+                return info
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {name!r} is still {info.status} after {timeout} s (step {info.step}).")
+            time.sleep(poll_seconds)
 
     def shutdown(self, stop_running: bool = False, timeout: float = 60.0) -> None:
         """Stop running the queue. A running child keeps training (a later manager adopts it) unless
@@ -304,7 +321,7 @@ class JobManager:
     def _finish(self, name: str, returncode: int | None, forced: bool = False, interrupted: bool = False) -> None:
         """Write a job's final status from what its events say and how its child ended."""
         folder = self._folder(name)
-        progress = self._reader(name).read()
+        progress = self._read_progress(folder)
         with self._records_lock.hold():
             record = folder.read_record()
             record.returncode, record.pid, record.finished_at = returncode, None, time.time()
@@ -343,25 +360,24 @@ class JobManager:
             raise JobNotFoundError(f"no job named {name!r} under {self.root}.")
         return folder
 
-    def _reader(self, name: str) -> EventsReader:
-        with self._readers_guard:
-            reader = self._readers.get(name)
-            if reader is None:
-                reader = self._readers[name] = EventsReader(self._folder(name).events)
-            return reader
-
-    def _info(self, folder: JobFolder) -> JobInfo:
-        try:
-            record = folder.read_record()
-        except JobRecordError as error:
-            return JobInfo(name=folder.name, status="failed", error=str(error), folder=str(folder.path),
-                           advice="Remove this job; its record cannot be read.")
+    def _read_progress(self, folder: JobFolder) -> JobProgress:
+        """The job's events so far (one reader per job, used by one thread at a time)."""
         with self._readers_guard:
             reader = self._readers.get(folder.name)
             if reader is None:
                 reader = self._readers[folder.name] = EventsReader(folder.events)
-            progress = reader.read()
-            return build_job_info(folder, record, progress)
+            return copy.deepcopy(reader.read())
+
+    def _info(self, folder: JobFolder) -> JobInfo | None:
+        """The job's JobInfo; None when its folder vanished meanwhile (removed by another request)."""
+        try:
+            record = folder.read_record()
+        except JobRecordError as error:
+            if not folder.path.exists():
+                return None
+            return JobInfo(name=folder.name, status="failed", error=str(error), folder=str(folder.path),
+                           advice="Remove this job; its record cannot be read.")
+        return build_job_info(folder, record, self._read_progress(folder))
 
     def _queued_at(self, info: JobInfo) -> float:
         try:

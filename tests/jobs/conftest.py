@@ -29,6 +29,14 @@ def make_photos(folder: Path, count: int = 3, size: int = 64) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD1 model as a single .safetensors file (real training in the child loads it)."""
+    from dreamcore.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-base"), family="sd1", fmt="safetensors")
+
+
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     return make_photos(tmp_path / "photos")

@@ -18,13 +18,6 @@ from dreamcore.jobs import JobManager
 from conftest import make_photos, wait_for, wait_until_final
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
-    from dreamcore.tiny import save_tiny_model
-
-    return save_tiny_model(tmp_path_factory.mktemp("base"), family="sd1", fmt="safetensors")
-
-
 @pytest.fixture
 def tiny_config(tiny_base: Path, tmp_path: Path) -> TrainConfig:
     """Real training of the tiny SD1 model at 64 px: a few steps, one 2-step sample at the end."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,12 +49,11 @@ def get_json(url: str) -> object:
 
 
 @pytest.fixture
-def app(tmp_path: Path):
+def app(tmp_path: Path, tiny_base: Path):
     pytest.importorskip("gradio", reason="the app needs gradio (the dev extra installs it)")
-    from dreamcore.tiny import save_tiny_model
-
     output = tmp_path / "out"
-    save_tiny_model(output / "models", family="sd1", fmt="safetensors")
+    (output / "models").mkdir(parents=True)
+    shutil.copy(tiny_base, output / "models" / tiny_base.name)  # the app lists base models from here
     port = free_port()
     log = open(tmp_path / "app.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "dreamcore", "ui", "--output", str(output), "--port", str(port)],
