@@ -9,7 +9,8 @@ Everything here runs offline from model files that ship inside registry packages
   ``face_recognition_models`` package (MIT). Both were made by Davis King, who released them into the
   public domain (dlib-models README). The 5-point model was trained on his own annotated images; the
   identity network on about 3 million faces (FaceScrub, VGG-Face and images he collected), with no
-  overlap with the LFW benchmark identities.
+  overlap with the LFW benchmark identities. The package that ships them is MIT-licensed; the README
+  places no further condition on these two files (unlike the 68-point model below).
 - Deliberately NOT used: ``shape_predictor_68_face_landmarks.dat`` from the same package, which was
   trained on iBUG 300-W, whose licence excludes commercial use.
 
