@@ -14,6 +14,7 @@ Why each step is there:
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -204,16 +205,18 @@ def _too_many_pixels(path: Path, size: tuple[int, int] | None, max_pixels: int) 
 
 
 _heif_registered = False
+_heif_lock = threading.Lock()  # photos may be loaded from several threads (dreamcore.prepare does)
 
 
 def _register_heif_opener(path: Path) -> None:
     """Teach Pillow HEIC/HEIF through pillow-heif when it is installed; otherwise say how to convert."""
     global _heif_registered
-    if _heif_registered:
-        return
-    try:
-        import pillow_heif
-    except ImportError as error:
-        raise ImageLoadError(path, HEIC_ADVICE) from error
-    pillow_heif.register_heif_opener()
-    _heif_registered = True
+    with _heif_lock:
+        if _heif_registered:
+            return
+        try:
+            import pillow_heif
+        except ImportError as error:
+            raise ImageLoadError(path, HEIC_ADVICE) from error
+        pillow_heif.register_heif_opener()
+        _heif_registered = True

@@ -9,6 +9,7 @@ Haar cascades, and the cascades also raise many more false "second faces" on clo
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,9 @@ DETECTION_LONG_SIDE = 1024
 MIN_SCORE = 0.0
 CONFIDENT_SECOND_FACE_SCORE = 0.5
 SECOND_FACE_MIN_RELATIVE_WIDTH = 0.35
+
+
+_DETECTOR_LOCK = threading.Lock()
 
 
 class DetectorUnavailableError(RuntimeError):
@@ -91,7 +95,8 @@ def detect_faces(image: Image.Image) -> list[FaceBox]:
     boxes: list[FaceBox] = []
     # Upsampling once finds faces down to ~40 px at 4x the cost; only needed when nothing was found.
     for upsample in (0, 1):
-        rectangles, scores, _ = detector.run(pixels, upsample, MIN_SCORE)
+        with _DETECTOR_LOCK:  # one dlib detector run at a time: concurrent runs on it crash the process
+            rectangles, scores, _ = detector.run(pixels, upsample, MIN_SCORE)
         boxes = [FaceBox(r.left() / scale, r.top() / scale, (r.right() + 1) / scale, (r.bottom() + 1) / scale,
                          float(s)) for r, s in zip(rectangles, scores)]
         if boxes:

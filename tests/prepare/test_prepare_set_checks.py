@@ -101,3 +101,14 @@ def test_more_than_twenty_photos_is_noted(tmp_path: Path, grace_hopper: Image.Im
     assert len(report.kept) == 21
     assert report.suggested_max_train_steps == 2100
     assert any(w.startswith("21 photos kept; the guide advises 13-20") for w in report.warnings)
+
+
+def test_parallel_workers_give_the_same_report_as_one(same_place_report, tmp_path: Path) -> None:
+    report, _ = same_place_report
+    serial = prepare_photos(report.in_dir, tmp_path / "serial", size=128, workers=1)
+    parallel = prepare_photos(report.in_dir, tmp_path / "parallel", size=128, workers=3)
+    for one, many in zip(serial.photos, parallel.photos):
+        assert (one.source, one.verdict, one.face_box, one.perceptual_hash, one.warnings) == \
+               (many.source, many.verdict, many.face_box, many.perceptual_hash, many.warnings)
+        assert Image.open(one.output).tobytes() == Image.open(many.output).tobytes()
+    assert serial.warnings == parallel.warnings
