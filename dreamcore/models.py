@@ -92,7 +92,26 @@ def save_diffusers_folder(components: ModelComponents, directory: str | Path) ->
     directory = Path(directory)
     with atomic_directory(directory) as temp:
         _pipeline(components, components.scheduler).save_pretrained(str(temp), safe_serialization=True)
+        _add_slow_tokenizer_files(components.tokenizer, temp / "tokenizer")
     return directory
+
+
+def _add_slow_tokenizer_files(tokenizer: Any, folder: Path) -> None:
+    """transformers 5 saves only tokenizer.json; the WebUIs' transformers 4.x CLIPTokenizer needs vocab.json
+    and merges.txt. When the tokenizer is the standard CLIP one, add dreamcore's shipped copies of both."""
+    import shutil
+
+    from dreamcore.assets import TOKENIZER_DIR
+
+    if (folder / "vocab.json").is_file() or not folder.is_dir():
+        return
+    shipped_vocab = json.loads((TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8"))
+    if tokenizer.get_vocab() != shipped_vocab:
+        log.warning("%s: the tokenizer is not the standard CLIP one; its folder works with transformers 5 only",
+                    folder)
+        return
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(TOKENIZER_DIR / name, folder / name)
 
 
 def build_pipeline(components: ModelComponents, scheduler: str = "ddim") -> Any:

@@ -44,6 +44,9 @@ def test_diffusers_folder_loads_with_diffusers_alone_offline(sd1_folder) -> None
     pipeline = StableDiffusionPipeline.from_pretrained(str(sd1_folder), local_files_only=True)
     assert pipeline.safety_checker is None and list(pipeline.unet.config.block_out_channels) == [16, 32, 32, 32]
     assert not any(p.name.startswith(".tmp-") for p in sd1_folder.parent.iterdir())
+    # transformers 4.x (the WebUIs' pins) reads the slow tokenizer files; they sit beside tokenizer.json.
+    tokenizer_files = {p.name for p in (sd1_folder / "tokenizer").iterdir()}
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= tokenizer_files
 
 
 def test_each_kind_of_base_model_loads_the_same_weights(sd1, sd1_folder, tmp_path) -> None:

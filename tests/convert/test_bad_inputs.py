@@ -190,3 +190,24 @@ def test_sd2_final_layer_and_projection_are_the_only_keys_dropped(tiny_files, ti
     assert module_state(loaded).keys() == module_state(tiny_models["sd2"]).keys()
     assert all(torch.equal(a, b) for a, b in zip(module_state(loaded).values(),
                                                  module_state(tiny_models["sd2"]).values()))
+
+
+class _ConstantUNet(torch.nn.Module):
+    """Answers every call with ``sample + offset``: enough to exercise the v-prediction test."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"cross_attention_dim": 8, "in_channels": 4})()
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        assert timestep.tolist() == [999] and encoder_hidden_states.shape == (1, 2, 8)
+        return type("Output", (), {"sample": sample + self.offset})()
+
+
+def test_v_prediction_test_forward_pass() -> None:
+    from dreamcore.convert.family import looks_v_prediction
+
+    assert looks_v_prediction(_ConstantUNet(-1.5)) is True
+    assert looks_v_prediction(_ConstantUNet(0.2)) is False
