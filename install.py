@@ -33,11 +33,15 @@ COMPATIBILITY_RULES = [
     ("transformers", "<4.37", "diffusers<0.32"),
     # diffusers 0.37 imports transformers' Dinov2WithRegistersConfig in its autoencoders package.
     ("transformers", "<4.48", "diffusers<0.37"),
+    # peft 0.14 imports transformers' Cache (transformers >= 4.36); peft 0.17-0.21 import accelerate's
+    # clear_device_cache, absent from accelerate 0.21 (A1111 1.10). peft 0.13 imports with both.
+    ("transformers", "<4.36", "peft<0.14"),
+    ("accelerate", "<1.0", "peft<0.14"),
 ]
 # Run after an install: the modules dreamcore imports, so a release that installs but cannot import is
 # reported now, in the tab, rather than as a failed training job later.
-IMPORT_CHECK = ("import diffusers, transformers, accelerate, safetensors, PIL, numpy; "
-                "from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, StableDiffusionPipeline; "
+# (Each requirement's module is imported too.)
+IMPORT_CHECK = ("from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, StableDiffusionPipeline; "
                 "from transformers import CLIPTextModel, CLIPTokenizer")
 
 
@@ -75,9 +79,10 @@ def compatibility_constraints() -> list[str]:
     return constraints
 
 
-def import_problem() -> str:
+def import_problem(requirements: list) -> str:
     """The error of importing what dreamcore uses, in a fresh Python; empty when everything imports."""
-    result = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True,
+    code = "".join(f"import {r.import_name}; " for r in requirements) + IMPORT_CHECK
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=PIP_TIMEOUT_SECONDS)
     if result.returncode == 0:
         return ""
@@ -127,7 +132,7 @@ def main() -> int:
         result = pip_install(wanted, installed_constraints() + compatibility_constraints())
         if result.returncode == 0:
             installed = wanted
-            problem = import_problem()
+            problem = import_problem(requirements)
             if problem:
                 messages.append(
                     f"Installed {', '.join(wanted)}, but dreamcore's libraries do not import together with the "

@@ -9,6 +9,7 @@ cached venv stays as the WebUI ships it. The same copy then runs the whole exten
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,16 @@ def run_install(python: str | Path, extension: Path, cwd: Path) -> tuple[subproc
     return result, seconds, report
 
 
+def _dependencies(pyproject: Path) -> list[str]:
+    text = pyproject.read_text()
+    block = text[text.index("dependencies = ["):]
+    return re.findall(r'"([^"]+)"', block[:block.index("]")])
+
+
+def _name(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower().replace("_", "-")
+
+
 def freeze(python: str | Path) -> dict[str, str]:
     output = subprocess.run([str(python), "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
                             check=True).stdout
@@ -65,12 +76,16 @@ def test_a1111_pins_install_adds_only_packages_and_dreamcore_trains(tmp_path: Pa
     python = venv / "bin" / "python"
     before = freeze(python)
     assert before["gradio"] == "3.41.2" and before["transformers"] == "4.30.2" and "diffusers" not in before
+    # What dreamcore needs and A1111 lacks (diffusers at least; the list follows pyproject.toml).
+    requirements = [line for line in _dependencies(REPO_ROOT / "pyproject.toml")
+                    if _name(line) not in before]
+    assert "diffusers>=0.31" in requirements
 
     # 1. As started with --skip-install: diffusers is missing, and the tab says so instead of vanishing.
     skipped = run_scenario(python, tmp_path / "skip-install", base_model=tiny_base_model)
     assert skipped["tabs"] == [["Blocks", "DreamBooth", "dreamcore_tab"]]
     assert not skipped["tab_ready"]
-    assert "`diffusers` is not installed" in skipped["dependency_message"]
+    assert "`diffusers`" in skipped["dependency_message"] and "not installed" in skipped["dependency_message"]
     assert "install.py" in skipped["dependency_message"] and "pip install" in skipped["dependency_message"]
 
     # 2. No release fits: a requirement only satisfiable by changing the WebUI's packages (diffusers >= 0.40
@@ -87,7 +102,7 @@ def test_a1111_pins_install_adds_only_packages_and_dreamcore_trains(tmp_path: Pa
     # 3. The real install: only additions, and the host's pins untouched.
     extension = make_extension(tmp_path / "webui" / "extensions" / "dreamcore")
     _, _, report = run_install(python, extension, tmp_path / "webui")
-    assert report == {"messages": [], "installed": ["diffusers>=0.31"], "python": str(python)}
+    assert report == {"messages": [], "installed": requirements, "python": str(python)}
     after = freeze(python)
     changed = {name: (version, after[name]) for name, version in before.items() if after.get(name) != version}
     assert changed == {}, f"install.py changed installed packages: {changed}"
