@@ -8,6 +8,7 @@ disk, a crash or a kill leaves at most a ``.tmp-*`` file, never a truncated file
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -27,8 +28,11 @@ def atomic_path(final_path: str | Path) -> Iterator[Path]:
     error the temporary file is removed and the final path is left as it was.
     """
     final_path = Path(final_path)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".tmp-{final_path.name}.", dir=final_path.parent)
+    try:
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".tmp-{final_path.name}.", dir=final_path.parent)
+    except OSError as error:
+        raise _write_error(final_path, error) from error
     os.close(handle)
     temp_path = Path(temp_name)
     try:
@@ -38,9 +42,7 @@ def atomic_path(final_path: str | Path) -> Iterator[Path]:
         _fsync_dir(final_path.parent)
     except OSError as error:
         temp_path.unlink(missing_ok=True)
-        raise OutputWriteError(error.errno, f"could not write {final_path}: {error.strerror or error}"
-                               + (" - the disk is full; free space or choose another output folder"
-                                  if error.errno == 28 else "")) from error
+        raise _write_error(final_path, error) from error
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
@@ -71,8 +73,11 @@ def atomic_directory(final_dir: str | Path) -> Iterator[Path]:
     A previous folder of that name is moved aside first and deleted only after the new one is in place.
     """
     final_dir = Path(final_dir)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{final_dir.name}.", dir=final_dir.parent))
+    try:
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        temp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{final_dir.name}.", dir=final_dir.parent))
+    except OSError as error:
+        raise _write_error(final_dir, error) from error
     try:
         yield temp_dir
         for path in sorted(temp_dir.rglob("*")):
@@ -88,12 +93,17 @@ def atomic_directory(final_dir: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=False)
     except OSError as error:
         shutil.rmtree(temp_dir, ignore_errors=True)
-        raise OutputWriteError(error.errno, f"could not write {final_dir}: {error.strerror or error}"
-                               + (" - the disk is full; free space or choose another output folder"
-                                  if error.errno == 28 else "")) from error
+        raise _write_error(final_dir, error) from error
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
+
+
+def _write_error(path: Path, error: OSError) -> OutputWriteError:
+    advice = {errno.ENOSPC: " - the disk is full; free space or choose another output folder",
+              errno.EACCES: " - permission denied; choose a folder you can write to",
+              errno.EROFS: " - the folder is read-only; choose another output folder"}.get(error.errno, "")
+    return OutputWriteError(error.errno, f"could not write {path}: {error.strerror or error}{advice}")
 
 
 def _fsync_file(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -13,6 +14,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dreamcore.config import add_config_arguments
 
     add_config_arguments(parser)
+    parser.add_argument("--num_processes", type=int, default=1,
+                        help="Train data-parallel in this many processes on this machine (one per GPU; gloo on "
+                             "CPUs). The global batch is train_batch_size x num_processes. For several machines "
+                             "use `accelerate launch -m dreamcore train ...` with accelerate's config.")
+
+
+def relaunch_command(argv: list[str], num_processes: int) -> list[str]:
+    """The torchrun command that runs this same training in ``num_processes`` processes."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--num_processes":
+            skip = True
+        elif not arg.startswith("--num_processes="):
+            rest.append(arg)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
+            "-m", "dreamcore", *rest]
 
 
 class ConsoleReporter:
@@ -70,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        import subprocess
+
+        return subprocess.call(relaunch_command(args.argv, args.num_processes))
     stop = StopRequest()
     reporter = ConsoleReporter()
 

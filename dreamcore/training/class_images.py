@@ -39,41 +39,39 @@ def class_image_name(prompt: str, index: int) -> str:
     return f"class-{digest}-{index:05d}.png"
 
 
-def generate_missing_class_images(pipeline, folder: Path, prompt: str, negative_prompt: str, wanted: int,
-                                  batch_size: int, seed: int, guidance_scale: float, steps: int, resolution: int,
-                                  on_progress: Callable[[int, int], None], stop, warn: Callable[[str], None],
-                                  process_index: int = 0, num_processes: int = 1) -> list[Path]:
-    """Top ``folder`` up to ``wanted`` images of ``prompt``; returns every usable image there afterwards.
+def missing_class_images(folder: Path, prompt: str, wanted: int, warn: Callable[[str], None]) -> tuple[list[Path], list[int]]:
+    """(usable images already in ``folder``, indices of the images to generate to reach ``wanted``).
 
-    Image ``i`` is drawn from seed ``seed + i``, so a folder filled in several sittings (or by several
-    processes, each taking every ``num_processes``-th image) holds the same images as one filled at once.
+    Image ``i`` is named by its index and drawn from seed ``seed + i``, so a folder filled in several sittings
+    (or by several processes) holds the same images as one filled at once; names already taken are skipped.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     existing = usable_class_images(folder, warn)
     missing = max(0, wanted - len(existing))
-    if missing == 0:
-        return existing
-    taken = {p.name for p in folder.iterdir()}
+    taken = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     indices, index = [], 0
     while len(indices) < missing:
         if class_image_name(prompt, index) not in taken:
             indices.append(index)
         index += 1
-    mine = indices[process_index::num_processes]
-    done = 0
-    for start in range(0, len(mine), batch_size):
+    return existing, indices
+
+
+def generate_class_images(pipeline, folder: Path, prompt: str, negative_prompt: str, indices: list[int],
+                          batch_size: int, seed: int, guidance_scale: float, steps: int, resolution: int,
+                          on_batch: Callable[[int], None], stop) -> None:
+    """Generate the class images with the given indices into ``folder``, ``batch_size`` at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(indices), batch_size):
         if stop is not None and stop.is_set():
-            break
-        chunk = mine[start:start + batch_size]
+            return
+        chunk = indices[start:start + batch_size]
         generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
         with torch.no_grad():
-            images = pipeline(prompt=[prompt] * len(chunk), negative_prompt=[negative_prompt] * len(chunk)
-                              if negative_prompt else None, num_inference_steps=steps,
-                              guidance_scale=guidance_scale, generator=generators, height=resolution,
-                              width=resolution).images
+            images = pipeline(prompt=[prompt] * len(chunk),
+                              negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
+                              num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
+                              height=resolution, width=resolution).images
         for i, image in zip(chunk, images):
             with atomic_path(folder / class_image_name(prompt, i)) as temp:
                 image.save(temp, format="PNG")
-        done += len(chunk)
-        on_progress(len(existing) + done * num_processes, wanted)
-    return usable_class_images(folder, warn)
+        on_batch(len(chunk))

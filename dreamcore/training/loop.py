@@ -23,7 +23,7 @@ from dreamcore.config import CONFIG_FILE_NAME, TrainConfig
 from dreamcore.events import (CheckpointSaved, ClassImagesProgress, Emitter, Finished, Progress, SamplesSaved,
                               Stage, StopSignal)
 from dreamcore.images import load_rgb_image
-from dreamcore.training.class_images import generate_missing_class_images
+from dreamcore.training.class_images import generate_class_images, missing_class_images, usable_class_images
 from dreamcore.training.compat import accumulate
 from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, example_generator,
                                      image_to_tensor, needs_random_augmentation)
@@ -69,7 +69,8 @@ class Trainer:
         self.stop = stop
         config = self.config
         self.precision = effective_precision(config.mixed_precision, emit)
-        self.accelerator = Accelerator(mixed_precision=self.precision,
+        # cpu=True without a GPU lets accelerate run several CPU processes (gloo) under torchrun/accelerate launch.
+        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available(),
                                        gradient_accumulation_steps=config.gradient_accumulation_steps)
         self.device = self.accelerator.device
         check_precision_supported(self.precision, self.device)
@@ -84,6 +85,8 @@ class Trainer:
 
     # --- set-up ----------------------------------------------------------------------------------------
     def prepare_models(self) -> None:
+        from dreamcore.training.fast_step import apply_memory_layout
+
         config, models = self.config, self.models
         models.vae.requires_grad_(False).to(self.device).eval()
         if models.vae.dtype != torch.float32:
@@ -98,6 +101,7 @@ class Trainer:
             models.unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
                 models.text_encoder.gradient_checkpointing_enable()
+        apply_memory_layout(models, config, self.device)  # pure bf16 weights, channels-last (speed presets)
         self.trained = {"unet": models.unet}
         if config.train_text_encoder:
             self.trained["text_encoder"] = models.text_encoder
@@ -167,11 +171,15 @@ class Trainer:
         processes = self.accelerator.num_processes
         full = draw((shape[0] * processes, *shape[1:]))
         if processes == 1:
-            return full.to(self.device)
+            return self._to_device(full)
         index = self.accelerator.process_index
         rows = [h * rows_per_half * processes + index * rows_per_half + r
                 for h in range(halves) for r in range(rows_per_half)]
-        return full[rows].to(self.device)
+        return self._to_device(full[rows])
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Host-drawn randomness onto the device (the fast step replaces this with a non-blocking copy)."""
+        return tensor.to(self.device)
 
     def _global_slot(self, local_slot: int) -> int:
         """Position of a local example in the global batch (fixes its augmentation across process counts)."""
@@ -217,7 +225,11 @@ class Trainer:
             self.noise_scheduler.get_velocity(latents, noise, timesteps)
         loss, _, prior_loss = compute_loss(model_pred, target, bool(classes), config.prior_loss_weight)
         self.accelerator.backward(loss)  # accelerate divides by gradient_accumulation_steps itself
-        return loss.detach(), None if prior_loss is None else prior_loss.detach()
+        loss, prior_loss = loss.detach(), None if prior_loss is None else prior_loss.detach()
+        if self.accelerator.num_processes > 1:  # report the global batch's loss, as one process would
+            loss = self.accelerator.reduce(loss, reduction="mean")
+            prior_loss = None if prior_loss is None else self.accelerator.reduce(prior_loss, reduction="mean")
+        return loss, prior_loss
 
     def optimizer_step(self) -> None:
         if self.config.max_grad_norm > 0:
@@ -345,32 +357,42 @@ def load_models(config: TrainConfig) -> ModelComponents:
 
 
 def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None) -> list[list[Path]]:
-    """Class images per concept (empty lists without prior preservation), generating the missing ones."""
+    """Class images per concept (empty lists without prior preservation), generating the missing ones.
+
+    With several processes each generates every N-th missing image; all list the folder before any writes.
+    """
     from dreamcore.models import build_pipeline
 
-    config, plan = trainer.config, trainer.plan
+    config, plan, accelerator = trainer.config, trainer.plan, trainer.accelerator
     if not config.with_prior_preservation:
         return [[] for _ in plan.concepts]
     emit(Stage("class_images", f"{config.num_class_images} per concept"))
-    models = trainer.models
+    warn = lambda message: emit.log(message, "warning")  # noqa: E731
     pipeline = None
     result = []
     for concept_plan in plan.concepts:
-        concept = concept_plan.concept
-        if pipeline is None:
-            models.unet.to(trainer.device)
-            models.text_encoder.to(trainer.device)
-            models.vae.to(trainer.device)
-            pipeline = build_pipeline(models)
-        with trainer.accelerator.autocast():
-            images = generate_missing_class_images(
-                pipeline, concept_plan.class_dir, concept.class_prompt, config.class_negative_prompt,
-                config.num_class_images, config.sample_batch_size, config.seed, config.class_guidance_scale,
-                config.class_infer_steps, config.resolution,
-                on_progress=lambda done, total: emit(ClassImagesProgress(done, total)), stop=stop,
-                warn=lambda m: emit.log(m, "warning"), process_index=trainer.accelerator.process_index,
-                num_processes=trainer.accelerator.num_processes)
-        trainer.accelerator.wait_for_everyone()
+        prompt = concept_plan.concept.class_prompt
+        existing, indices = missing_class_images(concept_plan.class_dir, prompt, config.num_class_images, warn)
+        accelerator.wait_for_everyone()
+        if indices:
+            if pipeline is None:
+                for module in (trainer.models.unet, trainer.models.text_encoder, trainer.models.vae):
+                    module.to(trainer.device)
+                pipeline = build_pipeline(trainer.models)
+            done = len(existing)
+
+            def on_batch(count: int) -> None:
+                nonlocal done
+                done += count * accelerator.num_processes
+                emit(ClassImagesProgress(min(done, config.num_class_images), config.num_class_images))
+
+            with accelerator.autocast():
+                generate_class_images(pipeline, concept_plan.class_dir, prompt, config.class_negative_prompt,
+                                      indices[accelerator.process_index::accelerator.num_processes],
+                                      config.sample_batch_size, config.seed, config.class_guidance_scale,
+                                      config.class_infer_steps, config.resolution, on_batch, stop)
+            accelerator.wait_for_everyone()
+        images = usable_class_images(concept_plan.class_dir, warn)
         if len(images) < config.num_class_images and not (stop is not None and stop.is_set()):
             raise TrainingError(f"class images: only {len(images)} of {config.num_class_images} usable in "
                                 f"{concept_plan.class_dir}; see the warnings above.")
@@ -378,18 +400,41 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
     return result
 
 
+def _with_memory_preset(plan: RunPlan, emit: Emitter) -> RunPlan:
+    """The plan with its memory preset applied (picked from the GPU's free memory for "auto")."""
+    from dreamcore.presets import apply_memory_preset, cuda_free_bytes
+
+    config, message = apply_memory_preset(plan.config, cuda_free_bytes())
+    if message:
+        emit.log(message)
+    return dataclasses.replace(plan, config=config.validate())
+
+
+def _trainer_class(config: TrainConfig) -> type[Trainer]:
+    if config.fast_step:
+        from dreamcore.training.fast_step import FastTrainer
+
+        return FastTrainer
+    return Trainer
+
+
 def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: StopSignal | None = None) -> TrainResult:
     """Train DreamBooth as ``config`` says. Events go to ``callbacks``; ``stop.is_set()`` ends the run
     cleanly (resumable state and a usable checkpoint are saved). Raises ConfigError / TrainingError."""
-    emit = Emitter(callbacks)
+    from accelerate import PartialState
+
+    # With several processes only the main one reports; the others would repeat every event.
+    is_main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    emit = Emitter(callbacks if is_main else [])
     emit(Stage("validate"))
     plan = plan_run(config, warn=lambda m: emit.log(m, "warning"))
+    plan = _with_memory_preset(plan, emit)
     config = plan.config
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     config.save(plan.output_dir / CONFIG_FILE_NAME)
     emit(Stage("load", config.pretrained_model_name_or_path))
     models = load_models(config)
-    trainer = Trainer(plan, models, emit, stop)
+    trainer = _trainer_class(config)(plan, models, emit, stop)
     if trainer.device.type == "cpu" and is_full_size(models.unet):
         emit.log("Training a full-size model on the CPU: expect minutes per step, i.e. days for a full run. "
                  "Use a CUDA GPU; the ETA below is measured from the first steps.", "warning")
@@ -398,7 +443,9 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     trainer.prepare_data(class_images)
     start_step = trainer.restore_state() if config.resume_from_checkpoint else 0
 
-    emit(Stage("train", f"{plan.total_steps} steps on {trainer.device}"))
+    processes = trainer.accelerator.num_processes
+    emit(Stage("train", f"{plan.total_steps} steps on {trainer.device}"
+               + (f" x {processes} processes" if processes > 1 else "")))
     losses: list[float] = []
     outputs: dict[str, str] = {}
     status = "completed"

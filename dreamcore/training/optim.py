@@ -29,6 +29,8 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter
     kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     parameters = list(parameters)
+    if config.optimizer_in_backward:
+        return _in_backward_adamw(config, parameters)
     if config.use_8bit_adam:
         problem = eight_bit_adam_problem(device)
         if problem is None:
@@ -36,7 +38,22 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter
 
             return bitsandbytes.optim.AdamW8bit(parameters, **kwargs)
         warn(f"use_8bit_adam: {problem}. Using standard AdamW instead (same maths, more memory).")
+    if config.fast_step and device.type == "cuda":
+        # One fused kernel per dtype group instead of a dozen foreach launches a step (fast path only).
+        return torch.optim.AdamW(parameters, fused=True, **kwargs)
     return torch.optim.AdamW(parameters, foreach=device.type == "cuda", **kwargs)
+
+
+def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    from dreamcore.training.in_backward_adamw import InBackwardAdamW
+    from dreamcore.training.setup import TrainingError
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+            torch.distributed.get_world_size() > 1:
+        raise TrainingError("optimizer_in_backward runs in one process only: each weight is updated before the "
+                            "processes could average its gradient. Use memory_preset 16GB/24GB with several GPUs.")
+    return InBackwardAdamW(parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                           eps=config.adam_epsilon, weight_decay=config.adam_weight_decay, seed=config.seed)
 
 
 def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):

@@ -1,0 +1,103 @@
+"""AdamW applied inside the backward pass, one weight at a time, with stochastic rounding for bf16 weights.
+
+Why: full DreamBooth (UNet + text encoder, ~983M parameters) in 8 GB. fp32 weights, gradients and Adam
+states need 16 bytes a parameter (15.7 GB). Here the weights are bf16 (2 bytes), each gradient is used and
+freed as soon as backward has finished it (so ~0 bytes of gradients are held), and both Adam moments are bf16
+(4 bytes): 6 bytes a parameter, 5.9 GB.
+
+bf16 has 8 significant bits, so an update of lr 1e-6 on a weight of 0.05 (2e-5 relative) rounds to nothing
+with round-to-nearest: the weights would never move. Stochastic rounding rounds up with a probability equal
+to the remainder, so the expected stored weight equals the fp32 result and small updates accumulate.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+_BF16_DROPPED_BITS = 16  # bf16 is the top 16 bits of an fp32
+
+
+def stochastic_round_to_bf16(values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """fp32 -> bf16 rounding up or down at random, with P(up) = the fraction of the dropped bits."""
+    bits = values.float().contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << _BF16_DROPPED_BITS, bits.shape, device=bits.device, dtype=torch.int32,
+                          generator=generator)
+    # Adding uniform noise below the kept bits, then truncating, rounds up exactly when the noise carries.
+    rounded = (bits + noise) & -(1 << _BF16_DROPPED_BITS)
+    return rounded.view(torch.float32).to(torch.bfloat16)  # exact: the low bits are zero
+
+
+class InBackwardAdamW(torch.optim.Optimizer):
+    """AdamW (decoupled weight decay, bias correction) applied by a gradient hook on each parameter.
+
+    ``step()`` does nothing: the update already ran when backward finished that parameter's gradient, and
+    the gradient was freed. The learning rate is read from the parameter group at that moment, so a
+    learning-rate scheduler stepped after ``optimizer.step()`` works as with plain AdamW. Gradient clipping by
+    the global norm and gradient accumulation are impossible by design (the config refuses them). Moments are
+    kept in the parameter's dtype when it is bf16, else in fp32; the maths runs in fp32.
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-6, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, seed: int = 0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self._seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._hooks = []
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.requires_grad:
+                    self._hooks.append(parameter.register_post_accumulate_grad_hook(self._make_hook(group)))
+
+    def _make_hook(self, group: dict):
+        def hook(parameter: torch.Tensor) -> None:
+            with torch.no_grad():
+                self._update(parameter, group)
+            parameter.grad = None  # the point of this optimizer: no gradient outlives its update
+
+        return hook
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self._seed)
+        return self._generators[device]
+
+    def _update(self, parameter: torch.Tensor, group: dict) -> None:
+        grad = parameter.grad
+        if grad is None:
+            return
+        state = self.state[parameter]
+        moment_dtype = torch.bfloat16 if parameter.dtype == torch.bfloat16 else torch.float32
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(parameter, dtype=moment_dtype)
+            state["exp_avg_sq"] = torch.zeros_like(parameter, dtype=moment_dtype)
+        state["step"] += 1
+        step = float(state["step"])
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+
+        grad32 = grad.float()
+        exp_avg = state["exp_avg"].float().lerp_(grad32, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad32, grad32, value=1 - beta2)
+        state["exp_avg"].copy_(exp_avg)
+        state["exp_avg_sq"].copy_(exp_avg_sq)
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        denominator = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
+        weights = parameter.float()
+        weights.mul_(1 - lr * weight_decay).addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
+        if parameter.dtype == torch.bfloat16:
+            parameter.copy_(stochastic_round_to_bf16(weights, self._generator(parameter.device)))
+        else:
+            parameter.copy_(weights)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - the updates ran inside backward
+        return closure() if closure is not None else None
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()

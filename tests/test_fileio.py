@@ -1,0 +1,63 @@
+"""Atomic writes: a failed write leaves the final name untouched and no temporary file behind."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from dreamcore import fileio
+from dreamcore.fileio import OutputWriteError, atomic_directory, atomic_path, atomic_write_text
+
+
+def test_success_replaces_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "model.json"
+    atomic_write_text(target, "one")
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["model.json"]
+
+
+def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "model.safetensors"
+    target.write_text("previous good model")
+
+    def full_disk(path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio, "_fsync_file", full_disk)
+    with pytest.raises(OutputWriteError, match="disk is full") as raised:
+        with atomic_path(target) as temp:
+            temp.write_text("half a model")
+    assert str(target) in str(raised.value)
+    assert target.read_text() == "previous good model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_an_exception_while_writing_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "x.bin") as temp:
+            temp.write_bytes(b"partial")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_directory_is_replaced_whole(tmp_path: Path) -> None:
+    folder = tmp_path / "diffusers"
+    with atomic_directory(folder) as temp:
+        (temp / "a.txt").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(folder) as temp:
+            (temp / "b.txt").write_text("2")
+            raise RuntimeError("crash mid-write")
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diffusers"]
+
+
+def test_unwritable_parent_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputWriteError, match=str(blocker)):
+        with atomic_directory(blocker / "out"):
+            pass

@@ -1,0 +1,70 @@
+"""Data-parallel training (issue 10): 2 CPU processes (gloo) give what 1 process gives at the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from dreamcore import TrainConfig
+from dreamcore.events import StopRequest
+from dreamcore.training import train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch(config: TrainConfig, num_processes: int, tmp_path: Path) -> subprocess.CompletedProcess:
+    config_file = config.save(tmp_path / f"config-{num_processes}.json")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "dreamcore", "train", "--config", str(config_file),
+                           "--num_processes", str(num_processes)], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600)
+
+
+def weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
+    name = "diffusion_pytorch_model.safetensors" if component == "unet" else "model.safetensors"
+    return load_file(str(folder / component / name))
+
+
+def config_for(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(pretrained_model_name_or_path=str(model), instance_data_dir=str(photos),
+                  instance_prompt="photo of sks person", output_dir=str(out), resolution=64, max_train_steps=3,
+                  learning_rate=1e-3, lr_warmup_steps=0, checkpointing_steps=0, n_save_sample=1,
+                  save_infer_steps=2, center_crop=True, train_text_encoder=True, seed=11,
+                  with_prior_preservation=True, class_prompt="photo of a person", num_class_images=2,
+                  class_infer_steps=2, class_data_dir=str(out.parent / "class"))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_two_processes_match_one_at_the_same_global_batch(tiny_model_dir: Path, photo_dir: Path,
+                                                           tmp_path: Path) -> None:
+    single = train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2))
+    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1), 2, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes" in result.stdout
+    for component in ("unet", "text_encoder"):
+        base = weights(tiny_model_dir, component)
+        one = weights(Path(single.outputs["diffusers"]), component)
+        two = weights(tmp_path / "two" / "diffusers", component)
+        update = sum((one[k].float() - base[k].float()).abs().sum() for k in base)
+        difference = sum((one[k].float() - two[k].float()).abs().sum() for k in base)
+        # Adam's first steps divide by sqrt(v) ~ |g|, so all-reduce rounding (sum/2 vs a mean over 2) shows up
+        # in the weights at the 1e-4 level; a different batch or order would differ as much as the update.
+        assert difference < 0.1 * update, (component, float(difference), float(update))
+
+
+def test_resume_with_a_different_process_count(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    stop = StopRequest()
+    config = config_for(tiny_model_dir, photo_dir, tmp_path / "run", max_train_steps=4, train_batch_size=1)
+    first = train(config, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 2 else None],
+                  stop=stop)
+    assert first.status == "stopped" and first.step == 2
+    result = launch(config.replace(resume_from_checkpoint="latest"), 2, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout and "Training completed at step 4" in result.stdout
+    assert (tmp_path / "run" / "run.safetensors").is_file()
