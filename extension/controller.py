@@ -76,11 +76,35 @@ class TrainingController:
         self._restore_gpu_when_idle()
         return info, note
 
+    def prepare_photos(self, photos_dir: str, uploaded: list[str], job_name: str, size: int, framing: str,
+                       token: str) -> Any:
+        """Crop the photos around the face into ``<output>/prepared/<job>`` (dreamcore.prepare); returns its
+        PrepareReport. Raises ImportError when dreamcore.prepare is absent, its errors otherwise."""
+        from dreamcore.jobs import check_job_name
+        from dreamcore.prepare import prepare_photos
+
+        name = check_job_name(job_name.strip())
+        source = Path(photos_dir.strip()) if photos_dir.strip() else None
+        if uploaded:
+            from .form import collect_uploads
+
+            source = collect_uploads(uploaded, self.uploads_dir / name)
+        if source is None:
+            raise FileNotFoundError("Photos: give a folder of photos, or upload them, before preparing.")
+        return prepare_photos(source, Path(self.output_root()) / "prepared" / name, size=int(size),
+                              framing=framing, token=token.strip() or None)
+
     def job(self, name: str) -> Any:
         return self.manager().get(name)
 
     def cancel(self, name: str) -> Any:
         return self.manager().cancel(name)
+
+    def resume(self, name: str) -> Any:
+        info = self.manager().resume(name)
+        self.host.free_gpu()
+        self._restore_gpu_when_idle()
+        return info
 
     def watch(self, name: str, timeout_seconds: float | None = None) -> Iterator[Any]:
         """Yield the job's info every poll until it ends (the last one is final); publish a finished model."""

@@ -132,7 +132,7 @@ def build_config(form: TabForm, resolve_checkpoint: Callable[[str], str | None],
         raise ConfigError(problems)
 
     photos_dir = form.photos_dir.strip()
-    if form.uploaded_photos:
+    if form.uploaded_photos and not photos_dir:  # a folder given (or made by "Prepare") wins over uploads
         photos_dir = str(collect_uploads(form.uploaded_photos, uploads_dir / form.job_name.strip()))
     values.update(
         pretrained_model_name_or_path=base_model,

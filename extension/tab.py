@@ -100,6 +100,32 @@ class TabHandlers:
         except (LookupError, OSError, ConfigError) as error:
             yield (_problem_markdown(error), "", "", [], "", name)
 
+    def prepare(self, photos_dir: str, uploads: Any, token: str, job_name: str, size: Any,
+                framing: str) -> tuple[str, list[tuple[str, str]], str]:
+        """"Prepare photos": face-centred square crops, their preview and the report. Returns (report
+        markdown, preview gallery, photo folder to train from: the prepared one, or the old one on error)."""
+        from dreamcore.images import ImageLoadError
+
+        try:
+            report = self.controller.prepare_photos(photos_dir or "", uploaded_paths(uploads), job_name or "",
+                                                    int(size or 512), framing, token or "")
+        except ImportError as error:
+            return (f"**Photo preparation is not available here:** {error}. Training still works on photos "
+                    "you crop yourself (square, the face filling about a third of the width).", [], photos_dir)
+        except (ValueError, OSError, ImageLoadError, RuntimeError) as error:
+            return _problem_markdown(error), [], photos_dir
+        return _prepare_markdown(report), _prepare_gallery(report), str(report.out_dir)
+
+    def resume(self, name: str) -> Iterator[tuple[Any, ...]]:
+        from dreamcore.jobs import JobError
+
+        try:
+            info = self.controller.resume((name or "").strip())
+        except (JobError, LookupError, ValueError, OSError) as error:
+            yield (_problem_markdown(error), "", "", [], "", name)
+            return
+        yield from self.watch(info.name, first_message=f"Resuming {info.name}.")
+
     def cancel(self, name: str) -> str:
         name = (name or "").strip()
         if not name:
@@ -120,6 +146,32 @@ class TabHandlers:
 
     def job_choices(self) -> list[str]:
         return self.controller.job_names()
+
+
+def framing_choices() -> list[str]:
+    """dreamcore.prepare's framings (portrait = the guide's head and shoulders); empty if it cannot load."""
+    try:
+        from dreamcore.prepare.framing import FRAMINGS
+    except ImportError as error:
+        logger.warning("dreamcore: photo preparation unavailable (%s)", error)
+        return []
+    return list(FRAMINGS)
+
+
+def _prepare_markdown(report: Any) -> str:
+    lines = [f"**{len(report.kept)} of {len(report.photos)} photos kept** in `{report.out_dir}` "
+             f"(suggested max_train_steps: {report.suggested_max_train_steps}). Training will use them."]
+    lines += [f"- {warning}" for warning in report.warnings]
+    lines += [f"- rejected {photo.source.name}: {photo.verdict}" for photo in report.rejected]
+    return "\n".join(lines)
+
+
+def _prepare_gallery(report: Any) -> list[tuple[str, str]]:
+    items = [(str(photo.output), f"{photo.source.name}: {photo.verdict}") for photo in report.kept
+             if photo.output is not None]
+    if report.contact_sheet_path is not None:
+        items.append((str(report.contact_sheet_path), "contact sheet: every photo, kept and rejected"))
+    return items
 
 
 def _progress(info: Any) -> str:
@@ -173,6 +225,14 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                     refresh = gr.Button("Refresh list")
                 photos_dir = gr.Textbox(label="Photos: a folder of 13-20 photos of the subject")
                 uploads = gr.File(file_count="multiple", file_types=["image"], label="... or upload the photos")
+                with gr.Accordion("Prepare photos: square crops around the face, with a report", open=False):
+                    with gr.Row():
+                        framings = framing_choices()
+                        framing = gr.Dropdown(choices=framings, value=framings[0] if framings else None,
+                                              label="Framing")
+                        prepare = gr.Button("Prepare and preview")
+                    prepare_report = gr.Markdown()
+                    prepare_preview = gr.Gallery(label="Prepared photos", columns=5, height=240)
                 with gr.Row():
                     token = gr.Textbox(label="Token (a rare word that becomes the subject)", value="sks")
                     class_word = gr.Textbox(label="Class", value="person")
@@ -190,6 +250,7 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                 with gr.Row():
                     start = gr.Button("Start training", variant="primary")
                     cancel = gr.Button("Cancel")
+                    resume = gr.Button("Resume")
             with gr.Column():
                 message = gr.Markdown()
                 progress = gr.HTML()
@@ -211,6 +272,10 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
         start.click(handlers.start, inputs=form_inputs, outputs=watch_outputs)
         watch.click(handlers.watch, inputs=[job], outputs=watch_outputs)
         cancel.click(handlers.cancel, inputs=[job], outputs=[message])
+        resume.click(handlers.resume, inputs=[job], outputs=watch_outputs)
+        resolution = advanced_controls[[f.name for f in handlers.advanced].index("resolution")]
+        prepare.click(handlers.prepare, inputs=[photos_dir, uploads, token, job_name, resolution, framing],
+                      outputs=[prepare_report, prepare_preview, photos_dir])
         refresh_jobs.click(lambda: gr.update(choices=handlers.job_choices()), inputs=[], outputs=[job])
         use.click(handlers.use_in_txt2img, inputs=[job], outputs=[message, prompt_out, title_out]).then(
             None, inputs=[prompt_out, title_out], outputs=None, **{js_keyword: USE_IN_TXT2IMG_JS})

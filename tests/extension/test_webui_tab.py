@@ -111,3 +111,25 @@ def test_uploaded_files_from_any_gradio_version() -> None:
 
     assert tab.uploaded_paths([TempFile(), "/tmp/b.png"]) == ["/tmp/a.png", "/tmp/b.png"]
     assert tab.uploaded_paths(None) == []
+
+
+def test_prepare_crops_around_the_face_previews_and_switches_training_to_the_crops(webui: dict,
+                                                                                   tmp_path: Path) -> None:
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    photos = tmp_path / "phone-photos"
+    photos.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(photos / "astronaut.png")
+    Image.new("RGB", (300, 400), (90, 140, 200)).save(photos / "sky.png")
+    webui["callbacks"].ui_tabs_callback()
+    handlers = webui["extension"].handlers
+    report, preview, photos_dir = handlers.prepare(str(photos), None, "sks", "anna", 64, "portrait")
+    assert "1 of 2 photos kept" in report and "rejected sky.png" in report
+    assert Path(photos_dir).name == "anna" and Path(photos_dir).parent.name == "prepared"
+    kept = [path for path, caption in preview if caption.startswith("astronaut.png")]
+    assert len(kept) == 1 and Image.open(kept[0]).size == (64, 64)
+    assert any("contact sheet" in caption for _, caption in preview)
+    # A folder that does not exist: said plainly, and the photo folder stays as typed.
+    report, preview, photos_dir = handlers.prepare(str(tmp_path / "nope"), None, "sks", "anna", 64, "portrait")
+    assert "nope" in report and preview == [] and photos_dir == str(tmp_path / "nope")
