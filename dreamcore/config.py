@@ -22,11 +22,14 @@ from typing import Any, Iterable
 
 from dreamcore.fileio import atomic_write_text
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif", ".heic", ".heif")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v")
+# Memory presets (the field overrides live in dreamcore/presets.py): "auto" picks one from the GPU's free
+# memory when training starts on CUDA, "none" keeps the settings exactly as given.
+MEMORY_PRESET_CHOICES = ("auto", "none", "24GB", "16GB", "12GB", "8GB")
 CONFIG_FILE_NAME = "train_config.json"
+RUN_REPORT_KEY = "run_report"
 
 # A hub repo id ("owner/name"); such ids are resolved from a local Hugging Face cache only.
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -88,6 +91,10 @@ class TrainConfig:
     resolution: int = _field(512, "Training resolution in pixels (a multiple of 8).", "Concept")
     center_crop: bool = _field(False, "Centre-crop photos to a square; otherwise a random crop.", "Concept")
     hflip: bool = _field(False, "Randomly mirror photos (augmentation; turns off latent caching).", "Concept")
+    prepare_photos: bool = _field(
+        True, "Crop photos that are not already square at the training resolution around the face (head and "
+        "shoulders, as the guide asks) into <output_dir>/prepared before training; --no-prepare_photos uses "
+        "them as they are (resized, then a random or centre crop).", "Concept")
 
     # --- Prior preservation ------------------------------------------------------------------------
     with_prior_preservation: bool = _field(
@@ -134,6 +141,22 @@ class TrainConfig:
     adam_weight_decay: float = _field(1e-2, "AdamW weight decay.", "Optimizer")
     adam_epsilon: float = _field(1e-8, "AdamW epsilon.", "Optimizer")
     max_grad_norm: float = _field(1.0, "Gradient clipping norm (0 = off).", "Optimizer")
+
+    # --- Speed and memory (GPU) ----------------------------------------------------------------------
+    memory_preset: str = _field(
+        "auto", "GPU memory preset: 'auto' picks 24GB/16GB/12GB/8GB from the card's free memory at start and "
+        "sets the speed and memory fields below (and mixed_precision, use_8bit_adam, gradient_checkpointing); "
+        "'none' keeps your settings as given. Ignored without a CUDA GPU.", "Speed", choices=MEMORY_PRESET_CHOICES)
+    fast_step: bool = _field(
+        False, "Fast step executor on CUDA: the same step with no host syncs for randomness or tokens, fused "
+        "AdamW and a channels-last UNet.", "Speed")
+    pure_bf16: bool = _field(
+        False, "Keep the trained weights in bf16 (updated with stochastic rounding); needs optimizer_in_backward.",
+        "Speed")
+    optimizer_in_backward: bool = _field(
+        False, "Apply AdamW to each weight as soon as its gradient is ready and free the gradient, so full "
+        "gradients are never held (8 GB cards). Needs max_grad_norm 0, gradient_accumulation_steps 1, no fp16.",
+        "Speed")
 
     # --- Saving and samples ------------------------------------------------------------------------
     save_interval: int = _field(
@@ -220,11 +243,16 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 problems.append(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}.")
+        if not self.score_likeness and (self.keep_best or self.likeness_early_stop):
+            problems.append("keep_best and likeness_early_stop choose checkpoints by likeness: turn on score_likeness.")
+        if self.likeness_early_stop < 0:
+            problems.append(f"likeness_early_stop: must not be negative (got {self.likeness_early_stop}).")
         problems.extend(_output_dir_problems(Path(self.output_dir)))
         if self.resume_from_checkpoint and self.resume_from_checkpoint != "latest" and not Path(
                 self.resume_from_checkpoint).is_dir():
             problems.append(f"resume_from_checkpoint: {self.resume_from_checkpoint!r} is not a saved state folder; "
                             "use 'latest' or a folder under <output_dir>/state.")
+        problems.extend(_speed_problems(self))
         if self.model_name and not re.fullmatch(r"[\w.+-][\w .+-]*", self.model_name):
             problems.append(f"model_name: {self.model_name!r} may use letters, digits, spaces and . _ + - only.")
         return problems
@@ -280,6 +308,8 @@ class TrainConfig:
             raise ConfigError([f"{path}: cannot read the config file ({error.strerror})."]) from error
         except json.JSONDecodeError as error:
             raise ConfigError([f"{path}: not valid JSON (line {error.lineno}: {error.msg})."]) from error
+        if isinstance(values, dict):
+            values.pop(RUN_REPORT_KEY, None)  # what a finished run added (likeness scores...), not a setting
         return cls.from_dict(values, source=str(path))
 
     def save(self, path: str | Path) -> Path:
@@ -376,8 +406,14 @@ def _optional(kind: type):
 # --- validation helpers ------------------------------------------------------------------------------
 
 def list_image_files(folder: Path) -> list[Path]:
-    """Files in a folder (not recursive) whose suffix marks them as images, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Files in a folder (not recursive) whose suffix marks them as images, sorted by name.
+
+    A cheap check by name for validation; every photo is opened and checked before training starts.
+    """
+    from dreamcore.images import IMAGE_SUFFIXES
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
 
 
 def _read_concepts_file(path: Path, problems: list[str]) -> list[Concept]:
@@ -433,11 +469,31 @@ def _concept_problems(concept: Concept, where: str, prior_preservation: bool) ->
         else:
             if not images:
                 problems.append(f"{where}: photo folder {folder} holds no images "
-                                f"({', '.join(IMAGE_SUFFIXES[:4])}, ...); put 13-20 photos of the subject there.")
+                                "(.jpg, .png, .webp, ...); put 13-20 photos of the subject there.")
     if prior_preservation and not concept.class_prompt.strip():
         problems.append(f"{where}: with_prior_preservation needs a class_prompt, e.g. 'photo of a person'.")
     if concept.class_data_dir and Path(concept.class_data_dir).exists() and not Path(concept.class_data_dir).is_dir():
         problems.append(f"{where}: class_data_dir {concept.class_data_dir} is a file, not a folder.")
+    return problems
+
+
+def _speed_problems(config: "TrainConfig") -> list[str]:
+    problems = []
+    if config.pure_bf16 and not config.optimizer_in_backward:
+        problems.append("pure_bf16: needs optimizer_in_backward (only that optimizer rounds bf16 weights "
+                        "stochastically; plain AdamW updates of lr 1e-6 would round away to nothing).")
+    if config.optimizer_in_backward:
+        if config.max_grad_norm > 0:
+            problems.append("optimizer_in_backward: set max_grad_norm 0 (the whole gradient is never held, so "
+                            "it cannot be clipped by its norm).")
+        if config.gradient_accumulation_steps != 1:
+            problems.append("optimizer_in_backward: set gradient_accumulation_steps 1 (each backward updates "
+                            "the weights at once).")
+        if config.mixed_precision == "fp16":
+            problems.append("optimizer_in_backward: use mixed_precision bf16 (fp16 needs loss scaling, which "
+                            "an update inside backward cannot undo).")
+        if config.use_8bit_adam:
+            problems.append("optimizer_in_backward: turn use_8bit_adam off (its own AdamW keeps bf16 states).")
     return problems
 
 

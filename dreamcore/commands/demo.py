@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"== dreamcore demo in {out}")
     base = save_tiny_model(out / "base", family="sd1", fmt="safetensors")
     print(f"tiny base model (single file, SD1 layout): {base}")
-    photos = make_demo_photos(out / "photos")
+    photos = make_demo_photos(out / "photos", size=TINY_RESOLUTION)  # already square: trained as they are
     print(f"{len(photos)} demo photos: {photos[0].parent}")
     config = TrainConfig(
         pretrained_model_name_or_path=str(base), instance_data_dir=str(photos[0].parent),

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamcore.components import ModelComponents
-from dreamcore.config import CONFIG_FILE_NAME, TrainConfig
+from dreamcore.config import CONFIG_FILE_NAME, RUN_REPORT_KEY, TrainConfig
 from dreamcore.events import (CheckpointSaved, ClassImagesProgress, Emitter, Finished, Progress, SamplesSaved,
                               Stage, StopSignal)
 from dreamcore.images import load_rgb_image
@@ -82,6 +82,7 @@ class Trainer:
         self.prediction_type = self.noise_scheduler.config.prediction_type
         self.frozen_dtype = weight_dtype(self.precision)
         self.noise_generator = torch.Generator().manual_seed(config.seed)
+        self.likeness = None  # a dreamcore.likeness.LikenessTracker when config.score_likeness
 
     # --- set-up ----------------------------------------------------------------------------------------
     def prepare_models(self) -> None:
@@ -294,6 +295,11 @@ class Trainer:
                                          config.save_infer_steps, config.resolution)
                 self.emit(SamplesSaved(step, tuple(str(p) for p in paths), prompt))
                 outputs["samples"] = str(sample_folder)
+                if self.likeness is not None:
+                    with self.accelerator.autocast():
+                        self.likeness.evaluate(pipeline, step)
+                    self.emit.log("likeness per checkpoint:\n" + self.likeness.table())
+                    outputs["likeness"] = str(self.likeness.out_dir)
                 metadata = self.export_metadata(step)
                 user_metadata = {"description": f"dreamcore DreamBooth of '{prompt}', {step} steps",
                                  "activation text": ", ".join(c.concept.instance_prompt for c in plan.concepts),
@@ -418,6 +424,57 @@ def _trainer_class(config: TrainConfig) -> type[Trainer]:
     return Trainer
 
 
+def likeness_tracker(plan: RunPlan):
+    """The likeness scorer of a run (dreamcore[faces]); a clear error before training if it cannot run."""
+    from dreamcore.config import ConfigError
+    from dreamcore.likeness import scoring_available
+
+    available, message = scoring_available()
+    if not available:
+        raise ConfigError([f"score_likeness: {message}"])
+    from dreamcore.likeness.scores import LikenessError
+    from dreamcore.likeness.tracker import LikenessTracker
+    from dreamcore.training.setup import usable_photos
+
+    # The user's own photos, at their full size (the training crops may be too small for face identity).
+    folder = Path(plan.concepts[0].concept.instance_data_dir)
+    tracker = LikenessTracker.from_config(plan.config, usable_photos(folder, lambda message: None))
+    try:
+        tracker.reference  # embeds the photos now: a folder without a usable face fails before training
+    except LikenessError as error:
+        raise ConfigError([f"score_likeness: {error}"]) from error
+    return tracker
+
+
+def export_best_checkpoint(trainer: Trainer, last_step: int, emit: Emitter) -> dict[str, str]:
+    """With keep_best, the exported single file is the checkpoint that looked most like the subject."""
+    from dreamcore.fileio import atomic_path
+
+    plan, best = trainer.plan, trainer.likeness.best
+    if best is None or best.step == last_step or not trainer.accelerator.is_main_process:
+        return {}
+    source = plan.output_dir / "checkpoints" / f"{plan.model_name}-step-{best.step:06d}.safetensors"
+    if not source.is_file():
+        emit.log(f"keep_best: the best checkpoint (step {best.step}) is no longer on disk "
+                 "(checkpoints_total_limit); exporting the last step instead.", "warning")
+        return {}
+    target = plan.output_dir / f"{plan.model_name}.safetensors"
+    for suffix in (".safetensors", ".json"):
+        if source.with_suffix(suffix).is_file():
+            with atomic_path(target.with_suffix(suffix)) as temp:
+                temp.write_bytes(source.with_suffix(suffix).read_bytes())
+    emit.log(f"keep_best: exported the step-{best.step} checkpoint (likeness {best.likeness:.3f}) as {target}; "
+             "diffusers/ holds the last step.")
+    return {"single_file": str(target), "best_step": str(best.step)}
+
+
+def save_run_report(path: Path, config: TrainConfig, report: dict[str, Any]) -> None:
+    """train_config.json with a ``run_report`` section (TrainConfig.load skips it)."""
+    from dreamcore.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps({**config.to_dict(), RUN_REPORT_KEY: report}, indent=2) + "\n")
+
+
 def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: StopSignal | None = None) -> TrainResult:
     """Train DreamBooth as ``config`` says. Events go to ``callbacks``; ``stop.is_set()`` ends the run
     cleanly (resumable state and a usable checkpoint are saved). Raises ConfigError / TrainingError."""
@@ -438,6 +495,8 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     if trainer.device.type == "cpu" and is_full_size(models.unet):
         emit.log("Training a full-size model on the CPU: expect minutes per step, i.e. days for a full run. "
                  "Use a CUDA GPU; the ETA below is measured from the first steps.", "warning")
+    if config.score_likeness:
+        trainer.likeness = likeness_tracker(plan)
     class_images = ensure_class_images(trainer, emit, stop)
     trainer.prepare_models()
     trainer.prepare_data(class_images)
@@ -481,6 +540,10 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
             trainer.save_state(step)
         if config.save_interval and step % config.save_interval == 0 and step < plan.total_steps:
             trainer.save_checkpoint(step, final=False)
+            if trainer.likeness is not None and trainer.likeness.should_stop():
+                emit.log(f"likeness has not risen for {config.likeness_early_stop} checkpoints: stopping early at "
+                         f"step {step} (likeness_early_stop).")
+                break
 
     if status == "stopped":
         emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
@@ -489,6 +552,10 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     else:
         emit(Stage("export", "final model"))
         outputs = trainer.save_checkpoint(step, final=True)
+        if trainer.likeness is not None and config.keep_best:
+            outputs.update(export_best_checkpoint(trainer, step, emit))
+    if trainer.likeness is not None:
+        save_run_report(plan.output_dir / CONFIG_FILE_NAME, config, {"likeness": trainer.likeness.report()})
     outputs["state"] = str(plan.output_dir / STATE_DIR_NAME) if status == "stopped" else ""
     outputs["config"] = str(plan.output_dir / CONFIG_FILE_NAME)
     outputs = {k: v for k, v in outputs.items() if v}

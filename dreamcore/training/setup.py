@@ -59,6 +59,10 @@ def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> RunPlan:
     concepts = []
     for index, concept in enumerate(config.concepts()):
         photos = usable_photos(Path(concept.instance_data_dir), warn)
+        if photos and config.prepare_photos and not all_square_at(photos, config.resolution):
+            photos = prepared_photos(Path(concept.instance_data_dir),
+                                     output_dir / "prepared" / f"{index + 1}-{slug(concept.instance_prompt)}",
+                                     config.resolution, warn)
         if not photos:
             problems.append(f"concept {index + 1}: no usable photos in {concept.instance_data_dir} (see the "
                             "skipped files above); add readable JPEG or PNG photos of the subject.")
@@ -80,6 +84,37 @@ def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> RunPlan:
     resolved = dataclasses.replace(config, max_train_steps=steps)
     model_name = config.model_name or output_dir.resolve().name or "dreamcore"
     return RunPlan(resolved, tuple(concepts), output_dir, model_name)
+
+
+def all_square_at(photos: list[Path], resolution: int) -> bool:
+    """True when every photo is already a square of the training size (prepared by hand or by dreamcore)."""
+    from PIL import Image
+
+    for path in photos:
+        with Image.open(path) as image:
+            if image.size != (resolution, resolution) or image.getexif().get(0x0112, 1) not in (1, 2, 3, 4):
+                return False
+    return True
+
+
+def prepared_photos(folder: Path, out_dir: Path, resolution: int, warn: Callable[[str], None]) -> list[Path]:
+    """Face-aware crops of a raw photo folder (dreamcore.prepare), with every rejected photo named."""
+    from dreamcore.prepare import PrepareError, prepare_for_training
+    from dreamcore.prepare.faces import DetectorUnavailableError
+
+    try:
+        report = prepare_for_training(folder, out_dir, size=resolution)
+    except DetectorUnavailableError as error:
+        raise ConfigError([f"prepare_photos: {folder} holds photos that are not {resolution}x{resolution} squares "
+                           f"and need face-aware cropping, but {error}. Install it (pip install "
+                           "'dreamcore[prepare]'), crop them yourself, or pass --no-prepare_photos."]) from error
+    except PrepareError as error:
+        raise ConfigError([f"prepare_photos: {error}"]) from error
+    for result in report.rejected:
+        warn(f"skipping {result.source}: {result.verdict} (see {report.contact_sheet_path})")
+    for message in report.warnings:
+        warn(f"photo set: {message}")
+    return [result.output for result in report.kept]
 
 
 def usable_photos(folder: Path, warn: Callable[[str], None]) -> list[Path]:
