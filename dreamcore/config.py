@@ -253,6 +253,7 @@ class TrainConfig:
             problems.append(f"resume_from_checkpoint: {self.resume_from_checkpoint!r} is not a saved state folder; "
                             "use 'latest' or a folder under <output_dir>/state.")
         problems.extend(_speed_problems(self))
+        problems.extend(_lora_problems(self))
         if self.model_name and not re.fullmatch(r"[\w.+-][\w .+-]*", self.model_name):
             problems.append(f"model_name: {self.model_name!r} may use letters, digits, spaces and . _ + - only.")
         return problems
@@ -275,6 +276,24 @@ class TrainConfig:
     likeness_early_stop: int = _field(
         0, "Stop training when likeness has not risen for this many saves in a row (0 = never); needs "
         "score_likeness.", "Likeness")
+
+    # --- LoRA --------------------------------------------------------------------------------------
+    use_lora: bool = _field(
+        False, "Train LoRA adapters (PEFT) instead of the whole model: a file of a few MB that the WebUI loads "
+        "with <lora:name:1>, in less GPU memory. LoRA wants a higher learning_rate (about 1e-4; the LoRA "
+        "presets set it).", "LoRA")
+    lora_rank: int = _field(4, "Rank of each LoRA update: its size and capacity (4-32 is usual for a face).", "LoRA")
+    lora_alpha: float | None = _field(
+        None, "LoRA alpha: updates are scaled by alpha / rank; empty = the rank (scale 1).", "LoRA")
+    lora_dropout: float = _field(0.0, "Dropout on the LoRA layers' input while training, in [0, 1).", "LoRA")
+    lora_text_encoder: bool = _field(
+        True, "With use_lora and train_text_encoder: the text encoder trains through LoRA adapters too "
+        "(lora_te_ keys in the file). Off together with train_text_encoder is refused: a fully trained text "
+        "encoder cannot go into a LoRA file.", "LoRA")
+    lora_target_modules: str = _field(
+        "", "Comma-separated names of the layers to adapt; empty = the attention projections (UNet to_q, to_k, "
+        "to_v, to_out.0; text encoder q_proj, k_proj, v_proj, out_proj). Others: proj_in, proj_out, "
+        "ff.net.0.proj, ff.net.2 (UNet), fc1, fc2 (text encoder).", "LoRA")
 
     # --- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -513,3 +532,24 @@ def _did_you_mean(key: str, known: Iterable[str]) -> str:
 
     close = difflib.get_close_matches(key, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+def _lora_problems(config: TrainConfig) -> list[str]:
+    """LoRA settings are checked only with use_lora; set without it they are kept and do nothing."""
+    if not config.use_lora:
+        return []
+    problems = []
+    if config.lora_rank < 1:
+        problems.append(f"lora_rank: must be at least 1 (got {config.lora_rank}); 4-32 is usual.")
+    if config.lora_alpha is not None and not config.lora_alpha > 0:
+        problems.append(f"lora_alpha: must be positive (got {config.lora_alpha}), or empty for the rank.")
+    if not 0 <= config.lora_dropout < 1:
+        problems.append(f"lora_dropout: must be in [0, 1) (got {config.lora_dropout}).")
+    if config.train_text_encoder and not config.lora_text_encoder:
+        problems.append("lora_text_encoder: off while train_text_encoder is on, but a fully trained text encoder "
+                        "cannot go into a LoRA file; turn lora_text_encoder on, or train_text_encoder off.")
+    bad = [name for name in config.lora_target_modules.split(",")
+           if name.strip() and not re.fullmatch(r"[A-Za-z_][\w.]*", name.strip())]
+    if bad:
+        problems.append(f"lora_target_modules: {', '.join(repr(b.strip()) for b in bad)} is not a layer name; give "
+                        "comma-separated names such as to_q,to_k,to_v,to_out.0.")
+    return problems
