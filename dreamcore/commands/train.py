@@ -81,6 +81,9 @@ class ConsoleReporter:
 def run(args: argparse.Namespace) -> int:
     from dreamcore.config import ConfigError, config_from_arguments
     from dreamcore.events import StopRequest
+    from dreamcore.fileio import OutputWriteError
+    from dreamcore.images import ImageLoadError
+    from dreamcore.models import ModelLoadError
     from dreamcore.training import TrainingError, train
 
     try:
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, request_stop)
     try:
         train(config, callbacks=[reporter], stop=stop)
-    except (ConfigError, TrainingError) as error:
+    except (ConfigError, TrainingError, ModelLoadError, ImageLoadError, OutputWriteError) as error:
         reporter.close()
         print(f"error: {error}", file=sys.stderr)
         return 1

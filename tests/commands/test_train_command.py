@@ -86,3 +86,17 @@ def test_bad_settings_exit_with_every_problem(tmp_path: Path) -> None:
     assert result.returncode == 2
     for expected in ("missing.safetensors", "does not exist", "multiple of 8", "class_prompt"):
         assert expected in result.stderr
+
+
+def test_a_truncated_base_model_is_a_clear_error_before_training(tmp_path: Path) -> None:
+    good = save_tiny_model(tmp_path / "tiny.safetensors", fmt="safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:4096])
+    photos = tmp_path / "photos"
+    make_demo_photos(photos, count=2, size=64)
+    result = run_dreamcore("train", "--pretrained_model_name_or_path", str(truncated), "--instance_data_dir",
+                           str(photos), "--instance_prompt", "photo of sks person", "--resolution", "64",
+                           "--output_dir", str(tmp_path / "out"), "--max_train_steps", "2")
+    assert result.returncode == 1
+    assert "truncated.safetensors" in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "out").rglob("*.safetensors"))
