@@ -86,7 +86,8 @@ def test_the_app_trains_a_tiny_job_with_moving_progress_samples_and_a_checkpoint
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        # Wide, so every group of the Advanced settings fits as a tab (narrower pages fold some into a menu).
+        page = browser.new_page(viewport={"width": 2600, "height": 1400})
         try:
             page.goto(base + "/")
             page.get_by_role("button", name="Start training").wait_for(timeout=60_000)
