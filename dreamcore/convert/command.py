@@ -24,6 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-ema", action="store_true", help="take the UNet's EMA weights from a single file")
     parser.add_argument("--family", choices=("auto", "sd1", "sd2", "sd2-v"), default="auto",
                         help="model type; 'auto' detects it (a .yaml beside the file is honoured)")
+    parser.add_argument("--original-config", metavar="YAML", default=None,
+                        help="the model's original .yaml config, when it is not beside SRC under SRC's name")
+    parser.epilog = EPILOG
+
+
+EPILOG = """Directions: single file -> diffusers folder, diffusers folder (or cached hub id) -> single file, and the
+same for a VAE alone. The single file uses the WebUIs' key layout; .safetensors is the default, .ckpt is
+written so that the WebUI's safe unpickler accepts it. An SD2 v-prediction model also gets DST.yaml
+beside it (the WebUI needs it). --half stores fp16: half the size; converting an fp16 file with --half
+reproduces it bit for bit, converting fp32 weights with --half rounds them. .ckpt input is read without
+running any code stored in it.
+"""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         destination = convert(args.src, args.dst, to=args.to, half=args.half, use_ema=args.use_ema,
-                              family=args.family)
+                              family=args.family, original_config=args.original_config)
     except (ModelLoadError, OutputWriteError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -41,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def convert(src: str, dst: str, to: str | None = None, half: bool = False, use_ema: bool = False,
-            family: str = "auto") -> Path:
+            family: str = "auto", original_config: str | None = None) -> Path:
     """Convert ``src`` to ``dst`` (format from ``to`` or DST's suffix); returns the path written."""
     fmt, destination = _output_format(Path(dst), to)
     if _is_vae(src):
@@ -52,10 +64,10 @@ def convert(src: str, dst: str, to: str | None = None, half: bool = False, use_e
     from dreamcore.models import load_base_model, save_diffusers_folder
 
     source = Path(src)
-    if use_ema and not source.is_file():
-        raise ValueError("--use-ema needs a single-file source (EMA weights live inside .ckpt/.safetensors files)")
-    components = (load_single_file(source, family=family, use_ema=use_ema) if source.is_file()
-                  else load_base_model(src, family=family))
+    if (use_ema or original_config) and not source.is_file():
+        raise ValueError("--use-ema and --original-config need a single-file source (.ckpt/.safetensors)")
+    components = (load_single_file(source, family=family, use_ema=use_ema, config_yaml=original_config)
+                  if source.is_file() else load_base_model(src, family=family))
     if fmt == "diffusers":
         if half:
             for module in (components.unet, components.vae, components.text_encoder):

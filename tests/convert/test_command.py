@@ -18,6 +18,11 @@ def test_single_to_diffusers_to_ckpt_and_back(tiny_files, tmp_path, capsys) -> N
     assert "wrote" in capsys.readouterr().out
     assert_same_tensors(read_state_dict(source)[0], read_state_dict(tmp_path / "out.ckpt")[0])
     assert (tmp_path / "out.yaml").is_file()  # v-prediction: the WebUI needs the yaml
+    # Its yaml elsewhere: --original-config makes an SD2 file load as v-prediction.
+    plain_sd2 = tiny_files[("sd2", ".ckpt")]
+    assert main(["convert", str(plain_sd2), str(tmp_path / "as-v.safetensors"), "--original-config",
+                 str(tmp_path / "out.yaml")]) == 0
+    assert read_state_dict(tmp_path / "as-v.safetensors")[1]["dreamcore.family"] == "sd2-v"
     assert main(["convert", str(tmp_path / "out.ckpt"), str(tmp_path / "half.safetensors"), "--half"]) == 0
     halved = read_state_dict(tmp_path / "half.safetensors")[0]
     assert {t.dtype for t in halved.values() if t.is_floating_point()} == {torch.float16}
@@ -39,7 +44,7 @@ def test_ema_from_a_single_file_only_and_format_conflicts(tiny_files, tmp_path, 
     folder = tmp_path / "folder"
     assert main(["convert", str(tiny_files[("sd1", ".ckpt")]), str(folder)]) == 0
     assert main(["convert", str(folder), str(tmp_path / "x.safetensors"), "--use-ema"]) == 1
-    assert "--use-ema needs a single-file source" in capsys.readouterr().err
+    assert "--use-ema and --original-config need a single-file source" in capsys.readouterr().err
     assert main(["convert", str(folder), str(tmp_path / "x.safetensors"), "--to", "ckpt"]) == 1
     assert "make them agree" in capsys.readouterr().err
     assert main(["convert", str(tiny_files[("sd1", ".ckpt")]), str(tmp_path / "y.ckpt"), "--use-ema"]) == 1
