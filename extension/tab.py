@@ -130,9 +130,11 @@ class TabHandlers:
         name = (name or "").strip()
         if not name:
             return "Choose the job to cancel."
+        from dreamcore.jobs import JobError
+
         try:
             info = self.controller.cancel(name)
-        except LookupError as error:
+        except (JobError, LookupError) as error:  # no such job, or it has already ended
             return _problem_markdown(error)
         return f"Cancelling {info.name}: it stops at the next step and keeps a state you can resume."
 

@@ -35,6 +35,7 @@ TINY_RUN = {  # a few steps at the tiny model's 64 px, with prior preservation a
     "class_infer_steps": 2, "sample_batch_size": 1, "mixed_precision": "no", "use_8bit_adam": False,
     "save_interval": 2, "n_save_sample": 1, "save_infer_steps": 2, "checkpointing_steps": 4,
     "learning_rate": 1e-4,
+    "prepare_photos": False,  # the drawn photos hold no face for the detector; the tab's Prepare is tested apart
 }
 
 

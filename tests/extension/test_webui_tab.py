@@ -133,3 +133,28 @@ def test_prepare_crops_around_the_face_previews_and_switches_training_to_the_cro
     # A folder that does not exist: said plainly, and the photo folder stays as typed.
     report, preview, photos_dir = handlers.prepare(str(tmp_path / "nope"), None, "sks", "anna", 64, "portrait")
     assert "nope" in report and preview == [] and photos_dir == str(tmp_path / "nope")
+
+
+@pytest.mark.slow  # two training children (~1 min); the Done-when runs are in test_webui_hosts/install
+def test_cancel_stops_a_running_job_and_resume_finishes_it(webui: dict) -> None:
+    webui["callbacks"].ui_tabs_callback()
+    handlers = webui["extension"].handlers
+    advanced = dict(zip([f.name for f in handlers.advanced], handlers.preset_values(handlers.default_preset)))
+    advanced.update(host_scenario.TINY_RUN, with_prior_preservation=False, max_train_steps="10",
+                    save_interval=0, checkpointing_steps=5)
+    values = ["base/tiny-sd1.safetensors", str(webui["photos"]), None, "sks", "person", "stop-me",
+              *advanced.values()]
+    cancel_message = ""
+    for outputs in handlers.start(*values):
+        if "running (train)" in outputs[1] and not cancel_message:
+            cancel_message = handlers.cancel("stop-me")
+    assert cancel_message.startswith("Cancelling stop-me")
+    assert "was cancelled" in outputs[0]
+    assert handlers.cancel("stop-me").startswith("**job 'stop-me' has already ended")
+    stopped_at = handlers.controller.job("stop-me").step
+    assert stopped_at < 10
+    for outputs in handlers.resume("stop-me"):
+        pass
+    info = handlers.controller.job("stop-me")
+    assert info.status == "completed" and info.step == 10, outputs[0]
+    assert "finished" in outputs[0]
