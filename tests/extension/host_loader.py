@@ -38,3 +38,11 @@ def load_extension_scripts(extension_root: str | Path) -> list[ModuleType]:
             sys.path.remove(str(extension_root))
         loaded.append(module)
     return loaded
+
+
+def remove_standin_host() -> None:
+    """Undo use_standin_host (tests in one process use several flavors)."""
+    for name in [n for n in sys.modules if n == "modules" or n.startswith(("modules.", "modules_forge"))]:
+        del sys.modules[name]
+    if str(STANDIN_DIR) in sys.path:
+        sys.path.remove(str(STANDIN_DIR))

@@ -11,7 +11,7 @@ import pytest
 
 import host_scenario
 from form_loader import glue  # noqa: F401  loads dreamcore_webui as the entry file does
-from host_loader import STANDIN_DIR, load_extension_scripts, use_standin_host
+from host_loader import load_extension_scripts, remove_standin_host, use_standin_host
 
 
 @pytest.fixture
@@ -28,9 +28,7 @@ def webui(tmp_path: Path, tiny_base_model: Path, monkeypatch: pytest.MonkeyPatch
     yield {"root": root, "extension": scripts[0].EXTENSION, "callbacks": script_callbacks, "shared": shared,
            "photos": host_scenario.make_photos(tmp_path / "photos")}
     script_callbacks.clear_callbacks()
-    for name in [n for n in sys.modules if n == "modules" or n.startswith(("modules.", "modules_forge"))]:
-        del sys.modules[name]
-    sys.path.remove(str(STANDIN_DIR))
+    remove_standin_host()
 
 
 def _labels(blocks) -> set[str]:
