@@ -76,6 +76,14 @@ def test_sd2_v_folder_keeps_v_prediction(tmp_path) -> None:
         load_base_model(str(folder), family="sd1")
 
 
+def test_folder_with_only_fp16_variant_weights(sd1, sd1_folder, tmp_path) -> None:
+    """What the guide's --revision fp16 leaves in a folder: weights named *.fp16.safetensors only."""
+    folder = shutil.copytree(sd1_folder, tmp_path / "fp16")
+    for weights in folder.glob("*/*.safetensors"):
+        weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    _assert_same_model(sd1, load_base_model(str(folder)))
+
+
 def test_folder_without_tokenizer_uses_the_shipped_one(sd1_folder, tmp_path) -> None:
     folder = shutil.copytree(sd1_folder, tmp_path / "no-tokenizer")
     shutil.rmtree(folder / "tokenizer")
@@ -118,6 +126,10 @@ def test_hub_id_resolves_from_the_local_cache_only(sd1, sd1_folder, tmp_path, mo
     assert str(cache) in message and "hf download someone/not-downloaded" in message
     with pytest.raises(ModelLoadError, match="revision 'bf16'"):
         load_base_model("someone/tiny-sd1", revision="bf16")
+    from dreamcore.cli import main
+
+    assert main(["convert", "someone/tiny-vae", str(tmp_path / "vae.safetensors")]) == 0  # a cached VAE repo
+    assert (tmp_path / "vae.safetensors").is_file()
 
 
 @pytest.mark.parametrize("make, message", [

@@ -56,6 +56,7 @@ def convert(src: str, dst: str, to: str | None = None, half: bool = False, use_e
             family: str = "auto", original_config: str | None = None) -> Path:
     """Convert ``src`` to ``dst`` (format from ``to`` or DST's suffix); returns the path written."""
     fmt, destination = _output_format(Path(dst), to)
+    src = str(_local_source(src))
     if _is_vae(src):
         if use_ema:
             raise ValueError("--use-ema applies to full single-file models, not to a VAE")
@@ -91,6 +92,18 @@ def _output_format(dst: Path, to: str | None) -> tuple[str, Path]:
     if suffix_format and suffix_format != to:
         raise ValueError(f"--to {to} but {dst} ends in {dst.suffix}; make them agree")
     return to, dst if suffix_format else dst.with_name(dst.name + "." + to)
+
+
+def _local_source(src: str) -> Path:
+    """SRC itself, or the snapshot folder of a hub id in the local Hugging Face cache."""
+    from dreamcore.config import HUB_REPO_ID
+
+    path = Path(src).expanduser()
+    if path.exists() or not HUB_REPO_ID.match(src):
+        return path
+    from dreamcore.models import resolve_cached_repo
+
+    return resolve_cached_repo(src)
 
 
 def _is_vae(src: str) -> bool:

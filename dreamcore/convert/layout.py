@@ -31,6 +31,30 @@ SCHEDULE_KEYS = (
 VAE_LOSS_PREFIX = "first_stage_model.loss."
 
 
+# Older SD1 files keep the CLIP text model one level up (transformers before it nested ``text_model``).
+# The WebUIs rename these on load; so does ``normalise_legacy_keys``.
+LEGACY_SD1_TEXT_PREFIXES = {
+    "cond_stage_model.transformer.embeddings.": "cond_stage_model.transformer.text_model.embeddings.",
+    "cond_stage_model.transformer.encoder.": "cond_stage_model.transformer.text_model.encoder.",
+    "cond_stage_model.transformer.final_layer_norm.": "cond_stage_model.transformer.text_model.final_layer_norm.",
+}
+
+
+def normalise_legacy_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with legacy SD1 text encoder names moved to today's (see LEGACY_SD1_TEXT_PREFIXES)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        for old, new in LEGACY_SD1_TEXT_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        if key in out:
+            raise ModelLoadError(f"key {key!r} appears in both the legacy and the current layout; the file is "
+                                 "damaged")
+        out[key] = tensor
+    return out
+
+
 @dataclass
 class SplitCheckpoint:
     """A single file's weights taken apart into diffusers-layout state dicts per component."""

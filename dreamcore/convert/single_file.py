@@ -16,8 +16,8 @@ from dreamcore.convert.architecture import (COMPONENTS, base_family, differs_fro
 from dreamcore.convert.checkpoint_files import metadata_json, read_state_dict, write_ckpt, write_safetensors
 from dreamcore.convert.errors import ModelLoadError
 from dreamcore.convert.family import detect_family, looks_v_prediction
-from dreamcore.convert.layout import (SCHEDULE_KEYS, split_single_file_layout, to_single_file_layout,
-                                      vae_from_original, vae_to_original)
+from dreamcore.convert.layout import (SCHEDULE_KEYS, normalise_legacy_keys, split_single_file_layout,
+                                      to_single_file_layout, vae_from_original, vae_to_original)
 from dreamcore.convert.modules import (assign_weights, diffusers_config, empty_text_encoder, empty_unet, empty_vae,
                                        text_config_dict, text_encoder_state_dict)
 from dreamcore.convert.original_config import original_config, original_config_yaml, read_original_config
@@ -61,6 +61,8 @@ def save_single_file(components: ModelComponents, path: str | Path, half: bool =
     """
     path = _single_file_path(path)
     family = components.family
+    if family not in MODELSPEC_ARCHITECTURE:
+        raise ValueError(f"model family {family!r} is unknown; a single file holds sd1, sd2 or sd2-v")
     state_dict = components_state_dict(components)
     if half:
         state_dict = {key: t.half() if t.is_floating_point() else t for key, t in state_dict.items()}
@@ -105,6 +107,7 @@ def load_single_file(path: str | Path, family: str = "auto", use_ema: bool = Fal
     path = Path(path)
     state_dict, metadata = read_state_dict(path)
     try:
+        state_dict = normalise_legacy_keys(state_dict)
         key_family = detect_family(state_dict)
     except ModelLoadError as error:
         raise ModelLoadError(f"{path}: {error}") from None

@@ -211,3 +211,14 @@ def test_v_prediction_test_forward_pass() -> None:
 
     assert looks_v_prediction(_ConstantUNet(-1.5)) is True
     assert looks_v_prediction(_ConstantUNet(0.2)) is False
+
+
+def test_legacy_sd1_text_encoder_names_load(tiny_files, tiny_models, tmp_path) -> None:
+    """Old SD1 files lack the text_model level (cond_stage_model.transformer.encoder...); the WebUIs accept them."""
+    tensors, metadata = read_state_dict(tiny_files[("sd1", ".safetensors")])
+    legacy = {key.replace("transformer.text_model.", "transformer."): t for key, t in tensors.items()}
+    assert "cond_stage_model.transformer.encoder.layers.0.mlp.fc1.weight" in legacy
+    loaded = load_single_file(write_safetensors(tmp_path / "legacy.safetensors", legacy, metadata))
+    assert module_state(loaded).keys() == module_state(tiny_models["sd1"]).keys()
+    assert all(torch.equal(a, b) for a, b in zip(module_state(loaded).values(),
+                                                 module_state(tiny_models["sd1"]).values()))
