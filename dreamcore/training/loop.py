@@ -24,6 +24,8 @@ from dreamcore.events import (CheckpointSaved, ClassImagesProgress, Emitter, Fin
                               Stage, StopSignal)
 from dreamcore.images import load_rgb_image
 from dreamcore.training.class_images import generate_class_images, missing_class_images, usable_class_images
+from dreamcore.lora.adapters import LoraSettings, add_lora_adapters
+from dreamcore.lora.export import export_training_lora
 from dreamcore.training.compat import accumulate
 from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, example_generator,
                                      image_to_tensor, needs_random_augmentation)
@@ -103,10 +105,13 @@ class Trainer:
             if config.train_text_encoder:
                 models.text_encoder.gradient_checkpointing_enable()
         apply_memory_layout(models, config, self.device)  # pure bf16 weights, channels-last (speed presets)
+        if config.use_lora:  # PEFT adapters; only they train, the base stays frozen (dreamcore/lora)
+            add_lora_adapters(models.unet, models.text_encoder if config.train_text_encoder else None,
+                              LoraSettings.from_config(config), models.family, self.frozen_dtype)
         self.trained = {"unet": models.unet}
         if config.train_text_encoder:
             self.trained["text_encoder"] = models.text_encoder
-        parameters = [p for module in self.trained.values() for p in module.parameters()]
+        parameters = [p for module in self.trained.values() for p in module.parameters() if p.requires_grad]
         learning_rate = config.learning_rate
         if config.scale_lr:
             learning_rate *= (config.train_batch_size * config.gradient_accumulation_steps
@@ -305,17 +310,22 @@ class Trainer:
                                  "activation text": ", ".join(c.concept.instance_prompt for c in plan.concepts),
                                  "sd version": {"sd1": "SD1", "sd2": "SD2", "sd2-v": "SD2"}.get(components.family, ""),
                                  "notes": f"Trained by dreamcore from {config.pretrained_model_name_or_path}"}
-                if final:
+                if config.use_lora:  # the adapters alone: the WebUI's LoRA file (+ the diffusers LoRA folder)
+                    outputs.update(export_training_lora(components, plan.output_dir, plan.model_name, step, final,
+                                                        metadata, user_metadata, config.save_half))
+                    path = Path(outputs["lora"])
+                elif final:
                     folder = save_diffusers_folder(components, plan.output_dir / "diffusers")
                     (folder / CONFIG_FILE_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
                     outputs["diffusers"] = str(folder)
                     path = plan.output_dir / f"{plan.model_name}.safetensors"
                 else:
                     path = plan.output_dir / "checkpoints" / f"{plan.model_name}-step-{step:06d}.safetensors"
-                save_single_file(components, path, half=config.save_half, metadata=metadata,
-                                 user_metadata=user_metadata)
+                if not config.use_lora:
+                    save_single_file(components, path, half=config.save_half, metadata=metadata,
+                                     user_metadata=user_metadata)
+                    outputs["single_file"] = str(path)
                 config.save(path.parent / CONFIG_FILE_NAME)
-                outputs["single_file"] = str(path)
                 self.emit(CheckpointSaved(step, str(path), "final" if final else "checkpoint"))
                 if not final:
                     self._apply_checkpoint_limit()

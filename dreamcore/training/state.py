@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dreamcore.fileio import atomic_directory
+from dreamcore.lora.adapters import load_trainable_state_dict, trainable_state_dict
 
 STATE_DIR_NAME = "state"
 PROGRESS_FILE = "progress.json"
@@ -36,7 +37,7 @@ def save_training_state(folder: Path, progress: TrainingProgress, trained_module
                         noise_generator: torch.Generator, config_json: str) -> Path:
     with atomic_directory(folder) as temp:
         for name, module in trained_modules.items():
-            state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+            state = trainable_state_dict(module)  # LoRA runs: the adapters' weights only
             save_file(state, str(temp / f"{name}.safetensors"))
         torch.save({
             "optimizer": optimizer.state_dict(),
@@ -67,7 +68,7 @@ def load_training_state(folder: Path, trained_modules: dict[str, torch.nn.Module
         if not path.is_file():
             raise ResumeError(f"{folder}: the saved state has no {name} weights, but this run trains {name}; "
                               "resume with the same train_text_encoder setting as the saved run.")
-        module.load_state_dict(load_file(str(path)))
+        load_trainable_state_dict(module, load_file(str(path)), str(path))
     saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     lr_scheduler.load_state_dict(saved["lr_scheduler"])

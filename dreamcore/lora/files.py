@@ -1,0 +1,235 @@
+"""LoRA files: the WebUI's kohya ``.safetensors`` and diffusers' PEFT folder, read and written atomically.
+
+Both hold the same thing, ``LoraWeights``: PEFT-named lora_A/lora_B weights of the UNet and the text
+encoder plus each module's alpha. ``convert_lora`` goes from either to the other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dreamcore.lora.kohya import (PEFT_A, LoraFormatError, is_kohya_state_dict, kohya_to_peft, module_ranks,
+                                  peft_to_kohya)
+
+PEFT_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
+FAMILY_KEY = "dreamcore.family"
+# The WebUI tells SD1 from SD2 LoRAs by these kohya fields (and hides LoRAs of the other family).
+KOHYA_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2"}
+MODELSPEC_ARCHITECTURE = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
+                          "sd2-v": "stable-diffusion-v2-768-v/lora"}
+
+
+@dataclass
+class LoraWeights:
+    """PEFT-named LoRA weights per part ("unet", "text_encoder") and the alpha of each "<part>.<module>"."""
+
+    parts: dict[str, dict[str, torch.Tensor]]
+    alphas: dict[str, float]
+    family: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def ranks(self) -> dict[str, int]:
+        return module_ranks(self.parts)
+
+    def lora_config(self, part: str) -> dict:
+        """The PEFT LoraConfig (as a dict) of one part: its commonest rank and alpha, the rest as patterns."""
+        from peft import LoraConfig
+
+        prefix = part + "."
+        # PEFT matches a target by the end of a module's name; without the "text_model." level the names
+        # fit CLIPTextModel of transformers 4 (which has it) and 5 (which does not) alike.
+        def target(key: str) -> str:
+            return key[len(prefix):].removeprefix("text_model.")
+
+        ranks = {target(k): r for k, r in self.ranks().items() if k.startswith(prefix)}
+        alphas = {target(k): a for k, a in self.alphas.items() if k.startswith(prefix)}
+        rank = Counter(ranks.values()).most_common(1)[0][0]
+        alpha = Counter(alphas.values()).most_common(1)[0][0]
+        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=sorted(ranks),
+                            rank_pattern={m: r for m, r in ranks.items() if r != rank},
+                            alpha_pattern={m: a for m, a in alphas.items() if a != alpha})
+        return config.to_dict()
+
+
+def kohya_metadata(weights: LoraWeights, base_model: str, trigger_words: str, extra: dict[str, str] | None = None
+                   ) -> dict[str, str]:
+    """The ``__metadata__`` the WebUI's Lora cards show (kohya ``ss_*`` and ModelSpec names) plus ours."""
+    ranks = set(weights.ranks().values())
+    alphas = set(weights.alphas.values())
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
+        "ss_network_alpha": _number(alphas.pop()) if len(alphas) == 1 else "Dynamic",
+        "ss_base_model_version": KOHYA_VERSION[weights.family],
+        "ss_v2": str(weights.family != "sd1"),
+        "ss_sd_model_name": base_model,
+        "ss_network_args": json.dumps({"text_encoder": "text_encoder" in weights.parts}),
+        # The WebUI lists the words of ss_tag_frequency as the LoRA's trigger words.
+        "ss_tag_frequency": json.dumps({"dreamcore": {w.strip(): 1 for w in trigger_words.split(",") if w.strip()}}),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": MODELSPEC_ARCHITECTURE[weights.family],
+        "modelspec.implementation": "https://github.com/huggingface/diffusers",
+        "modelspec.title": base_model,
+        "modelspec.trigger_phrase": trigger_words,
+        FAMILY_KEY: weights.family,
+    }
+    metadata.update(extra or {})
+    return metadata
+
+
+def write_kohya_file(path: str | Path, weights: LoraWeights, metadata: dict[str, str], half: bool = True,
+                     user_metadata: dict | None = None) -> Path:
+    """One ``.safetensors`` in the WebUI's layout (``half``: fp16, as LoRAs are shared); ``<name>.json`` beside
+    it with ``user_metadata`` (activation text, preferred weight: what the WebUI's Lora card reads)."""
+    from dreamcore.convert.checkpoint_files import write_safetensors
+    from dreamcore.fileio import atomic_write_text
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: a LoRA for the WebUI is written as .safetensors; give a name ending in it")
+    state = peft_to_kohya(weights.parts, weights.alphas)
+    if half:
+        state = {k: v.half() if k.endswith("weight") else v.float() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(path, state, {**metadata, FAMILY_KEY: weights.family})
+    if user_metadata is not None:
+        atomic_write_text(path.with_suffix(".json"), json.dumps(user_metadata, indent=4, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_peft_folder(folder: str | Path, weights: LoraWeights) -> Path:
+    """A diffusers LoRA folder (``pytorch_lora_weights.safetensors`` with each part's LoraConfig in its
+    metadata): what diffusers' ``pipeline.load_lora_weights(folder)`` and its training scripts use."""
+    from diffusers import StableDiffusionPipeline
+
+    from dreamcore.fileio import atomic_directory
+
+    folder = Path(folder)
+    layers = {f"{part}_lora_layers": {k: v.detach().contiguous() for k, v in state.items()}
+              for part, state in weights.parts.items()}
+    configs = {f"{part}_lora_adapter_metadata": weights.lora_config(part) for part in weights.parts}
+    with atomic_directory(folder) as temp:
+        StableDiffusionPipeline.save_lora_weights(str(temp), **layers, **configs, weight_name=PEFT_WEIGHTS_FILE)
+        (temp / "dreamcore_lora.json").write_text(json.dumps({"family": weights.family, **weights.metadata},
+                                                             indent=2) + "\n")
+    return folder
+
+
+def read_lora(path: str | Path, family: str = "auto") -> LoraWeights:
+    """A kohya ``.safetensors`` or a diffusers/PEFT LoRA folder (or its weights file).
+
+    ``family`` ("auto", "sd1", "sd2", "sd2-v"): which model the LoRA is for; "auto" reads it from the file's
+    metadata (dreamcore's, or kohya's ss_v2), else tells SD1 from SD2 by the text encoder's width.
+    """
+    from dreamcore.convert.checkpoint_files import read_state_dict
+
+    path = Path(path)
+    sidecar: dict = {}
+    if path.is_dir():
+        if not (path / PEFT_WEIGHTS_FILE).is_file():
+            raise LoraFormatError(f"{path}: no {PEFT_WEIGHTS_FILE} in this folder; give a diffusers LoRA folder or "
+                                  "a LoRA .safetensors file")
+        if (path / "dreamcore_lora.json").is_file():
+            sidecar = json.loads((path / "dreamcore_lora.json").read_text(encoding="utf-8"))
+        path = path / PEFT_WEIGHTS_FILE
+    state, metadata = read_state_dict(path)
+    chosen = family if family != "auto" else (metadata.get(FAMILY_KEY) or sidecar.get("family")
+                                              or _family_from_kohya_metadata(metadata))
+    if is_kohya_state_dict(state):
+        if chosen is None:
+            chosen = _family_from_shapes(state)
+        try:
+            parts, alphas = kohya_to_peft(state, chosen)
+        except LoraFormatError as error:
+            raise LoraFormatError(f"{path}: {error}") from None
+        return LoraWeights(parts, alphas, chosen, dict(metadata))
+    return _read_diffusers_state(path, state, metadata, chosen)
+
+
+def convert_lora(src: str | Path, dst: str | Path, family: str = "auto", half: bool = True) -> Path:
+    """kohya file -> diffusers/PEFT folder, or folder (or kohya file) -> kohya file, by DST: a ``.safetensors``
+    name writes the WebUI's file, anything else a folder."""
+    weights = read_lora(src, family)
+    dst = Path(dst)
+    if dst.suffix == ".safetensors":
+        metadata = {k: v for k, v in weights.metadata.items()}
+        if not any(k.startswith("ss_") for k in metadata):
+            metadata = kohya_metadata(weights, metadata.get("dreamcore.base_model", ""),
+                                      metadata.get("dreamcore.trigger_words", ""), metadata)
+        return write_kohya_file(dst, weights, metadata, half=half)
+    return write_peft_folder(dst, weights)
+
+
+def looks_like_lora(path: str | Path) -> bool:
+    """True for a LoRA file or folder (kohya or diffusers keys), without reading the tensors."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / PEFT_WEIGHTS_FILE).is_file()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            keys = list(handle.keys())
+    except SafetensorError:
+        return False
+    return bool(keys) and (all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+                           or all(".lora_A." in k or ".lora_B." in k for k in keys))
+
+
+def _read_diffusers_state(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str],
+                          family: str | None) -> LoraWeights:
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        part, _, rest = key.partition(".")
+        if part not in ("unet", "text_encoder") or not (rest.endswith(PEFT_A) or rest.endswith(".lora_B.weight")):
+            raise LoraFormatError(f"{path}: {key} is neither a kohya (lora_unet_/lora_te_) nor a diffusers "
+                                  "(unet./text_encoder. ... lora_A/lora_B) LoRA key")
+        parts.setdefault(part, {})[rest] = value
+    # diffusers stores each part's LoraConfig flattened: {"unet.lora_alpha": 8, "unet.alpha_pattern": {...}}.
+    configs: dict[str, dict] = {}
+    for key, value in json.loads((metadata or {}).get("lora_adapter_metadata", "{}")).items():
+        part, _, name = key.partition(".")
+        configs.setdefault(part, {})[name] = value
+    alphas: dict[str, float] = {}
+    for key, rank in module_ranks(parts).items():
+        part, _, module = key.partition(".")
+        config = configs.get(part) or {}
+        alpha = config.get("lora_alpha", rank)
+        for pattern, value in (config.get("alpha_pattern") or {}).items():
+            if module == pattern or module.endswith("." + pattern):
+                alpha = value
+        alphas[key] = float(alpha)
+    if family is None:
+        family = "sd1" if _text_width(parts.get("text_encoder", {})) in (None, 768) else "sd2"
+    return LoraWeights(parts, alphas, family, {k: v for k, v in metadata.items() if k != "lora_adapter_metadata"})
+
+
+def _family_from_kohya_metadata(metadata: dict[str, str]) -> str | None:
+    version = metadata.get("ss_base_model_version", "")
+    if version.startswith("sdxl"):
+        raise LoraFormatError("this is an SDXL LoRA; dreamcore handles SD1.x and SD2.x")
+    if metadata.get("ss_v2") in ("True", "False"):
+        return "sd2" if metadata["ss_v2"] == "True" else "sd1"
+    return None
+
+
+def _family_from_shapes(state: dict[str, torch.Tensor]) -> str:
+    text = {k: v for k, v in state.items() if k.startswith("lora_te_") and k.endswith(".lora_down.weight")}
+    width = next((v.shape[1] for k, v in text.items() if "q_proj" in k), None)
+    # OpenAI CLIP (SD1) is 768 wide, OpenCLIP ViT-H (SD2) 1024; a UNet-only LoRA is taken as SD1's.
+    return "sd2" if width == 1024 else "sd1"
+
+
+def _text_width(state: dict[str, torch.Tensor]) -> int | None:
+    return next((int(v.shape[1]) for k, v in state.items() if "q_proj" in k and k.endswith(PEFT_A)), None)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

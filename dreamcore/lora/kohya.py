@@ -1,0 +1,133 @@
+"""The kohya LoRA key layout (what the WebUI's built-in Lora support reads) <-> PEFT's, as pure functions.
+
+kohya names a LoRA after the diffusers/transformers module it changes, dots turned into underscores:
+``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`` and
+``lora_te_text_model_encoder_layers_0_self_attn_q_proj``, each with ``.lora_down.weight`` (PEFT's lora_A),
+``.lora_up.weight`` (lora_B) and ``.alpha`` (a scalar; the update is scaled by alpha / rank, as in PEFT).
+The WebUI turns these names into its own (LDM) module names itself, for SD1 and for SD2's OpenCLIP text
+encoder alike, so the same rule serves both families (tests/lora check the names against the WebUI's rules).
+
+The way back (underscores -> dots) is ambiguous in general (``transformer_blocks``, ``to_out_0``), so it
+looks each name up among the module names of the family's published architecture.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+UNET_PREFIX = "lora_unet_"
+TEXT_PREFIX = "lora_te_"
+DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+PEFT_A, PEFT_B = ".lora_A.weight", ".lora_B.weight"
+# Our own name for each model's part of a LoRA (as diffusers' LoRA files prefix them).
+PARTS = {"unet": UNET_PREFIX, "text_encoder": TEXT_PREFIX}
+
+
+class LoraFormatError(ValueError):
+    """A LoRA state dict that is not in the expected layout; the message names the key."""
+
+
+def canonical_module_path(part: str, module_path: str) -> str:
+    """The module path every LoRA tool uses: transformers 5 dropped the ``text_model.`` level of
+    CLIPTextModel, but the WebUI (and kohya, and diffusers' loader) expect ``text_model.encoder...``."""
+    if part == "text_encoder" and not module_path.startswith("text_model."):
+        return "text_model." + module_path
+    return module_path
+
+
+def kohya_name(part: str, module_path: str) -> str:
+    """``("unet", "down_blocks.0.attentions.0.proj_in")`` -> ``"lora_unet_down_blocks_0_attentions_0_proj_in"``."""
+    return PARTS[part] + module_path.replace(".", "_")
+
+
+def peft_to_kohya(parts: dict[str, dict[str, torch.Tensor]], alphas: dict[str, float]) -> dict[str, torch.Tensor]:
+    """PEFT LoRA weights per part ({"unet": {"<module>.lora_A.weight": ...}, "text_encoder": ...}) -> kohya.
+
+    ``alphas`` maps "<part>.<module>" to its alpha. Every module needs its A, its B and its alpha.
+    """
+    result: dict[str, torch.Tensor] = {}
+    for part, state in parts.items():
+        modules = _peft_modules(state, part)
+        for module in modules:
+            name = kohya_name(part, module)
+            alpha = alphas.get(f"{part}.{module}")
+            if alpha is None:
+                raise LoraFormatError(f"no alpha for {part}.{module}; every LoRA module needs one")
+            result[name + DOWN] = state[module + PEFT_A]
+            result[name + UP] = state[module + PEFT_B]
+            result[name + ALPHA] = torch.tensor(float(alpha))
+    return result
+
+
+def kohya_to_peft(state: dict[str, torch.Tensor], family: str
+                  ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
+    """kohya keys -> (PEFT weights per part, alphas per "<part>.<module>"), module names from ``family``.
+
+    A module without an alpha gets alpha = its rank (scale 1), which is how the WebUI and diffusers read it.
+    """
+    names = {part: _flat_module_names(part, family) for part in PARTS}
+    parts: dict[str, dict[str, torch.Tensor]] = {part: {} for part in PARTS}
+    alphas: dict[str, float] = {}
+    for key in sorted(state):
+        if not key.endswith(DOWN):
+            if not key.endswith((UP, ALPHA)):
+                raise LoraFormatError(f"{key}: not a kohya LoRA key (expected <name>{DOWN}, {UP} or {ALPHA}); "
+                                      "LyCORIS/LoCon variants other than plain LoRA are not supported")
+            continue
+        flat = key[:-len(DOWN)]
+        part = next((p for p, prefix in PARTS.items() if flat.startswith(prefix)), None)
+        if part is None:
+            raise LoraFormatError(f"{key}: neither a UNet ({UNET_PREFIX}...) nor a text encoder ({TEXT_PREFIX}...) "
+                                  "LoRA key; SDXL LoRAs (lora_te1_/lora_te2_) are not supported")
+        module = names[part].get(flat[len(PARTS[part]):])
+        if module is None:
+            raise LoraFormatError(f"{key}: no {part} module of a {family} model is named like this; is the LoRA "
+                                  "for another model family, or in the LDM naming (lora_unet_input_blocks_...)?")
+        if flat + UP not in state:
+            raise LoraFormatError(f"{key} has no matching {flat + UP}")
+        parts[part][module + PEFT_A] = state[key]
+        parts[part][module + PEFT_B] = state[flat + UP]
+        alpha = state.get(flat + ALPHA)
+        alphas[f"{part}.{module}"] = float(alpha.item()) if alpha is not None else float(state[key].shape[0])
+    orphans = [k for k in state if k.endswith(UP) and k[:-len(UP)] + DOWN not in state]
+    if orphans:
+        raise LoraFormatError(f"{orphans[0]} has no matching lora_down weight")
+    return {part: weights for part, weights in parts.items() if weights}, alphas
+
+
+def is_kohya_state_dict(state: dict[str, torch.Tensor]) -> bool:
+    return bool(state) and all(key.startswith(tuple(PARTS.values())) for key in state)
+
+
+def module_ranks(parts: dict[str, dict[str, torch.Tensor]]) -> dict[str, int]:
+    """"<part>.<module>" -> rank (the number of rows of its lora_A)."""
+    return {f"{part}.{key[:-len(PEFT_A)]}": int(value.shape[0])
+            for part, state in parts.items() for key, value in state.items() if key.endswith(PEFT_A)}
+
+
+def _peft_modules(state: dict[str, torch.Tensor], part: str) -> list[str]:
+    modules = []
+    for key in state:
+        if key.endswith(PEFT_A):
+            module = key[:-len(PEFT_A)]
+            if module + PEFT_B not in state:
+                raise LoraFormatError(f"{part}: {key} has no matching {module + PEFT_B}")
+            modules.append(module)
+        elif not key.endswith(PEFT_B):
+            raise LoraFormatError(f"{part}: {key} is not a LoRA weight (expected <module>{PEFT_A} or {PEFT_B}); "
+                                  "only plain LoRA (no DoRA, no bias) can be exported for the WebUI")
+    return sorted(modules)
+
+
+@lru_cache(maxsize=None)
+def _flat_module_names(part: str, family: str) -> dict[str, str]:
+    """{"down_blocks_0_attentions_0_proj_in": "down_blocks.0.attentions.0.proj_in", ...} of a family's model."""
+    from dreamcore.convert.architecture import published_configs
+    from dreamcore.convert.modules import empty_text_encoder, empty_unet
+
+    configs = published_configs(family)
+    model = empty_unet(configs["unet"]) if part == "unet" else empty_text_encoder(configs["text_encoder"])
+    paths = (canonical_module_path(part, name) for name, _ in model.named_modules() if name)
+    return {path.replace(".", "_"): path for path in paths}
