@@ -26,6 +26,7 @@ from dreamcore.fileio import atomic_path
 WEBUI_ZIP_MEMBER = re.compile(r"^([^/]+)/((data/\d+)|version|(data\.pkl))$")
 # Members a current torch writes that the rule refuses and torch does not need to read the file back.
 _TORCH_EXTRA_MEMBERS = {".format_version", ".storage_alignment", "byteorder", ".data/serialization_id"}
+CKPT_ARCHIVE_NAME = "archive"  # the folder name inside the zip, as torch writes it for in-memory buffers
 CKPT_METADATA_KEY = "dreamcore_metadata"  # extra top-level key of our .ckpt files; the WebUI ignores it
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_BYTE = 0x80
@@ -86,8 +87,9 @@ def _copy_webui_members(source: Path, destination: Path) -> None:
                     continue
                 raise AssertionError(f"torch wrote an unknown zip member {info.filename!r}; the WebUI would refuse "
                                      "it, so dreamcore's .ckpt writer needs updating for this torch version")
-            with src.open(info) as reader, dst.open(zipfile.ZipInfo(info.filename, date_time=info.date_time), "w",
-                                                   force_zip64=info.file_size >= 2**31) as writer:
+            # torch names the folder inside the zip after the (temporary) file; use the conventional name.
+            target = zipfile.ZipInfo(f"{CKPT_ARCHIVE_NAME}/{member}", date_time=info.date_time)
+            with src.open(info) as reader, dst.open(target, "w", force_zip64=info.file_size >= 2**31) as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
 
 

@@ -70,6 +70,7 @@ def test_ckpt_passes_the_webui_zip_whitelist_and_plain_torch_load(family, tiny_f
     path = tiny_files[(family, ".ckpt")]
     names = zipfile.ZipFile(path).namelist()
     assert names and all(WEBUI_ZIP_MEMBER.match(name) for name in names), names
+    assert {name.split("/")[0] for name in names} == {"archive"}  # not the temporary file's name
     loaded = torch.load(path, map_location="cpu", weights_only=True)  # torch's own safe loader reads it too
     assert set(loaded["state_dict"]) == set(read_state_dict(tiny_files[(family, ".safetensors")])[0])
 
