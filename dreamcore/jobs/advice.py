@@ -91,6 +91,7 @@ def _smaller_preset_hint() -> str:
     from dreamcore import presets
 
     names: Any = getattr(presets, "PRESETS", None)
-    if isinstance(names, dict) and names:
-        return "Or pick a preset for a smaller GPU: " + ", ".join(str(n) for n in names) + "."
+    by_memory = [str(name) for name in names or () if "GB" in str(name)]  # the presets named by GPU memory
+    if by_memory:
+        return "Or pick the preset for your GPU's memory: " + "; ".join(by_memory) + "."
     return ""
