@@ -72,3 +72,19 @@ def apply_preset(name: str, config: TrainConfig | None = None) -> TrainConfig:
     base = (config or TrainConfig()).to_dict()
     base.update(preset_overrides(name))
     return TrainConfig.from_dict(base, source=f"preset {name!r}")
+
+
+# --- LoRA presets (issue 8) ---------------------------------------------------------------------------
+# The guide's recipe trained as DreamBooth-LoRA (PEFT adapters on the UNet's and the text encoder's attention;
+# the result is a few-MB file for the WebUI's models/Lora). LoRA wants ~100x the guide's learning rate.
+# With use_lora the frozen base weights are held in fp16 (mixed precision), so SD1.5 at 512 px trains in
+# about 2 GB of weights plus activations; gradient checkpointing keeps the activations small for 6 GB cards.
+LORA_PRESET = "lora-5GB"
+_LORA: dict[str, Any] = {
+    **_PORTRAIT, "use_lora": True, "lora_rank": 8, "lora_alpha": 8.0, "lora_dropout": 0.0,
+    "lora_text_encoder": True, "train_text_encoder": True, "learning_rate": 1e-4, "gradient_checkpointing": True,
+    "use_8bit_adam": True, "mixed_precision": "fp16", "sample_batch_size": 1,
+}
+PRESETS[LORA_PRESET] = _LORA
+PRESETS["lora-8GB"] = {**_LORA, "lora_rank": 16, "lora_alpha": 16.0, "gradient_checkpointing": False,
+                       "sample_batch_size": 2}
