@@ -88,8 +88,10 @@ def _smaller_preset_hint() -> str:
 
     if importlib.util.find_spec("dreamcore.presets") is None:
         return ""
-    from dreamcore import presets
-
+    try:
+        from dreamcore import presets
+    except Exception as error:  # advice must never hide the error it explains; say why presets are missing
+        return f"(The presets could not be read: {type(error).__name__}: {error}.)"
     names: Any = getattr(presets, "PRESETS", None)
     by_memory = [str(name) for name in names or () if "GB" in str(name)]  # the presets named by GPU memory
     if by_memory:
