@@ -145,7 +145,8 @@ def resolve_cached_repo(repo_id: str, revision: str = "") -> Path:
             f"{repo_id}{at} is not in the local Hugging Face cache ({cache_dir}), and dreamcore never downloads. "
             f"On a machine with internet run `hf download {repo_id}{f' --revision {revision}' if revision else ''}`"
             f" and copy the cache folder models--{repo_id.replace('/', '--')} into {cache_dir} (or set "
-            "HF_HUB_CACHE), or pass a local diffusers folder or .safetensors file instead") from None
+            "HF_HUB_CACHE), or pass a local diffusers folder or .safetensors file instead. (If "
+            f"{repo_id!r} was meant as a local path: it does not exist.)") from None
 
 
 def hub_cache_dir() -> Path:
