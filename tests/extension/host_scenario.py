@@ -108,6 +108,13 @@ def run(work: Path, flavor: str, train: bool, base_model_source: Path | None = N
     result["tab_ready"] = extension is not None and extension.handlers is not None
     if extension is not None and extension.dependencies is not None:
         result["dependency_message"] = extension.dependencies.markdown()
+    from fastapi import FastAPI
+
+    app = FastAPI()  # the WebUI's API app; dreamcore mounts its job routes on it at app start
+    script_callbacks.app_started_callback(None, app)
+    from fastapi.testclient import TestClient
+
+    result["api_jobs_status"] = TestClient(app).get("/dreamcore/v1/jobs").status_code
     if not train or not result["tab_ready"]:
         return result
 

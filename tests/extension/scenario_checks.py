@@ -30,6 +30,7 @@ def run_scenario(python: str | Path, work: Path, *, flavor: str = "a1111", train
 
 def assert_trained_and_selected(result: dict) -> None:
     """What every host must show after a tiny job through the tab and "Use in txt2img"."""
+    assert result["api_jobs_status"] == 200  # the job REST API is mounted on the WebUI's app
     expected_title = "dreamcore/tiny-anna.safetensors"
     assert result["job_status"] == "completed", result["final_message"] + "\n" + result["log_tail"]
     assert result["published_exists"]

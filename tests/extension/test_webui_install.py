@@ -87,6 +87,7 @@ def test_a1111_pins_install_adds_only_packages_and_dreamcore_trains(tmp_path: Pa
     assert not skipped["tab_ready"]
     assert "`diffusers`" in skipped["dependency_message"] and "not installed" in skipped["dependency_message"]
     assert "install.py" in skipped["dependency_message"] and "pip install" in skipped["dependency_message"]
+    assert skipped["api_jobs_status"] == 404  # no job API where no job could run
 
     # 2. No release fits: a requirement only satisfiable by changing the WebUI's packages (diffusers >= 0.40
     #    needs huggingface-hub 1.x; the WebUI has 0.x) is reported, and nothing changes.
