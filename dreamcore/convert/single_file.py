@@ -132,9 +132,10 @@ def load_single_file(path: str | Path, family: str = "auto", use_ema: bool = Fal
                                   "text encoder", str(path), name)
     if chosen is None:  # SD2 with nothing but its keys to go by: test it as the WebUI does
         chosen = "sd2-v" if (not custom and looks_v_prediction(unet)) else "sd2"
-        if chosen == "sd2-v":
-            configs = {**configs, **{k: v for k, v in published_configs("sd2-v").items() if k != "scheduler"},
-                       "scheduler": {**configs["scheduler"], "prediction_type": "v_prediction"}}
+        if chosen == "sd2-v":  # same weights as SD2's layout; the 768-v model's default image size
+            v_configs = published_configs("sd2-v")
+            unet.register_to_config(sample_size=v_configs["unet"]["sample_size"])
+            vae.register_to_config(sample_size=v_configs["vae"]["sample_size"])
         log.info("%s: no .yaml beside it; detected %s from its weights", path.name, chosen)
     configs["scheduler"]["prediction_type"] = prediction_type(chosen)
     _check_noise_schedule(path, state_dict, configs["scheduler"])
