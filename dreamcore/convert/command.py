@@ -57,6 +57,15 @@ def convert(src: str, dst: str, to: str | None = None, half: bool = False, use_e
     """Convert ``src`` to ``dst`` (format from ``to`` or DST's suffix); returns the path written."""
     fmt, destination = _output_format(Path(dst), to)
     src = str(_local_source(src))
+    from dreamcore.lora.files import looks_like_lora
+
+    if looks_like_lora(src):  # LoRA: the WebUI's kohya .safetensors <-> a diffusers LoRA folder (dreamcore.lora)
+        if fmt == "ckpt" or use_ema:
+            raise ValueError("a LoRA converts to a .safetensors file (the WebUI's layout) or a folder (diffusers); "
+                             "--to ckpt and --use-ema do not apply")
+        from dreamcore.lora.files import convert_lora
+
+        return convert_lora(src, destination, family=family, half=half)
     if _is_vae(src):
         if use_ema:
             raise ValueError("--use-ema applies to full single-file models, not to a VAE")

@@ -22,6 +22,7 @@ _EXPORTS = {
     "looks_like_lora": "dreamcore.lora.files",
     "write_kohya_file": "dreamcore.lora.files",
     "write_peft_folder": "dreamcore.lora.files",
+    "webui_prompt_snippet": "dreamcore.lora.files",
     "lora_weights_from_models": "dreamcore.lora.export",
     "merge_lora": "dreamcore.lora.merge",
     "apply_lora": "dreamcore.lora.merge",

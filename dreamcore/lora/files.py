@@ -120,11 +120,12 @@ def write_peft_folder(folder: str | Path, weights: LoraWeights) -> Path:
     return folder
 
 
-def read_lora(path: str | Path, family: str = "auto") -> LoraWeights:
+def read_lora(path: str | Path, family: str = "auto", default_family: str = "sd1") -> LoraWeights:
     """A kohya ``.safetensors`` or a diffusers/PEFT LoRA folder (or its weights file).
 
     ``family`` ("auto", "sd1", "sd2", "sd2-v"): which model the LoRA is for; "auto" reads it from the file's
-    metadata (dreamcore's, or kohya's ss_v2), else tells SD1 from SD2 by the text encoder's width.
+    metadata (dreamcore's, or kohya's ss_v2), else tells SD1 from SD2 by the text encoder's width, else
+    (a UNet-only LoRA without metadata: SD1 and SD2 UNets share their layer names) takes ``default_family``.
     """
     from dreamcore.convert.checkpoint_files import read_state_dict
 
@@ -142,13 +143,13 @@ def read_lora(path: str | Path, family: str = "auto") -> LoraWeights:
                                               or _family_from_kohya_metadata(metadata))
     if is_kohya_state_dict(state):
         if chosen is None:
-            chosen = _family_from_shapes(state)
+            chosen = _family_from_shapes(state) or default_family
         try:
             parts, alphas = kohya_to_peft(state, chosen)
         except LoraFormatError as error:
             raise LoraFormatError(f"{path}: {error}") from None
         return LoraWeights(parts, alphas, chosen, dict(metadata))
-    return _read_diffusers_state(path, state, metadata, chosen)
+    return _read_diffusers_state(path, state, metadata, chosen, default_family)
 
 
 def convert_lora(src: str | Path, dst: str | Path, family: str = "auto", half: bool = True) -> Path:
@@ -184,7 +185,7 @@ def looks_like_lora(path: str | Path) -> bool:
 
 
 def _read_diffusers_state(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str],
-                          family: str | None) -> LoraWeights:
+                          family: str | None, default_family: str) -> LoraWeights:
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         part, _, rest = key.partition(".")
@@ -207,7 +208,8 @@ def _read_diffusers_state(path: Path, state: dict[str, torch.Tensor], metadata: 
                 alpha = value
         alphas[key] = float(alpha)
     if family is None:
-        family = "sd1" if _text_width(parts.get("text_encoder", {})) in (None, 768) else "sd2"
+        width = _text_width(parts.get("text_encoder", {}))
+        family = default_family if width is None else "sd2" if width == 1024 else "sd1"
     return LoraWeights(parts, alphas, family, {k: v for k, v in metadata.items() if k != "lora_adapter_metadata"})
 
 
@@ -220,11 +222,11 @@ def _family_from_kohya_metadata(metadata: dict[str, str]) -> str | None:
     return None
 
 
-def _family_from_shapes(state: dict[str, torch.Tensor]) -> str:
+def _family_from_shapes(state: dict[str, torch.Tensor]) -> str | None:
     text = {k: v for k, v in state.items() if k.startswith("lora_te_") and k.endswith(".lora_down.weight")}
     width = next((v.shape[1] for k, v in text.items() if "q_proj" in k), None)
-    # OpenAI CLIP (SD1) is 768 wide, OpenCLIP ViT-H (SD2) 1024; a UNet-only LoRA is taken as SD1's.
-    return "sd2" if width == 1024 else "sd1"
+    # OpenAI CLIP (SD1) is 768 wide, OpenCLIP ViT-H (SD2) 1024; a UNet-only LoRA does not say.
+    return None if width is None else "sd2" if width == 1024 else "sd1"
 
 
 def _text_width(state: dict[str, torch.Tensor]) -> int | None:
@@ -233,3 +235,17 @@ def _text_width(state: dict[str, torch.Tensor]) -> int | None:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def webui_prompt_snippet(path: str | Path, weight: float | None = None) -> str:
+    """What to paste into a WebUI prompt for the LoRA at ``path``: ``<lora:NAME:W> ACTIVATION TEXT``.
+
+    NAME is the file's name without suffix (how the WebUI lists it in models/Lora); the weight and the
+    activation text come from the card ``<name>.json`` beside it when there is one.
+    """
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+    chosen = weight if weight is not None else float(card.get("preferred weight") or 1)
+    text = str(card.get("activation text", "")).strip()
+    return f"<lora:{path.stem}:{_number(chosen)}>" + (f" {text}" if text else "")

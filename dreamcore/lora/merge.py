@@ -26,7 +26,7 @@ def apply_lora(components, lora: str | Path, weight: float = 1.0) -> None:
     from dreamcore.convert.architecture import base_family
     from dreamcore.models import build_pipeline
 
-    weights = read_lora(lora, family=components.family)
+    weights = read_lora(lora, default_family=components.family)
     if base_family(weights.family) != base_family(components.family):
         raise ValueError(f"{lora} is a LoRA for {weights.family} but the base model is {components.family}; "
                          "merge it into a model of its own family")
