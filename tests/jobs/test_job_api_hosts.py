@@ -1,0 +1,24 @@
+"""The REST API under the WebUI hosts' own fastapi/pydantic pins (venvs the extension's host tests build)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHECK = Path(__file__).with_name("api_host_check.py")
+
+
+@pytest.mark.parametrize("host", ["a1111", "forge"])
+def test_the_rest_api_works_with_the_hosts_fastapi(host: str):
+    python = REPO / ".venv-hosts" / host / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"no {host} venv at {python.parent.parent} (tests/extension/host_venvs.py builds it)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([str(python), str(CHECK)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "api ok" in result.stdout
