@@ -30,7 +30,7 @@ from dreamcore.training.compat import accumulate
 from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, example_generator,
                                      image_to_tensor, needs_random_augmentation)
 from dreamcore.training.optim import build_lr_scheduler, build_optimizer
-from dreamcore.training.sampling import save_samples
+from dreamcore.training.sampling import generate_samples, write_samples
 from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, effective_precision,
                                       is_full_size, plan_run, weight_dtype)
 from dreamcore.training.state import (STATE_DIR_NAME, TrainingProgress, load_training_state,
@@ -293,11 +293,20 @@ class Trainer:
             pipeline = build_pipeline(components)
             sample_folder = plan.output_dir / "samples" / f"step-{step:06d}"
             prompt = config.save_sample_prompt or plan.concepts[0].concept.instance_prompt
-            if self.accelerator.is_main_process:
-                with self.accelerator.autocast():
-                    paths = save_samples(pipeline, sample_folder, prompt, config.save_sample_negative_prompt,
-                                         config.n_save_sample, config.seed, config.save_guidance_scale,
-                                         config.save_infer_steps, config.resolution)
+            # Each process draws every N-th sample; the main process gathers and writes them.
+            accelerator = self.accelerator
+            with accelerator.autocast():
+                samples = generate_samples(pipeline, prompt, config.save_sample_negative_prompt,
+                                           list(range(accelerator.process_index, config.n_save_sample,
+                                                      accelerator.num_processes)),
+                                           config.seed, config.save_guidance_scale, config.save_infer_steps,
+                                           config.resolution)
+            if accelerator.num_processes > 1:
+                from accelerate.utils import gather_object
+
+                samples = gather_object(samples)
+            if accelerator.is_main_process:
+                paths = write_samples(samples, sample_folder, config.seed)
                 self.emit(SamplesSaved(step, tuple(str(p) for p in paths), prompt))
                 outputs["samples"] = str(sample_folder)
                 if self.likeness is not None:

@@ -44,9 +44,13 @@ def config_for(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig
 def test_two_processes_match_one_at_the_same_global_batch(tiny_model_dir: Path, photo_dir: Path,
                                                            tmp_path: Path) -> None:
     single = train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2))
-    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1), 2, tmp_path)
+    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, n_save_sample=3),
+                    2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
+    # Samples are split across the processes (0 and 2 on one, 1 on the other) and written by the main one.
+    samples = sorted(p.name for p in (tmp_path / "two" / "samples" / "step-000003").iterdir())
+    assert samples == ["sample-00-seed11.png", "sample-01-seed12.png", "sample-02-seed13.png"]
     for component in ("unet", "text_encoder"):
         base = weights(tiny_model_dir, component)
         one = weights(Path(single.outputs["diffusers"]), component)
