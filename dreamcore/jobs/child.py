@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dreamcore.config import ConfigError, TrainConfig
+from dreamcore.config import TrainConfig
 from dreamcore.events import Event, Log, StopRequest
 from dreamcore.jobs.advice import advice_for_error
 from dreamcore.jobs.events_file import JOB_STARTED, EventWriter
@@ -83,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attempt", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    folder = JobFolder(args.job_folder)
-    if not folder.config.is_file():
-        raise ConfigError([f"{folder.config}: the job's settings file is missing; submit the job again."])
-    return run_job(folder, args.attempt)
+    return run_job(JobFolder(args.job_folder), args.attempt)
 
 
 if __name__ == "__main__":

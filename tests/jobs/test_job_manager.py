@@ -205,3 +205,23 @@ def test_remove_and_rerun(make_manager, fake_config):
     assert [i.name for i in manager.list()] == ["anna-2"]
     with pytest.raises(JobNotFoundError):
         manager.get("anna")
+
+
+def test_a_missing_interpreter_fails_the_job_with_the_reason(make_manager, fake_config, tmp_path):
+    manager = make_manager(python=str(tmp_path / "no-such-python"), child_command=None)
+    manager.submit(fake_config, "anna")
+    failed = wait_until_final(manager, "anna")
+    assert failed.status == "failed"
+    assert "could not start the training process" in failed.error and "no-such-python" in failed.error
+    assert "interpreter" in failed.advice
+
+
+def test_a_damaged_settings_file_fails_the_job_with_the_file_named(make_manager, fake_config):
+    manager = make_manager(child_command=None, run_queue=False)  # the real child, queue started below
+    manager.submit(fake_config, "anna")
+    (manager.root / "anna" / "train_config.json").write_text("{not json")
+    manager.shutdown()
+    runner = make_manager(child_command=None)
+    failed = wait_until_final(runner, "anna")
+    assert failed.status == "failed"
+    assert "ConfigError" in failed.error and "train_config.json" in failed.error and "not valid JSON" in failed.error
