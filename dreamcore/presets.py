@@ -74,6 +74,75 @@ def apply_preset(name: str, config: TrainConfig | None = None) -> TrainConfig:
     return TrainConfig.from_dict(base, source=f"preset {name!r}")
 
 
+# --- Memory presets (issue 7) ------------------------------------------------------------------------
+# What each tier of GPU memory runs for the guide's recipe with the text encoder trained. ``memory_preset``
+# in TrainConfig names one ("auto" picks it from the card's free memory when training starts on CUDA).
+# Measured peaks on one H100 (BENCHMARKS.md) justify each tier's NEEDS_GIB below.
+_FAST = {"fast_step": True, "mixed_precision": "bf16", "allow_tf32": True}
+_BF16_IN_BACKWARD = {**_FAST, "pure_bf16": True, "optimizer_in_backward": True, "use_8bit_adam": False,
+                     "max_grad_norm": 0.0}
+MEMORY_PRESETS: dict[str, dict[str, Any]] = {
+    # fp32 weights and plain fused AdamW: 16 bytes a trained parameter, the fastest optimizer step.
+    "24GB": {**_FAST, "use_8bit_adam": False, "gradient_checkpointing": False, "pure_bf16": False,
+             "optimizer_in_backward": False},
+    # fp32 weights, 8-bit AdamW states: ~6 GB less than fused AdamW.
+    "16GB": {**_FAST, "use_8bit_adam": True, "gradient_checkpointing": False, "pure_bf16": False,
+             "optimizer_in_backward": False},
+    # bf16 weights with stochastic rounding, AdamW inside backward (no gradients held), bf16 moments.
+    "12GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": False},
+    # ... plus gradient checkpointing of UNet and text encoder, and class images one at a time.
+    "8GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": True, "sample_batch_size": 1},
+}
+# Free GPU memory (GiB) each tier needs: its measured peak device total plus ~10% headroom for the
+# allocator. The smallest tier is the fallback for any card (a warning says when even it may not fit).
+NEEDS_GIB: dict[str, float] = {"24GB": 21.0, "16GB": 14.5, "12GB": 11.0, "8GB": 7.0}
+
+
+def pick_memory_preset(free_bytes: int) -> str:
+    """The largest memory preset whose need fits in ``free_bytes`` of GPU memory (else the smallest)."""
+    free_gib = free_bytes / 2**30
+    for name, need in sorted(NEEDS_GIB.items(), key=lambda item: -item[1]):
+        if free_gib >= need:
+            return name
+    return min(NEEDS_GIB, key=NEEDS_GIB.__getitem__)
+
+
+def cuda_free_bytes() -> int | None:
+    """Free memory of the current CUDA device, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info()
+    return int(free)
+
+
+def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[TrainConfig, str]:
+    """``config`` with its memory preset applied, and a line saying what was picked and changed ("" if none).
+
+    "none" keeps the config as given; "auto" picks from ``free_bytes`` (None = no CUDA GPU: nothing is
+    changed); a tier name is applied wherever training runs. The returned config names the tier applied,
+    so train_config.json records it.
+    """
+    requested = config.memory_preset
+    if requested == "none" or (requested == "auto" and free_bytes is None):
+        return config, ""
+    name = pick_memory_preset(free_bytes) if requested == "auto" else requested
+    if name not in MEMORY_PRESETS:
+        raise KeyError(f"memory_preset {name!r} is unknown; choose auto, none or one of {', '.join(MEMORY_PRESETS)}")
+    overrides = MEMORY_PRESETS[name]
+    changed = {key: value for key, value in overrides.items() if getattr(config, key) != value}
+    resolved = config.replace(**overrides, memory_preset=name)
+    how = (f"picked from {free_bytes / 2**30:.1f} GiB free GPU memory" if requested == "auto"
+           else "as asked")
+    changes = ", ".join(f"{key}={value}" for key, value in changed.items()) or "no setting changed"
+    message = f"memory preset {name} ({how}): {changes}. Set memory_preset none to keep your own settings."
+    if free_bytes is not None and free_bytes / 2**30 < NEEDS_GIB[name]:
+        message += (f" Warning: only {free_bytes / 2**30:.1f} GiB is free and this preset needs about "
+                    f"{NEEDS_GIB[name]:.0f} GiB; close other GPU programs if training runs out of memory.")
+    return resolved, message
+
+
 # --- LoRA presets (issue 8) ---------------------------------------------------------------------------
 # The guide's recipe trained as DreamBooth-LoRA (PEFT adapters on the UNet's and the text encoder's attention;
 # the result is a few-MB file for the WebUI's models/Lora). LoRA wants ~100x the guide's learning rate.

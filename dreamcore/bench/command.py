@@ -1,0 +1,157 @@
+"""``python -m dreamcore bench``: the guide's recipe through dreamcore's trainer, timed per preset.
+
+Each preset runs in its own process (so one preset's cached GPU memory or an out-of-memory error never
+colours the next), while this process samples the device's memory with nvidia-smi. The table reports the
+steady step time, warm-up, peak memory and the projected end-to-end time of the guide's 2,000 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HELP = "Benchmark the guide's recipe on this GPU (SD1.5 shapes, random weights, offline): speed and memory."
+DEFAULT_PRESETS = ("guide", "24GB", "16GB", "12GB", "8GB")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", action="append", default=None, metavar="NAME[:field=value,...]",
+                        help="preset to run (repeatable): 'guide' (the guide's fp16 + 8-bit AdamW recipe, plain "
+                             "step) or a memory preset 24GB/16GB/12GB/8GB, optionally with TrainConfig overrides, "
+                             f"e.g. 24GB:fast_step=false (default: {' '.join(DEFAULT_PRESETS)})")
+    parser.add_argument("--steps", type=int, default=120, help="training steps per preset (default 120)")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="steps counted as warm-up, not in the steady-state time (default 20)")
+    parser.add_argument("--model-size", choices=("sd1", "tiny"), default="sd1",
+                        help="sd1: SD1.5 shapes at 512 px (default); tiny: the test model at 64 px (plumbing only)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the random model, photos and run outputs (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one preset, in this process
+
+
+def run(args: argparse.Namespace) -> int:
+    from dreamcore.bench.recipe import parse_preset
+
+    specs = args.preset or list(DEFAULT_PRESETS)
+    try:
+        presets = [parse_preset(spec) for spec in specs]
+    except ValueError as error:
+        print(f"dreamcore bench: {error}", file=sys.stderr)
+        return 2
+    if args.steps < args.warmup + 2:
+        print(f"dreamcore bench: --steps {args.steps} leaves no steady state after --warmup {args.warmup}; "
+              f"use at least {args.warmup + 2}.", file=sys.stderr)
+        return 2
+    if args.child:
+        if len(presets) != 1 or args.work is None or args.json is None:
+            print("dreamcore bench --child needs one --preset, --work and --json", file=sys.stderr)
+            return 2
+        return _run_child(presets[0], args)
+    if args.work is None:
+        with tempfile.TemporaryDirectory(prefix="dreamcore-bench-") as work:
+            return _run_parent(presets, args, Path(work))
+    return _run_parent(presets, args, args.work)
+
+
+def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
+    from dreamcore.bench.measure import DeviceMemorySampler, describe_card
+    from dreamcore.bench.recipe import GUIDE_STEPS
+    from dreamcore.bench.report import PresetResult, format_parts, format_table
+
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    _ensure_inputs(work, args.model_size)
+    print(f"bench inputs ready in {time.perf_counter() - started:.0f} s (random {args.model_size} model, photos)",
+          flush=True)
+    results: list[PresetResult] = []
+    for index, preset in enumerate(presets):
+        result_file = work / f"result-{index}.json"
+        result_file.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "dreamcore", "bench", "--child", "--preset", preset.spec(),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--model-size", args.model_size,
+                   "--work", str(work), "--json", str(result_file)]
+        print(f"== {preset.label}", flush=True)
+        with DeviceMemorySampler() as sampler:
+            returncode = subprocess.run(command, env=os.environ.copy()).returncode
+        if result_file.is_file():
+            result = PresetResult.from_dict(json.loads(result_file.read_text()))
+        else:
+            result = PresetResult(preset.label, f"error: the run exited with code {returncode}")
+        if sampler.peak_mib is not None:
+            result.peak_device_gib = sampler.peak_mib / 1024
+        results.append(result)
+    card = describe_card()
+    text = "\n".join([
+        "card: " + ", ".join(f"{k} {v}" for k, v in card.items()),
+        f"recipe: SD1.5 shapes ({args.model_size}), batch 1 + 1 prior image, text encoder trained, 12 class "
+        f"images, {args.steps} steps timed, first {args.warmup} = warm-up",
+        format_table(results, GUIDE_STEPS), format_parts(results, GUIDE_STEPS)])
+    print("\n" + text, flush=True)
+    if args.json is not None:
+        from dreamcore.fileio import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"card": card, "command": sys.argv, "results": [
+            r.to_dict() for r in results], "table": text}, indent=2) + "\n")
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def _ensure_inputs(work: Path, model_size: str) -> None:
+    from dreamcore.bench.recipe import GUIDE_PHOTOS, MODEL_SIZES, build_random_model, make_photos
+
+    model = work / f"model-{model_size}"
+    if not (model / "model_index.json").is_file():
+        build_random_model(model, model_size)
+    photos = work / f"photos-{MODEL_SIZES[model_size]}"
+    if len(list(photos.glob("*.png"))) < GUIDE_PHOTOS:
+        make_photos(photos, GUIDE_PHOTOS, MODEL_SIZES[model_size])
+
+
+def _run_child(preset, args: argparse.Namespace) -> int:
+    from dreamcore.bench.measure import RunTimes, phases
+    from dreamcore.bench.recipe import MODEL_SIZES, recipe_config
+    from dreamcore.bench.report import PresetResult
+    from dreamcore.fileio import atomic_write_text
+
+    times = RunTimes()  # started now: imports of torch/diffusers below count as start-up, as for a user
+    import torch
+
+    from dreamcore.training import TrainingError, train
+
+    output = args.work / "runs" / _folder_name(preset.spec())
+    shutil.rmtree(output, ignore_errors=True)  # fresh: the 12 class images are generated in every run
+    config = recipe_config(preset, args.work / f"model-{args.model_size}",
+                           args.work / f"photos-{MODEL_SIZES[args.model_size]}", output, args.steps,
+                           MODEL_SIZES[args.model_size])
+
+    def show_logs(event) -> None:
+        if event.kind == "log":
+            print(("WARNING: " if event.level == "warning" else "") + event.message, flush=True)
+
+    result = PresetResult(preset.label, "ok")
+    try:
+        train(config, callbacks=[times, show_logs])
+    except TrainingError as error:
+        result.status = "NaN" if "the loss became" in str(error) else f"error: {error}"
+    except torch.cuda.OutOfMemoryError:
+        result.status = "out of memory"
+    result.steps = len(times.steps)
+    result.first_losses = tuple(times.losses[:50])
+    result.last_loss = times.losses[-1] if times.losses else None
+    if result.status == "ok":
+        result.phases = phases(times, args.warmup)
+    if torch.cuda.is_available():
+        result.peak_allocated_gib = torch.cuda.max_memory_allocated() / 2**30
+    atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def _folder_name(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)

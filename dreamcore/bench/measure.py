@@ -1,0 +1,142 @@
+"""Measuring one run: event timestamps from the trainer's callbacks, and the device's memory as users see it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunTimes:
+    """perf_counter() stamps of one training run, filled by the trainer's events (``timer(event)``)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    stages: dict[str, float] = field(default_factory=dict)
+    last_class_image: float | None = None
+    steps: list[float] = field(default_factory=list)  # stamp of each completed step, in order
+    losses: list[float] = field(default_factory=list)
+    finished: float | None = None
+
+    def __call__(self, event) -> None:
+        now = time.perf_counter()
+        if event.kind == "stage":
+            self.stages.setdefault(event.name, now)
+        elif event.kind == "class_images":
+            self.last_class_image = now
+        elif event.kind == "progress":
+            self.steps.append(now)
+            self.losses.append(event.loss)
+        elif event.kind == "finished":
+            self.finished = now
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Seconds spent in each part of a run, and the steady step time after ``warmup_steps``."""
+
+    load_s: float  # start of train() to class-image generation: validation, model load
+    class_images_s: float
+    prepare_s: float  # models to the device, optimizer, latent cache
+    warmup_steps: int
+    warmup_s: float  # first step's start to the end of step ``warmup_steps``
+    steady_s_per_step: float
+    export_s: float  # final samples, diffusers folder, single file
+
+    @property
+    def steady_it_per_s(self) -> float:
+        return 1.0 / self.steady_s_per_step
+
+    def projected_total_s(self, total_steps: int) -> float:
+        """End-to-end time of ``total_steps``: the measured parts plus the remaining steps at steady speed."""
+        remaining = max(total_steps - self.warmup_steps, 0)
+        return (self.load_s + self.class_images_s + self.prepare_s + self.warmup_s
+                + remaining * self.steady_s_per_step + self.export_s)
+
+
+def phases(times: RunTimes, warmup_steps: int) -> Phases:
+    """Split a finished run into phases. Raises ValueError when the run is too short to have a steady state."""
+    if len(times.steps) < warmup_steps + 2:
+        raise ValueError(f"{len(times.steps)} steps ran; the steady state needs more than warm-up "
+                         f"({warmup_steps}) + 1: raise --steps or lower --warmup")
+    missing = [name for name in ("train", "export") if name not in times.stages]
+    if missing or times.finished is None:
+        raise ValueError(f"the run did not report its {', '.join(missing) or 'end'}; it did not finish")
+    class_start = times.stages.get("class_images")
+    loaded = class_start if class_start is not None else times.stages["train"]
+    class_end = times.last_class_image if times.last_class_image is not None else loaded
+    train_start = times.stages["train"]
+    steady = times.steps[warmup_steps:]
+    return Phases(load_s=loaded - times.started, class_images_s=class_end - loaded,
+                  prepare_s=train_start - class_end, warmup_steps=warmup_steps,
+                  warmup_s=(times.steps[warmup_steps - 1] if warmup_steps else train_start) - train_start,
+                  steady_s_per_step=(steady[-1] - steady[0]) / (len(steady) - 1),
+                  export_s=times.finished - times.stages["export"])
+
+
+class DeviceMemorySampler:
+    """Peak GPU memory in use on the whole device (nvidia-smi ``memory.used``, context included), sampled
+    every ``interval_ms`` from a background process while the ``with`` block runs."""
+
+    def __init__(self, device_index: int = 0, interval_ms: int = 200):
+        self.command = ["nvidia-smi", f"--id={device_index}", "--query-gpu=memory.used",
+                        "--format=csv,noheader,nounits", f"-lms={interval_ms}"]
+        self.peak_mib: int | None = None
+        self.samples = 0
+        self._process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("nvidia-smi") is not None
+
+    def __enter__(self) -> "DeviceMemorySampler":
+        if not self.available():
+            return self
+        self._process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            text = line.strip()
+            if text.isdigit():
+                self.samples += 1
+                self.peak_mib = max(self.peak_mib or 0, int(text))
+
+    def __exit__(self, *exc_info) -> None:
+        if self._process is not None:
+            time.sleep(0.3)  # one more sample after the run's last allocation
+            self._process.terminate()
+            self._process.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+
+
+def describe_card() -> dict[str, str]:
+    """The GPU, driver and library versions, for the report."""
+    import torch
+
+    info = {"torch": torch.__version__}
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        info["diffusers"] = "missing"
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        info["gpu"] = properties.name
+        info["gpu_memory_gib"] = f"{properties.total_memory / 2**30:.1f}"
+        info["cuda"] = str(torch.version.cuda)
+        if DeviceMemorySampler.available():
+            result = subprocess.run(["nvidia-smi", "--id=0", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=30)
+            info["driver"] = result.stdout.strip()
+    else:
+        info["gpu"] = "none (CPU)"
+    return info

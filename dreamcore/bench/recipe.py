@@ -1,0 +1,109 @@
+"""What a benchmark run trains: an SD1.5-shaped model with random weights, synthetic photos, the guide's recipe.
+
+Same shapes and FLOPs as the real model, so speed and memory are real; image quality is not measured.
+Everything is built in code from the shipped configs: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dreamcore.config import TrainConfig
+from dreamcore.presets import MEMORY_PRESETS, PORTRAIT_PRESET, preset_overrides
+
+GUIDE = "guide"  # the guide's recipe exactly (fp16, 8-bit AdamW), through the plain step: the baseline
+GUIDE_PHOTOS = 20  # 20 photos x 100 steps = the guide's 2,000 steps
+GUIDE_STEPS = 2000
+MODEL_SIZES = {"sd1": 512, "tiny": 64}  # model size -> training resolution
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """A preset to benchmark: ``guide`` or a memory preset, with optional field overrides ("24GB:fast_step=false")."""
+
+    name: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.name + "".join(f" {k}={v}" for k, v in self.overrides)
+
+    def spec(self) -> str:
+        return self.name + (":" + ",".join(f"{k}={_format_value(v)}" for k, v in self.overrides)
+                            if self.overrides else "")
+
+
+def parse_preset(spec: str) -> BenchPreset:
+    """``NAME`` or ``NAME:field=value,field=value``; raises ValueError naming what is wrong."""
+    name, _, rest = spec.partition(":")
+    if name != GUIDE and name not in MEMORY_PRESETS:
+        raise ValueError(f"--preset {spec!r}: unknown preset {name!r}; choose {GUIDE} or one of "
+                         f"{', '.join(MEMORY_PRESETS)}")
+    overrides = []
+    known = set(TrainConfig().to_dict())
+    for item in filter(None, rest.split(",")):
+        key, equals, text = item.partition("=")
+        if not equals or key not in known:
+            raise ValueError(f"--preset {spec!r}: {item!r} is not field=value with a TrainConfig field")
+        overrides.append((key, _parse_value(text)))
+    return BenchPreset(name, tuple(overrides))
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _format_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def recipe_config(preset: BenchPreset, model: Path, photos: Path, output_dir: Path, steps: int,
+                  resolution: int) -> TrainConfig:
+    """The guide's recipe (Portrait preset) for ``steps`` steps, with the preset's memory settings.
+
+    No checkpoint or state is saved during the run (save_interval and checkpointing_steps 0): the timed
+    export at the end (samples, diffusers folder, single file) stands for the guide's last save.
+    """
+    values: dict[str, Any] = {**preset_overrides(PORTRAIT_PRESET),
+                              "pretrained_model_name_or_path": str(model), "instance_data_dir": str(photos),
+                              "instance_prompt": "photo of ukj person", "class_prompt": "photo of a person",
+                              "output_dir": str(output_dir), "resolution": resolution, "max_train_steps": steps,
+                              "save_interval": 0, "checkpointing_steps": 0, "center_crop": True,
+                              "memory_preset": "none" if preset.name == GUIDE else preset.name}
+    values.update(dict(preset.overrides))
+    return TrainConfig.from_dict(values, source=f"bench preset {preset.spec()!r}")
+
+
+def build_random_model(folder: Path, size: str, seed: int = 0) -> Path:
+    """Write a model of SD1.5's shapes ("sd1") or the tiny test model ("tiny") with random weights."""
+    from dreamcore.assets import load_component_config
+    from dreamcore.models import save_diffusers_folder
+    from dreamcore.tiny import build_components, tiny_component_configs
+
+    if size == "tiny":
+        configs = tiny_component_configs("sd1")
+    elif size == "sd1":
+        configs = {name: load_component_config("sd1", name) for name in ("unet", "vae", "text_encoder", "scheduler")}
+    else:
+        raise ValueError(f"model size {size!r} is unknown; use one of {', '.join(MODEL_SIZES)}")
+    save_diffusers_folder(build_components(configs, "sd1", seed=seed), folder)
+    return folder
+
+
+def make_photos(folder: Path, count: int, size: int) -> Path:
+    """``count`` square photos (content is irrelevant to speed; square so latents can be cached)."""
+    from dreamcore.commands.demo import make_demo_photos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    make_demo_photos(folder, count=count, size=size)
+    return folder

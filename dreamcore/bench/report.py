@@ -1,0 +1,77 @@
+"""One preset's measured result, and the table the bench prints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dreamcore.bench.measure import Phases
+
+
+@dataclass
+class PresetResult:
+    label: str
+    status: str  # "ok", "NaN" (the loss became NaN/inf) or "error: ..."
+    steps: int = 0
+    phases: Phases | None = None
+    peak_allocated_gib: float | None = None  # torch.cuda.max_memory_allocated() over the whole run
+    peak_device_gib: float | None = None  # nvidia-smi memory.used peak, sampled every 200 ms
+    first_losses: tuple[float, ...] = ()
+    last_loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["first_losses"] = list(self.first_losses)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PresetResult":
+        values = dict(values)
+        if values.get("phases") is not None:
+            values["phases"] = Phases(**values["phases"])
+        values["first_losses"] = tuple(values.get("first_losses") or ())
+        return cls(**values)
+
+
+COLUMNS = ("preset", "s/step", "it/s", "warm-up s", "alloc GiB", "device GiB", "2000 steps s", "status")
+
+
+def table_rows(results: list[PresetResult], guide_steps: int) -> list[tuple[str, ...]]:
+    rows = []
+    for result in results:
+        p = result.phases
+        rows.append((result.label,
+                     f"{p.steady_s_per_step:.4f}" if p else "-",
+                     f"{p.steady_it_per_s:.2f}" if p else "-",
+                     f"{p.warmup_s:.1f} ({p.warmup_steps})" if p else "-",
+                     _gib(result.peak_allocated_gib), _gib(result.peak_device_gib),
+                     f"{p.projected_total_s(guide_steps):.0f}" if p else "-",
+                     result.status))
+    return rows
+
+
+def format_table(results: list[PresetResult], guide_steps: int) -> str:
+    """A Markdown table (readable in a terminal, pasteable into BENCHMARKS.md)."""
+    rows = [COLUMNS, *table_rows(results, guide_steps)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines)
+
+
+def format_parts(results: list[PresetResult], guide_steps: int) -> str:
+    """How each 2,000-step total is made up (the parts are measured; the steps are projected)."""
+    lines = [f"{guide_steps}-step total = load + class images + prepare + warm-up + "
+             f"(steps - warm-up) x steady s/step + export:"]
+    for result in results:
+        p = result.phases
+        if p is None:
+            continue
+        lines.append(f"  {result.label}: {p.load_s:.1f} + {p.class_images_s:.1f} + {p.prepare_s:.1f} + "
+                     f"{p.warmup_s:.1f} + {guide_steps - p.warmup_steps} x {p.steady_s_per_step:.4f} + "
+                     f"{p.export_s:.1f} = {p.projected_total_s(guide_steps):.0f} s")
+    return "\n".join(lines)
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
