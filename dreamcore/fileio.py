@@ -37,6 +37,9 @@ def atomic_path(final_path: str | Path) -> Iterator[Path]:
     temp_path = Path(temp_name)
     try:
         yield temp_path
+        # mkstemp makes the file private (0600); give it the permissions an ordinary new file gets, so a
+        # WebUI running as another user (or in a container) can read the model.
+        os.chmod(temp_path, 0o666 & ~_current_umask())
         _fsync_file(temp_path)
         os.replace(temp_path, final_path)
         _fsync_dir(final_path.parent)
@@ -80,6 +83,7 @@ def atomic_directory(final_dir: str | Path) -> Iterator[Path]:
         raise _write_error(final_dir, error) from error
     try:
         yield temp_dir
+        os.chmod(temp_dir, 0o777 & ~_current_umask())  # mkdtemp's folder is private (0700), as above
         for path in sorted(temp_dir.rglob("*")):
             if path.is_file():
                 _fsync_file(path)
@@ -97,6 +101,20 @@ def atomic_directory(final_dir: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
+
+
+def _current_umask() -> int:
+    return _UMASK
+
+
+def _read_umask() -> int:
+    # Reading the umask means setting it; done once at import, before any writer threads exist.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _write_error(path: Path, error: OSError) -> OutputWriteError:

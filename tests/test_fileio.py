@@ -61,3 +61,12 @@ def test_unwritable_parent_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(OutputWriteError, match=str(blocker)):
         with atomic_directory(blocker / "out"):
             pass
+
+
+def test_outputs_get_ordinary_permissions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fileio, "_UMASK", 0o022)
+    path = atomic_write_text(tmp_path / "model.json", "{}")
+    with atomic_directory(tmp_path / "folder") as temp:
+        (temp / "a").write_text("1")
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755

@@ -345,14 +345,14 @@ class Trainer:
         return outputs
 
     def export_metadata(self, step: int) -> dict[str, str]:
-        from dreamcore import __version__
+        from dreamcore.convert import training_metadata
 
         config = self.config
-        return {"dreamcore.version": __version__, "dreamcore.base_model": Path(config.pretrained_model_name_or_path).name,
-                "dreamcore.trigger_words": ", ".join(c.concept.instance_prompt for c in self.plan.concepts),
-                "dreamcore.class_prompts": ", ".join(c.concept.class_prompt for c in self.plan.concepts),
-                "dreamcore.steps": str(step), "dreamcore.resolution": str(config.resolution),
-                "dreamcore.family": self.models.family, "dreamcore.seed": str(config.seed)}
+        metadata = training_metadata(Path(config.pretrained_model_name_or_path).name,
+                                     [c.concept.instance_prompt for c in self.plan.concepts], step, config.resolution)
+        metadata.update({"dreamcore.class_prompts": ", ".join(c.concept.class_prompt for c in self.plan.concepts),
+                         "dreamcore.family": self.models.family, "dreamcore.seed": str(config.seed)})
+        return metadata
 
     def _apply_checkpoint_limit(self) -> None:
         limit = self.config.checkpoints_total_limit
@@ -362,7 +362,8 @@ class Trainer:
         files = sorted(folder.glob(f"{self.plan.model_name}-step-*.safetensors"))
         for old in files[:-limit]:
             old.unlink()
-            old.with_suffix(".json").unlink(missing_ok=True)
+            for companion in (".json", ".yaml"):  # the WebUI card and an SD2-v config beside the file
+                old.with_suffix(companion).unlink(missing_ok=True)
             self.emit.log(f"removed {old.name} (checkpoints_total_limit={limit})")
 
 
