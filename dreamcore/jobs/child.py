@@ -68,6 +68,7 @@ def _stop_on_signals(stop: StopRequest) -> None:
         if stop.is_set():
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+            return
         print(f"{signal.Signals(signum).name} received: stopping after this step and saving the state.", flush=True)
         stop.set()
 
