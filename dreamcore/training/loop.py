@@ -137,6 +137,13 @@ class Trainer:
         random_augmentation = needs_random_augmentation(all_paths, config.resolution, config.center_crop,
                                                         config.hflip)
         self.latent_cache: dict[Path, torch.Tensor] | None = None
+        self.photo_loader = None
+        if config.dataloader_num_workers and (random_augmentation or not config.cache_latents):
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.photo_loader = ThreadPoolExecutor(config.dataloader_num_workers, thread_name_prefix="photos")
+        elif config.dataloader_num_workers:
+            self.emit.log("dataloader_num_workers: photos are encoded once and cached, so no loader workers run.")
         if config.cache_latents and random_augmentation:
             self.emit.log("cache_latents: not caching, because photos are randomly augmented (hflip, or random "
                           "crops of non-square photos); run `dreamcore prepare` for square photos to cache.")
@@ -200,8 +207,13 @@ class Trainer:
         if self.latent_cache is not None:
             parameters = torch.stack([self.latent_cache[e.path] for e in examples])
         else:
-            pixels = torch.stack([self._load_tensor(e.path, index, self._global_slot(slot))
-                                  for slot, e in enumerate(examples)])
+            def load(slot: int) -> torch.Tensor:
+                return self._load_tensor(examples[slot].path, index, self._global_slot(slot))
+
+            slots = range(len(examples))
+            # Decoding photos releases the GIL: with dataloader_num_workers > 0 a batch is decoded in threads.
+            tensors = list(self.photo_loader.map(load, slots)) if self.photo_loader else [load(i) for i in slots]
+            pixels = torch.stack(tensors)
             parameters = self._encode_to_distribution(pixels)
         mean, logvar = parameters.chunk(2, dim=1)
         std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
@@ -579,5 +591,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     outputs["state"] = str(plan.output_dir / STATE_DIR_NAME) if status == "stopped" else ""
     outputs["config"] = str(plan.output_dir / CONFIG_FILE_NAME)
     outputs = {k: v for k, v in outputs.items() if v}
+    if trainer.photo_loader is not None:
+        trainer.photo_loader.shutdown()
     emit(Finished(status, step, outputs))
     return TrainResult(status, step, outputs, losses)

@@ -131,3 +131,13 @@ def test_outputs_and_events(tiny_model_dir: Path, photo_dir: Path, tmp_path: Pat
     assert saved.max_train_steps == 4 and saved == config
     progress = [e for e in events if e.kind == "progress"]
     assert all(math.isfinite(e.loss) and e.steps_per_second > 0 for e in progress)
+
+
+def test_augmented_photos_load_the_same_with_loader_workers(tiny_model_dir: Path, photo_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """hflip turns caching off; decoding in worker threads must not change what is trained."""
+    common = dict(max_train_steps=4, hflip=True, train_batch_size=2)
+    plain = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "plain", **common))
+    threaded = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "threads", dataloader_num_workers=2,
+                                 **common))
+    assert plain.losses == threaded.losses
