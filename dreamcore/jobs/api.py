@@ -32,12 +32,15 @@ API_PREFIX = "/dreamcore/v1"
 _SUBMIT_KEYS = {"name", "config"}
 
 
-def create_router(manager: JobManager) -> Any:
-    """A fastapi.APIRouter with the job routes under /dreamcore/v1/."""
+def create_router(manager: JobManager, dependencies: list[Any] | None = None) -> Any:
+    """A fastapi.APIRouter with the job routes under /dreamcore/v1/.
+
+    ``dependencies``: FastAPI dependencies run before every route, e.g. ``[Depends(host_auth)]`` so the
+    host's API login (AUTOMATIC1111's ``--api-auth``) guards these routes too; none by default."""
     from fastapi import APIRouter, HTTPException, Request
     from fastapi.responses import JSONResponse
 
-    router = APIRouter(prefix=API_PREFIX, tags=["dreamcore"])
+    router = APIRouter(prefix=API_PREFIX, tags=["dreamcore"], dependencies=list(dependencies or []))
 
     def refuse(status: int, message: str, problems: list[str] | None = None) -> HTTPException:
         return HTTPException(status_code=status, detail={"message": message, "problems": problems or []})

@@ -147,3 +147,18 @@ def test_unknown_jobs_get_404(client_and_manager):
                          ("delete", "nobody")):
         response = getattr(client, method)(f"{JOBS}/{path}")
         assert response.status_code == 404 and "no job named 'nobody'" in response.json()["detail"]["message"]
+
+
+def test_the_host_can_guard_every_route_with_its_own_login(make_manager):
+    from fastapi import Depends, Header, HTTPException
+
+    def host_login(authorization: str = Header(default="")) -> None:
+        if authorization != "Bearer secret":
+            raise HTTPException(status_code=401, detail="login required")
+
+    app = FastAPI()
+    app.include_router(create_router(make_manager(run_queue=False), dependencies=[Depends(host_login)]))
+    client = TestClient(app)
+    assert client.get(JOBS).status_code == 401
+    assert client.post(JOBS, json={"name": "x", "config": {}}).status_code == 401
+    assert client.get(JOBS, headers={"Authorization": "Bearer secret"}).json() == {"jobs": []}
