@@ -61,6 +61,8 @@ class _Child:
 
 
 class JobManager:
+    """The training queue under one folder: submit, list, get, cancel, resume, rerun, remove, wait."""
+
     def __init__(self, root_dir: str | Path, python: str = sys.executable, *,
                  child_command: ChildCommand | None = None, run_queue: bool = True,
                  poll_interval: float = 0.5, stop_grace_seconds: float = 300.0):
@@ -88,7 +90,9 @@ class JobManager:
 
     # --- requests -----------------------------------------------------------------------------------
     def submit(self, config: TrainConfig, name: str) -> JobInfo:
-        """Queue a job. Raises JobNameError, ConfigError (every problem) or JobConflictError (name taken)."""
+        """Queue a job; it trains with ``config`` except that ``output_dir`` becomes ``<root>/<name>/output``
+        (everything a job makes stays in its folder) and relative paths are made absolute.
+        Raises JobNameError, ConfigError (every problem at once) or JobConflictError (the name is taken)."""
         check_job_name(name)
         if not isinstance(config, TrainConfig):
             raise TypeError(f"submit: config must be a TrainConfig, got {type(config).__name__}")
