@@ -263,18 +263,35 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                     job = gr.Dropdown(choices=handlers.job_choices(), label="Job")
                     refresh_jobs = gr.Button("Refresh jobs")
                     watch = gr.Button("Watch")
-                use = gr.Button("Use in txt2img", variant="primary")
+                # The standalone app has no txt2img: its models are listed in the notice above instead.
+                use = gr.Button("Use in txt2img", variant="primary",
+                                visible=controller.host.flavor != "standalone")
                 prompt_out = gr.Textbox(visible=False)
                 title_out = gr.Textbox(visible=False)
 
         form_inputs = [base_model, photos_dir, uploads, token, class_word, job_name, *advanced_controls]
         watch_outputs = [message, progress, loss_plot, samples, log, job]
+
+        def with_job_choices(updates: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+            # The job list gains the new job: a Dropdown value outside its choices is dropped in gradio 4+.
+            for outputs in updates:
+                yield (*outputs[:-1], gr.update(choices=handlers.job_choices(), value=outputs[-1] or None))
+
+        def start_and_follow(*values: Any) -> Iterator[tuple[Any, ...]]:
+            yield from with_job_choices(handlers.start(*values))
+
+        def follow(name: str) -> Iterator[tuple[Any, ...]]:
+            yield from with_job_choices(handlers.watch(name))
+
+        def resume_and_follow(name: str) -> Iterator[tuple[Any, ...]]:
+            yield from with_job_choices(handlers.resume(name))
+
         refresh.click(lambda: gr.update(choices=handlers.refresh_models()), inputs=[], outputs=[base_model])
         preset.change(lambda name: handlers.preset_values(name), inputs=[preset], outputs=advanced_controls)
-        start.click(handlers.start, inputs=form_inputs, outputs=watch_outputs)
-        watch.click(handlers.watch, inputs=[job], outputs=watch_outputs)
+        start.click(start_and_follow, inputs=form_inputs, outputs=watch_outputs)
+        watch.click(follow, inputs=[job], outputs=watch_outputs)
         cancel.click(handlers.cancel, inputs=[job], outputs=[message])
-        resume.click(handlers.resume, inputs=[job], outputs=watch_outputs)
+        resume.click(resume_and_follow, inputs=[job], outputs=watch_outputs)
         resolution = advanced_controls[[f.name for f in handlers.advanced].index("resolution")]
         prepare.click(handlers.prepare, inputs=[photos_dir, uploads, token, job_name, resolution, framing],
                       outputs=[prepare_report, prepare_preview, photos_dir])
