@@ -13,25 +13,12 @@ from typing import Callable
 import torch
 
 from dreamcore.fileio import atomic_path
-from dreamcore.images import ImageLoadError, load_rgb_image, scan_images
+from dreamcore.training.setup import usable_photos
 
 
 def usable_class_images(folder: Path, warn: Callable[[str], None]) -> list[Path]:
     """Readable images in ``folder``; unreadable ones are reported through ``warn`` and left in place."""
-    if not folder.is_dir():
-        return []
-    images, skipped = scan_images(folder)
-    for path, reason in skipped:
-        warn(f"class image {path} is skipped: {reason}")
-    usable = []
-    for path in images:
-        try:
-            load_rgb_image(path).close()
-        except ImageLoadError as error:
-            warn(f"class image {path} is skipped: {error.reason}")
-            continue
-        usable.append(path)
-    return usable
+    return usable_photos(folder, warn, what="class image")
 
 
 def class_image_name(prompt: str, index: int) -> str:

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from dreamcore.config import Concept, ConfigError, TrainConfig
-from dreamcore.images import ImageLoadError, load_rgb_image, scan_images
+from dreamcore.images import scan_images
 
 STEPS_PER_PHOTO = 100  # the guide's rule: ~100 steps per photo
 
@@ -117,20 +117,15 @@ def prepared_photos(folder: Path, out_dir: Path, resolution: int, warn: Callable
     return [result.output for result in report.kept]
 
 
-def usable_photos(folder: Path, warn: Callable[[str], None]) -> list[Path]:
-    """Photos that load; every other file is named in a warning (skipping a bad photo is safe)."""
+def usable_photos(folder: Path, warn: Callable[[str], None], what: str = "photo") -> list[Path]:
+    """Images in ``folder`` that decode (``scan_images`` reads each once); every other one is named in a
+    warning and left in place (skipping a bad image is safe; deleting the user's file is not)."""
+    if not folder.is_dir():
+        return []
     images, skipped = scan_images(folder)
     for path, reason in skipped:
-        warn(f"skipping {path}: {reason}")
-    usable = []
-    for path in images:
-        try:
-            load_rgb_image(path).close()
-        except ImageLoadError as error:
-            warn(f"skipping {path}: {error.reason}")
-            continue
-        usable.append(path)
-    return usable
+        warn(f"skipping {what} {path}: {reason}")
+    return images
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
