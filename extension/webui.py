@@ -72,7 +72,12 @@ class WebUIExtension:
         """The tab is always returned: if dreamcore cannot run, it says why and what to do."""
         from .tab import TAB_ELEM_ID, TAB_TITLE, build_error_tab, build_tab, error_markdown
 
-        self.dependencies = check_dependencies(self.extension_root)
+        try:
+            self.dependencies = check_dependencies(self.extension_root)
+        except (OSError, ValueError) as error:  # pyproject.toml missing or damaged: the folder is incomplete
+            logger.error("dreamcore: %s", error)
+            return [(build_error_tab(f"**dreamcore's extension folder is incomplete:** {error}\n\nUpdate or "
+                                     "reinstall dreamcore from the Extensions tab."), TAB_TITLE, TAB_ELEM_ID)]
         if not self.dependencies.ok:
             logger.warning("dreamcore: %s", self.dependencies.markdown())
             return [(build_error_tab(self.dependencies.markdown()), TAB_TITLE, TAB_ELEM_ID)]

@@ -156,3 +156,11 @@ def test_cancel_stops_a_running_job_and_resume_finishes_it(webui: dict) -> None:
     info = handlers.controller.job("stop-me")
     assert info.status == "completed" and info.step == 10, outputs[0]
     assert "finished" in outputs[0]
+
+
+def test_an_incomplete_extension_folder_still_shows_the_tab(webui: dict) -> None:
+    (webui["root"] / "pyproject.toml").unlink()
+    tabs = webui["callbacks"].ui_tabs_callback()
+    shown = [str(block.value) for block in tabs[0][0].blocks.values()
+             if getattr(block, "elem_id", "") == "dreamcore_problem"]
+    assert shown and "incomplete" in shown[0] and "pyproject.toml" in shown[0]
