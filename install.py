@@ -118,7 +118,11 @@ def write_report(messages: list[str], installed: list[str]) -> None:
 
 def main() -> int:
     started = time.monotonic()
-    requirements = deps.read_requirements(EXTENSION_ROOT)
+    try:
+        requirements = deps.read_requirements(EXTENSION_ROOT)
+    except (OSError, ValueError) as error:  # the tab shows the same problem with what to do
+        print(f"dreamcore: cannot read the dependency list: {error}", file=sys.stderr, flush=True)
+        return 0
     missing = [r for r in requirements if deps.installed_version(r) is None]
     messages: list[str] = []
     for requirement in missing:

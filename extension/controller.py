@@ -136,6 +136,10 @@ class TrainingController:
         self._published[info.name] = published
         return published
 
+    def published(self, name: str) -> PublishedModel | None:
+        """The model this controller published for a job, if any."""
+        return self._published.get(name)
+
     def use_in_txt2img(self, name: str) -> UseInTxt2img:
         info = self.job(name)
         if info.status != "completed":

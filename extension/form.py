@@ -43,10 +43,6 @@ def advanced_groups() -> dict[str, list[dataclasses.Field]]:
     return groups
 
 
-def field_label(f: dataclasses.Field) -> str:
-    return f.name
-
-
 def default_ui_value(f: dataclasses.Field) -> Any:
     """A field's default as its control shows it (optional numbers are text boxes; empty = None)."""
     default = TrainConfig().to_dict()[f.name]

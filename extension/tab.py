@@ -190,7 +190,7 @@ def _gallery(info: Any) -> list[tuple[str, str]]:
 
 def _final_message(info: Any, controller: TrainingController) -> str:
     if info.status == "completed":
-        published = controller._published.get(info.name)
+        published = controller.published(info.name)
         where = f" and copied to `{published.path}`" if published else ""
         return (f"**{info.name} finished**{where}. Press *Use in txt2img* to select it; call the subject with "
                 f"`{published.activation_text if published else 'its instance prompt'}`.")

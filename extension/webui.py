@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +107,3 @@ def mount_job_routes(app: Any, manager: Any) -> bool:
     app.include_router(api.create_router(manager))
     return True
 
-
-def dreamcore_location() -> str:
-    module = sys.modules.get("dreamcore")
-    return getattr(module, "__file__", "?") if module else "not imported"
