@@ -116,6 +116,20 @@ class TabHandlers:
             return _problem_markdown(error), [], photos_dir
         return _prepare_markdown(report), _prepare_gallery(report), str(report.out_dir)
 
+    def check_token(self, token: str) -> str:
+        """"Check token": is the trigger word one rare CLIP token ("ukj" is two: uk + j)?"""
+        try:
+            from dreamcore.prepare import check_token
+        except ImportError as error:
+            return f"The token check is not available here: {error}"
+        try:
+            result = check_token(token or "")
+        except ValueError as error:
+            return _problem_markdown(error)
+        suggestions = f" Single rare tokens: {', '.join(f'`{s}`' for s in result.suggestions)}." \
+            if result.suggestions and not result.ok else ""
+        return ("OK: " if result.ok else "Consider another token: ") + result.message + "." + suggestions
+
     def resume(self, name: str) -> Iterator[tuple[Any, ...]]:
         from dreamcore.jobs import JobError
 
@@ -163,6 +177,8 @@ def framing_choices() -> list[str]:
 def _prepare_markdown(report: Any) -> str:
     lines = [f"**{len(report.kept)} of {len(report.photos)} photos kept** in `{report.out_dir}` "
              f"(suggested max_train_steps: {report.suggested_max_train_steps}). Training will use them."]
+    if report.token_check is not None and not report.token_check.ok:
+        lines.append(f"- token: {report.token_check.message}")
     lines += [f"- {warning}" for warning in report.warnings]
     lines += [f"- rejected {photo.source.name}: {photo.verdict}" for photo in report.rejected]
     return "\n".join(lines)
@@ -238,6 +254,8 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                 with gr.Row():
                     token = gr.Textbox(label="Token (a rare word that becomes the subject)", value="sks")
                     class_word = gr.Textbox(label="Class", value="person")
+                    check = gr.Button("Check token")
+                token_report = gr.Markdown()
                 job_name = gr.Textbox(label="Model name (also the job's name)", placeholder="anna-sd15")
                 preset = gr.Dropdown(choices=preset_names(), value=default_preset, label="Preset")
                 advanced_controls = []
@@ -291,6 +309,7 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
         start.click(start_and_follow, inputs=form_inputs, outputs=watch_outputs)
         watch.click(follow, inputs=[job], outputs=watch_outputs)
         cancel.click(handlers.cancel, inputs=[job], outputs=[message])
+        check.click(handlers.check_token, inputs=[token], outputs=[token_report])
         resume.click(resume_and_follow, inputs=[job], outputs=watch_outputs)
         resolution = advanced_controls[[f.name for f in handlers.advanced].index("resolution")]
         prepare.click(handlers.prepare, inputs=[photos_dir, uploads, token, job_name, resolution, framing],

@@ -164,3 +164,12 @@ def test_an_incomplete_extension_folder_still_shows_the_tab(webui: dict) -> None
     shown = [str(block.value) for block in tabs[0][0].blocks.values()
              if getattr(block, "elem_id", "") == "dreamcore_problem"]
     assert shown and "incomplete" in shown[0] and "pyproject.toml" in shown[0]
+
+
+def test_check_token_explains_split_tokens_and_accepts_rare_ones(webui: dict) -> None:
+    webui["callbacks"].ui_tabs_callback()
+    handlers = webui["extension"].handlers
+    split = handlers.check_token("ukj")
+    assert split.startswith("Consider another token") and "`" in split  # with suggestions
+    assert handlers.check_token("sks").startswith("OK")
+    assert "one word" in handlers.check_token("two words")
