@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from dreamcore.jobs.api import create_router  # noqa: E402
 
-from conftest import wait_for  # noqa: E402
+from jobs_helpers import wait_for  # noqa: E402
 
 JOBS = "/dreamcore/v1/jobs"
 

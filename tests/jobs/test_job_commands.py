@@ -6,14 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
 import dreamcore
 from dreamcore.cli import main
 from dreamcore.jobs import ui_command
 from dreamcore.jobs.command import jobs_root
 
-from conftest import make_photos
+from jobs_helpers import make_photos
 
 
 def config_file(tmp_path: Path) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from dreamcore.config import TrainConfig
 from dreamcore.jobs import JobManager
 
-from conftest import make_photos
+from jobs_helpers import make_photos
 
 pytestmark = pytest.mark.gpu
 MIB = 2 ** 20

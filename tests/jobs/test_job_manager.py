@@ -14,7 +14,7 @@ from dreamcore.config import ConfigError, TrainConfig
 from dreamcore.jobs import JobConflictError, JobManager, JobNameError, JobNotFoundError
 from dreamcore.jobs.folder import JobFolder, JobRecord
 
-from conftest import wait_for, wait_until_final
+from jobs_helpers import wait_for, wait_until_final
 
 
 def test_a_job_runs_in_a_child_and_reports_progress_samples_and_outputs(make_manager, fake_config):

@@ -15,7 +15,7 @@ import pytest
 from dreamcore.config import TrainConfig
 from dreamcore.jobs import JobManager
 
-from conftest import make_photos, wait_for, wait_until_final
+from jobs_helpers import make_photos, wait_for, wait_until_final
 
 
 @pytest.fixture

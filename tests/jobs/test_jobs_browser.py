@@ -9,7 +9,6 @@ Needs /usr/bin/chromium (``apt-get install -y chromium``); no browser is ever do
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_photos
+from jobs_helpers import make_photos
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
