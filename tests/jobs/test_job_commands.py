@@ -91,3 +91,42 @@ def test_ui_loads_the_tab_by_path_as_dreamcore_webui_and_launches_it(tmp_path, m
     assert main(["ui", "--host", "0.0.0.0"]) == 0
     assert "anyone who can reach port 7861" in capsys.readouterr().err
     assert app.CALLS[-1][1:] == ("0.0.0.0", 7861)
+
+
+def test_jobs_run_works_the_queue_until_it_is_empty(tmp_path, capsys):
+    output = tmp_path / "out"
+    assert main(["jobs", "--output", str(output), "run"]) == 0  # nothing queued: returns at once
+    assert main(["jobs", "--output", str(output), "submit", "broken", "--config", str(config_file(tmp_path))]) == 0
+    (jobs_root(output) / "broken" / "train_config.json").write_text("{damaged")  # fails fast in the real child
+    capsys.readouterr()
+    assert main(["jobs", "--output", str(output), "run"]) == 1
+    printed = capsys.readouterr().out
+    assert "broken" in printed and "failed" in printed and "not valid JSON" in printed
+
+
+def test_jobs_serve_answers_on_loopback_and_stops_on_ctrl_c(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repo = Path(__file__).resolve().parents[2]
+    server = subprocess.Popen([sys.executable, "-m", "dreamcore", "jobs", "--output", str(tmp_path / "out"), "serve",
+                               "--port", str(port)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/dreamcore/v1/jobs", timeout=5) as response:
+                    assert json.loads(response.read()) == {"jobs": []}
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()
+                time.sleep(0.3)
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) in (0, 130), server.stdout.read().decode()
