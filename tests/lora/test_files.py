@@ -139,3 +139,32 @@ def test_lora_settings_are_validated_only_with_use_lora() -> None:
     problems = [p for p in loud.problems() if p.startswith("lora")]
     assert [p.split(":")[0] for p in problems] == ["lora_rank", "lora_alpha", "lora_dropout", "lora_text_encoder",
                                                    "lora_target_modules"]
+
+
+def test_merge_weight_scales_the_change_linearly(sd1_lora: LoraWeights, tmp_path: Path) -> None:
+    from dreamcore.lora.merge import apply_lora
+
+    path = write_kohya_file(tmp_path / "l.safetensors", sd1_lora, kohya_metadata(sd1_lora, "tiny", "x"), half=False)
+    base = build_tiny_model("sd1").unet.state_dict()
+    merged = {}
+    for weight in (0.5, 1.0):
+        model = build_tiny_model("sd1")
+        apply_lora(model, path, weight)
+        merged[weight] = model.unet.state_dict()
+    assert set(merged[1.0]) == set(base)  # no LoRA layers left behind in the merged model
+    changed = [k for k in base if not torch.equal(base[k], merged[1.0][k])]
+    assert changed and all(".attn" in k and k.endswith("weight") for k in changed)
+    for key in changed:
+        torch.testing.assert_close(2 * (merged[0.5][key] - base[key]), merged[1.0][key] - base[key],
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_text_encoder_gets_no_adapter() -> None:
+    model = build_tiny_model("sd1")
+    trained = add_lora_adapters(model.unet, None, LoraSettings(), "sd1")
+    assert set(trained) == {"unet"}
+    weights = lora_weights_from_models(model)
+    assert set(weights.parts) == {"unet"}
+    assert not any("lora_" in name for name, _ in model.text_encoder.named_modules())
+    trainable = [n for n, p in model.unet.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
