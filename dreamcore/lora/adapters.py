@@ -98,7 +98,8 @@ def add_lora_adapters(unet: torch.nn.Module, text_encoder: torch.nn.Module | Non
                                  f"(train_text_encoder); add {', '.join(DEFAULT_TEXT_TARGETS)} or freeze it.")
     for index, (module, targets) in enumerate(modules):
         module.requires_grad_(False)
-        module.to(dtype=frozen_dtype)
+        if next(module.parameters()).dtype != frozen_dtype:
+            module.to(dtype=frozen_dtype)
         config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                             init_lora_weights=True, target_modules=list(targets))
         # PEFT draws lora_A from the global generator; a private, seeded one makes runs repeatable
@@ -116,8 +117,9 @@ def _inject_adapter(module: torch.nn.Module, config: Any) -> None:
     if hasattr(module, "add_adapter") and hasattr(module, "set_adapters"):
         module.add_adapter(config, adapter_name=ADAPTER_NAME)  # diffusers' models (the UNet)
         return
-    # The text encoder: transformers' own add_adapter demands a newer PEFT than its pins allow everywhere,
-    # so the adapter goes in through PEFT directly and the config is kept where PEFT's helpers look for it.
+    # The text encoder: transformers 5's own add_adapter refuses PEFT < 0.22, newer than PyPI offers today
+    # (0.21.2), so the adapter goes in through PEFT directly and its config is kept where PEFT's helpers
+    # (get/set_peft_model_state_dict) look for it.
     from peft import inject_adapter_in_model
 
     inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
