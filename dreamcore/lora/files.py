@@ -103,18 +103,26 @@ def write_kohya_file(path: str | Path, weights: LoraWeights, metadata: dict[str,
 
 
 def write_peft_folder(folder: str | Path, weights: LoraWeights) -> Path:
-    """A diffusers LoRA folder (``pytorch_lora_weights.safetensors`` with each part's LoraConfig in its
-    metadata): what diffusers' ``pipeline.load_lora_weights(folder)`` and its training scripts use."""
-    from diffusers import StableDiffusionPipeline
+    """A diffusers LoRA folder: what diffusers' ``pipeline.load_lora_weights(folder)`` and its training
+    scripts read and write.
 
+    ``pytorch_lora_weights.safetensors`` holds "unet."/"text_encoder."-prefixed PEFT weights; its
+    ``lora_adapter_metadata`` holds each part's LoraConfig flattened as "<part>.<field>", which is how
+    diffusers keeps the alphas. Written here rather than by ``save_lora_weights`` because the diffusers of
+    older WebUI venvs cannot store that metadata, and a LoRA without its alphas loads at the wrong strength.
+    """
+    from dreamcore.convert.checkpoint_files import write_safetensors
     from dreamcore.fileio import atomic_directory
 
     folder = Path(folder)
-    layers = {f"{part}_lora_layers": {k: v.detach().contiguous() for k, v in state.items()}
-              for part, state in weights.parts.items()}
-    configs = {f"{part}_lora_adapter_metadata": weights.lora_config(part) for part in weights.parts}
+    tensors = {f"{part}.{key}": value for part, state in weights.parts.items() for key, value in state.items()}
+    packed = {}
+    for part in weights.parts:
+        for name, value in weights.lora_config(part).items():
+            packed[f"{part}.{name}"] = sorted(value) if isinstance(value, set) else value
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(packed, indent=2, sort_keys=True)}
     with atomic_directory(folder) as temp:
-        StableDiffusionPipeline.save_lora_weights(str(temp), **layers, **configs, weight_name=PEFT_WEIGHTS_FILE)
+        write_safetensors(temp / PEFT_WEIGHTS_FILE, tensors, metadata)
         (temp / "dreamcore_lora.json").write_text(json.dumps({"family": weights.family, **weights.metadata},
                                                              indent=2) + "\n")
     return folder
