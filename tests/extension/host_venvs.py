@@ -32,6 +32,8 @@ HOST_PINS: dict[str, list[str]] = {
         "safetensors==0.4.2", "Pillow==9.5.0", "numpy==1.26.2", "httpx==0.24.1", "protobuf==3.20.0",
         "omegaconf==2.2.3", "einops==0.4.1", "psutil==5.9.5", "huggingface-hub<1.0",
     ],
+    # SD.Next (2025-03): gradio 3.43.2 with pydantic v1 and a newer transformers.
+    "sdnext": ["gradio==3.43.2", "pydantic==1.10.21", "transformers==4.48.3", "huggingface-hub<1.0"],
     # Forge (gradio 4.40 fails to import HfFolder with huggingface-hub 1.x, so the hub stays < 1.0).
     "forge": [
         "gradio==4.40.0", "pydantic==2.8.2", "transformers==4.46.1", "diffusers==0.31.0",
