@@ -87,7 +87,13 @@ def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
             result = PresetResult(preset.label, f"error: the run exited with code {returncode}")
         if sampler.peak_mib is not None:
             result.peak_device_gib = sampler.peak_mib / 1024
+        if result.train_window is not None:
+            train_peak = sampler.peak_mib_between(*result.train_window)
+            result.train_peak_device_gib = None if train_peak is None else train_peak / 1024
         results.append(result)
+        print(f"   {result.status}" + (f", {result.phases.steady_it_per_s:.2f} it/s" if result.phases else ""),
+              flush=True)
+        _write_json(args.json, results, None)  # after every preset, so a cut-off run keeps what it measured
     card = describe_card()
     text = "\n".join([
         "card: " + ", ".join(f"{k} {v}" for k, v in card.items()),
@@ -95,12 +101,17 @@ def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
         f"images, {args.steps} steps timed, first {args.warmup} = warm-up",
         format_table(results, GUIDE_STEPS), format_parts(results, GUIDE_STEPS)])
     print("\n" + text, flush=True)
-    if args.json is not None:
-        from dreamcore.fileio import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps({"card": card, "command": sys.argv, "results": [
-            r.to_dict() for r in results], "table": text}, indent=2) + "\n")
+    _write_json(args.json, results, {"card": card, "table": text})
     return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def _write_json(path: Path | None, results, extra: dict | None) -> None:
+    if path is None:
+        return
+    from dreamcore.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"command": sys.argv, **(extra or {}),
+                                        "results": [r.to_dict() for r in results]}, indent=2) + "\n")
 
 
 def _ensure_inputs(work: Path, model_size: str) -> None:
@@ -143,6 +154,8 @@ def _run_child(preset, args: argparse.Namespace) -> int:
     except torch.cuda.OutOfMemoryError:
         result.status = "out of memory"
     result.steps = len(times.steps)
+    result.train_window = times.train_window
+    result.train_peak_allocated_gib = times.train_peak_allocated_gib
     result.first_losses = tuple(times.losses[:50])
     result.last_loss = times.losses[-1] if times.losses else None
     if result.status == "ok":

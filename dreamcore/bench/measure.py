@@ -19,11 +19,17 @@ class RunTimes:
     steps: list[float] = field(default_factory=list)  # stamp of each completed step, in order
     losses: list[float] = field(default_factory=list)
     finished: float | None = None
+    # The training phase alone (first step to export), for memory: epoch seconds (to match the device
+    # sampler's clock) and the torch allocator's peak inside it.
+    train_window: tuple[float, float] | None = None
+    train_peak_allocated_gib: float | None = None
 
     def __call__(self, event) -> None:
         now = time.perf_counter()
         if event.kind == "stage":
             self.stages.setdefault(event.name, now)
+            if event.name in ("train", "export"):
+                self._mark_training_phase(event.name)
         elif event.kind == "class_images":
             self.last_class_image = now
         elif event.kind == "progress":
@@ -31,6 +37,18 @@ class RunTimes:
             self.losses.append(event.loss)
         elif event.kind == "finished":
             self.finished = now
+
+    def _mark_training_phase(self, stage: str) -> None:
+        import torch
+
+        if stage == "train":
+            self.train_window = (time.time(), time.time())
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+        elif self.train_window is not None:
+            self.train_window = (self.train_window[0], time.time())
+            if torch.cuda.is_available():
+                self.train_peak_allocated_gib = torch.cuda.max_memory_allocated() / 2**30
 
 
 @dataclass(frozen=True)
@@ -84,7 +102,7 @@ class DeviceMemorySampler:
         self.command = ["nvidia-smi", f"--id={device_index}", "--query-gpu=memory.used",
                         "--format=csv,noheader,nounits", f"-lms={interval_ms}"]
         self.peak_mib: int | None = None
-        self.samples = 0
+        self.samples: list[tuple[float, int]] = []  # (epoch seconds, MiB used)
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
 
@@ -105,8 +123,13 @@ class DeviceMemorySampler:
         for line in self._process.stdout:
             text = line.strip()
             if text.isdigit():
-                self.samples += 1
+                self.samples.append((time.time(), int(text)))
                 self.peak_mib = max(self.peak_mib or 0, int(text))
+
+    def peak_mib_between(self, start: float, end: float) -> int | None:
+        """Peak of the samples taken in [start, end] (epoch seconds), or None if none fell there."""
+        inside = [mib for stamp, mib in self.samples if start <= stamp <= end]
+        return max(inside) if inside else None
 
     def __exit__(self, *exc_info) -> None:
         if self._process is not None:

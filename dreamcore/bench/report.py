@@ -16,6 +16,9 @@ class PresetResult:
     phases: Phases | None = None
     peak_allocated_gib: float | None = None  # torch.cuda.max_memory_allocated() over the whole run
     peak_device_gib: float | None = None  # nvidia-smi memory.used peak, sampled every 200 ms
+    train_peak_allocated_gib: float | None = None  # the same two, during the training steps only
+    train_peak_device_gib: float | None = None
+    train_window: tuple[float, float] | None = None  # epoch seconds of the training steps
     first_losses: tuple[float, ...] = ()
     last_loss: float | None = None
 
@@ -30,10 +33,13 @@ class PresetResult:
         if values.get("phases") is not None:
             values["phases"] = Phases(**values["phases"])
         values["first_losses"] = tuple(values.get("first_losses") or ())
+        if values.get("train_window") is not None:
+            values["train_window"] = tuple(values["train_window"])
         return cls(**values)
 
 
-COLUMNS = ("preset", "s/step", "it/s", "warm-up s", "alloc GiB", "device GiB", "2000 steps s", "status")
+COLUMNS = ("preset", "s/step", "it/s", "warm-up s", "train alloc GiB", "train device GiB", "run alloc GiB",
+           "run device GiB", "2000 steps s", "status")
 
 
 def table_rows(results: list[PresetResult], guide_steps: int) -> list[tuple[str, ...]]:
@@ -44,6 +50,7 @@ def table_rows(results: list[PresetResult], guide_steps: int) -> list[tuple[str,
                      f"{p.steady_s_per_step:.4f}" if p else "-",
                      f"{p.steady_it_per_s:.2f}" if p else "-",
                      f"{p.warmup_s:.1f} ({p.warmup_steps})" if p else "-",
+                     _gib(result.train_peak_allocated_gib), _gib(result.train_peak_device_gib),
                      _gib(result.peak_allocated_gib), _gib(result.peak_device_gib),
                      f"{p.projected_total_s(guide_steps):.0f}" if p else "-",
                      result.status))

@@ -36,7 +36,8 @@ class InBackwardAdamW(torch.optim.Optimizer):
     the gradient was freed. The learning rate is read from the parameter group at that moment, so a
     learning-rate scheduler stepped after ``optimizer.step()`` works as with plain AdamW. Gradient clipping by
     the global norm and gradient accumulation are impossible by design (the config refuses them). Moments are
-    kept in the parameter's dtype when it is bf16, else in fp32; the maths runs in fp32.
+    kept in the parameter's dtype when it is bf16 (stored with stochastic rounding too), else in fp32; the
+    maths runs in fp32.
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-6, betas: tuple[float, float] = (0.9, 0.999),
@@ -81,17 +82,22 @@ class InBackwardAdamW(torch.optim.Optimizer):
         grad32 = grad.float()
         exp_avg = state["exp_avg"].float().lerp_(grad32, 1 - beta1)
         exp_avg_sq = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad32, grad32, value=1 - beta2)
-        state["exp_avg"].copy_(exp_avg)
-        state["exp_avg_sq"].copy_(exp_avg_sq)
+        self._store(state["exp_avg"], exp_avg)
+        self._store(state["exp_avg_sq"], exp_avg_sq)
         bias_correction1 = 1 - beta1 ** step
         bias_correction2 = 1 - beta2 ** step
         denominator = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
         weights = parameter.float()
         weights.mul_(1 - lr * weight_decay).addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
-        if parameter.dtype == torch.bfloat16:
-            parameter.copy_(stochastic_round_to_bf16(weights, self._generator(parameter.device)))
+        self._store(parameter, weights)
+
+    def _store(self, target: torch.Tensor, values: torch.Tensor) -> None:
+        """Write fp32 results into a bf16 tensor with stochastic rounding (fp32 tensors: exactly). The moments
+        need it as much as the weights: with round-to-nearest, v's 0.1% decay a step would never register."""
+        if target.dtype == torch.bfloat16:
+            target.copy_(stochastic_round_to_bf16(values, self._generator(target.device)))
         else:
-            parameter.copy_(weights)
+            target.copy_(values)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - the updates ran inside backward

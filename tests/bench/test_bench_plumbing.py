@@ -1,0 +1,103 @@
+"""The bench's parts on CPU: preset specs, phases and the projected total, the table, and one tiny run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dreamcore.bench.measure import Phases, RunTimes, phases
+from dreamcore.bench.recipe import GUIDE, BenchPreset, parse_preset, recipe_config
+from dreamcore.bench.report import PresetResult, format_parts, format_table
+from dreamcore.events import ClassImagesProgress, Finished, Progress, Stage
+
+
+def test_preset_specs_parse_and_refuse_unknown_names() -> None:
+    assert parse_preset("24GB") == BenchPreset("24GB")
+    preset = parse_preset("8GB:fast_step=false,learning_rate=2e-6,save_infer_steps=3")
+    assert preset.overrides == (("fast_step", False), ("learning_rate", 2e-6), ("save_infer_steps", 3))
+    assert parse_preset(preset.spec()) == preset
+    with pytest.raises(ValueError, match="unknown preset '4GB'"):
+        parse_preset("4GB")
+    with pytest.raises(ValueError, match="'fast=true' is not field=value"):
+        parse_preset("24GB:fast=true")
+
+
+def test_recipe_is_the_guides_with_the_presets_memory_settings(tmp_path: Path) -> None:
+    guide = recipe_config(parse_preset(GUIDE), tmp_path / "m", tmp_path / "p", tmp_path / "o", 50, 512)
+    assert (guide.mixed_precision, guide.use_8bit_adam, guide.train_text_encoder) == ("fp16", True, True)
+    assert (guide.with_prior_preservation, guide.num_class_images, guide.learning_rate) == (True, 12, 1e-6)
+    assert guide.memory_preset == "none" and guide.max_train_steps == 50 and guide.train_batch_size == 1
+    small = recipe_config(parse_preset("8GB:n_save_sample=1"), tmp_path / "m", tmp_path / "p", tmp_path / "o",
+                          50, 512)
+    assert small.memory_preset == "8GB" and small.n_save_sample == 1
+
+
+def _finished_run(step_times: list[float]) -> RunTimes:
+    """Load 0-2 s, class images 2-7 s, prepare 7-10 s, steps at ``step_times``, export 3 s."""
+    times = RunTimes(started=0.0)
+    times.stages = {"load": 0.0, "class_images": 2.0, "train": 10.0, "export": step_times[-1]}
+    times.last_class_image = 7.0
+    times.steps = step_times
+    times.finished = step_times[-1] + 3.0
+    return times
+
+
+def test_phases_and_the_projected_total() -> None:
+    steps = [10.0 + 2.0] + [12.0 + 0.5 * i for i in range(1, 11)]  # first step 2 s, then 0.5 s each
+    result = phases(_finished_run(steps), warmup_steps=1)
+    assert result.load_s == 2.0 and result.class_images_s == 5.0 and result.prepare_s == 3.0
+    assert result.warmup_s == 2.0 and result.export_s == 3.0
+    assert result.steady_s_per_step == pytest.approx(0.5) and result.steady_it_per_s == pytest.approx(2.0)
+    # 2 + 5 + 3 + 2 (warm-up, 1 step) + 1999 x 0.5 + 3
+    assert result.projected_total_s(2000) == pytest.approx(1014.5)
+    with pytest.raises(ValueError, match="raise --steps"):
+        phases(_finished_run(steps[:3]), warmup_steps=2)
+
+
+def test_events_fill_the_run_times() -> None:
+    times = RunTimes()
+    for event in (Stage("class_images"), ClassImagesProgress(1, 12), Stage("train"),
+                  Progress(1, 2, 0.5, 1e-6, 1.0, 1.0), Progress(2, 2, 0.25, 1e-6, 1.0, 0.0), Stage("export"),
+                  Finished("completed", 2, {})):
+        times(event)
+    assert times.losses == [0.5, 0.25] and len(times.steps) == 2 and times.finished is not None
+    assert set(times.stages) == {"class_images", "train", "export"} and times.train_window is not None
+
+
+def test_table_shows_every_preset_and_how_the_total_is_made() -> None:
+    measured = PresetResult("24GB", "ok", 60, Phases(10.0, 6.0, 1.0, 15, 4.0, 0.2, 18.0), 15.7, 17.1, 14.0, 16.0)
+    failed = PresetResult("8GB", "out of memory")
+    table = format_table([measured, failed], 2000)
+    lines = table.splitlines()
+    assert lines[0].startswith("| preset") and len(lines) == 4
+    assert "| 24GB" in lines[2] and "0.2000" in lines[2] and "5.00" in lines[2] and "436" in lines[2]
+    assert "out of memory" in lines[3]
+    assert PresetResult.from_dict(json.loads(json.dumps(measured.to_dict()))) == measured
+    assert "24GB: 10.0 + 6.0 + 1.0 + 4.0 + 1985 x 0.2000 + 18.0 = 436 s" in format_parts([measured, failed], 2000)
+
+
+def test_bench_command_runs_a_tiny_recipe_end_to_end(tmp_path: Path) -> None:
+    quick = "guide:num_class_images=1,class_infer_steps=1,save_infer_steps=1,n_save_sample=1"
+    result = subprocess.run([sys.executable, "-m", "dreamcore", "bench", "--model-size", "tiny", "--steps", "4",
+                             "--warmup", "1", "--preset", quick, "--work", str(tmp_path),
+                             "--json", str(tmp_path / "bench.json")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    (run,) = report["results"]
+    assert run["status"] == "ok" and run["steps"] == 4 and run["phases"]["steady_s_per_step"] > 0
+    assert report["card"]["gpu"] == "none (CPU)"
+    assert "| guide num_class_images=1" in result.stdout and "2000-step total" in result.stdout
+    assert list((tmp_path / "runs").glob("*/*.safetensors"))  # the export ran and is in the timing
+
+
+def test_bench_refuses_a_run_without_steady_state(capsys) -> None:
+    from dreamcore.cli import main
+
+    assert main(["bench", "--steps", "5", "--warmup", "4"]) == 2
+    assert "no steady state" in capsys.readouterr().err
+    assert main(["bench", "--preset", "nope"]) == 2

@@ -1,0 +1,71 @@
+"""The 8 GB preset's optimizer: AdamW inside backward, stochastic rounding to bf16."""
+
+from __future__ import annotations
+
+import torch
+
+from dreamcore.training.in_backward_adamw import InBackwardAdamW, stochastic_round_to_bf16
+
+
+def test_stochastic_rounding_is_unbiased_where_nearest_rounding_loses_the_update() -> None:
+    value = 1.0 + 1e-3  # between the bf16 neighbours 1.0 and 1.0078125
+    values = torch.full((200_000,), value)
+    rounded = stochastic_round_to_bf16(values, torch.Generator().manual_seed(0)).float()
+    assert set(rounded.unique().tolist()) == {1.0, 1.0078125}
+    assert abs(rounded.mean().item() - value) < 5e-5
+    assert values.to(torch.bfloat16).float().unique().tolist() == [1.0]  # nearest: the 1e-3 is gone
+    negative = stochastic_round_to_bf16(-values, torch.Generator().manual_seed(1)).float()
+    assert abs(negative.mean().item() + value) < 5e-5
+
+
+def _train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
+    torch.manual_seed(3)
+    losses = []
+    for _ in range(steps):
+        inputs = torch.randn(8, 6)
+        loss = (model(inputs.to(next(model.parameters()).dtype)).float() - inputs.sum(1, keepdim=True)).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_fp32_weights_follow_torch_adamw() -> None:
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(6, 1)
+    ours = torch.nn.Linear(6, 1)
+    ours.load_state_dict(reference.state_dict())
+    kwargs = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+    expected = _train(reference, torch.optim.AdamW(reference.parameters(), **kwargs), 20)
+    in_backward = InBackwardAdamW(ours.parameters(), **kwargs)
+    got = _train(ours, in_backward, 20)
+    assert torch.allclose(torch.tensor(got), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert a.grad is None  # freed inside backward
+    assert float(in_backward.state[ours.weight]["step"]) == 20
+
+
+def test_bf16_weights_move_with_a_tiny_learning_rate() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 1).to(torch.bfloat16)
+    before = model.weight.detach().float().clone()
+    optimizer = InBackwardAdamW(model.parameters(), lr=1e-4, weight_decay=0.0, seed=0)
+    _train(model, optimizer, 50)
+    moved = (model.weight.detach().float() - before).abs().max().item()
+    # 50 Adam steps of ~1e-4 each move a weight by up to ~5e-3, far below bf16's spacing at 0.3 (2e-3)
+    # for any single step: only stochastic rounding lets them add up.
+    assert moved > 5e-4
+    assert optimizer.state[model.weight]["exp_avg"].dtype == torch.bfloat16
+
+
+def test_bf16_second_moment_decays_as_in_fp32() -> None:
+    """v's decay of 0.1% a step is below bf16's resolution: it only shows with stochastic rounding."""
+    weight = torch.nn.Parameter(torch.ones(20_000, dtype=torch.bfloat16))
+    optimizer = InBackwardAdamW([weight], lr=0.0, weight_decay=0.0, seed=0)
+    (weight * 1.0).sum().backward()  # gradient 1: v = 0.001
+    for _ in range(200):
+        (weight * 0.0).sum().backward()  # gradient 0: v decays by 0.999 a step
+    expected = 0.001 * 0.999 ** 200
+    assert abs(optimizer.state[weight]["exp_avg_sq"].float().mean().item() - expected) < 0.02 * expected

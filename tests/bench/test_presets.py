@@ -1,0 +1,67 @@
+"""Memory presets: every one is valid TrainConfig data, the pick follows free memory, 'none' changes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dreamcore.config import MEMORY_PRESET_CHOICES, TrainConfig
+from dreamcore.presets import (MEMORY_PRESETS, NEEDS_GIB, apply_memory_preset, pick_memory_preset)
+
+GIB = 2**30
+
+
+def test_every_memory_preset_is_a_choice_and_names_real_fields() -> None:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(MEMORY_PRESETS) == set(MEMORY_PRESET_CHOICES) - {"auto", "none"} == set(NEEDS_GIB)
+    for name, overrides in MEMORY_PRESETS.items():
+        assert set(overrides) <= fields, (name, set(overrides) - fields)
+
+
+@pytest.mark.parametrize("name", list(MEMORY_PRESETS))
+def test_every_memory_preset_gives_a_valid_recipe(name: str, tmp_path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"x")
+    guide = TrainConfig(pretrained_model_name_or_path=str(tmp_path), instance_data_dir=str(photos),
+                        instance_prompt="photo of ukj person", class_prompt="photo of a person",
+                        with_prior_preservation=True, train_text_encoder=True, mixed_precision="fp16",
+                        use_8bit_adam=True, output_dir=str(tmp_path / "out"), memory_preset=name)
+    resolved, message = apply_memory_preset(guide, free_bytes=None)
+    assert resolved.problems() == []
+    assert resolved.memory_preset == name and f"memory preset {name}" in message
+    assert resolved.train_text_encoder  # every tier trains the text encoder, as the guide does
+    assert resolved.mixed_precision != "fp16"  # bf16: no loss scaling, no fp16 overflow to NaN
+
+
+@pytest.mark.parametrize("free_gib, expected", [(80, "24GB"), (21.0, "24GB"), (20.9, "16GB"), (14.5, "16GB"),
+                                                (12, "12GB"), (10.9, "8GB"), (7.5, "8GB"), (3, "8GB")])
+def test_pick_follows_free_memory(free_gib: float, expected: str) -> None:
+    assert pick_memory_preset(int(free_gib * GIB)) == expected
+
+
+def test_auto_picks_only_on_a_gpu_and_says_which() -> None:
+    config = TrainConfig(mixed_precision="fp16", use_8bit_adam=True)
+    unchanged, message = apply_memory_preset(config, free_bytes=None)  # no CUDA: nothing changes
+    assert unchanged is config and message == ""
+    picked, message = apply_memory_preset(config, free_bytes=10 * GIB)
+    assert picked.memory_preset == "8GB" and picked.pure_bf16 and picked.optimizer_in_backward
+    assert picked.gradient_checkpointing and not picked.use_8bit_adam and picked.max_grad_norm == 0
+    assert "8GB" in message and "10.0 GiB free" in message and "memory_preset none" in message
+
+
+def test_none_keeps_the_settings_and_a_small_card_is_warned() -> None:
+    config = TrainConfig(memory_preset="none", mixed_precision="fp16")
+    assert apply_memory_preset(config, free_bytes=80 * GIB) == (config, "")
+    _, message = apply_memory_preset(TrainConfig(), free_bytes=4 * GIB)
+    assert "Warning: only 4.0 GiB is free" in message
+
+
+def test_contradicting_speed_settings_are_named() -> None:
+    problems = " ".join(TrainConfig(pure_bf16=True, memory_preset="none").problems())
+    assert "pure_bf16: needs optimizer_in_backward" in problems
+    problems = " ".join(TrainConfig(optimizer_in_backward=True, max_grad_norm=1.0, gradient_accumulation_steps=2,
+                                    mixed_precision="fp16", use_8bit_adam=True).problems())
+    for field in ("max_grad_norm 0", "gradient_accumulation_steps 1", "bf16", "use_8bit_adam off"):
+        assert field in problems
