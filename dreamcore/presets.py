@@ -33,26 +33,15 @@ _PORTRAIT: dict[str, Any] = {
     "save_interval": 500,
 }
 
-# By GPU memory, from the published and measured peaks (field.md): SD1 at 512 px with 8-bit AdamW needs
-# ~10 GB with gradient checkpointing and the text encoder frozen, 12.8 GB with the text encoder trained and
-# checkpointing on, 15.2 GB without it; plain fused AdamW holds ~5.5 GiB more optimizer state (15.4 vs 9.9 GiB).
+# By GPU memory: the guide's recipe with one of the memory tiers below (MEMORY_PRESETS, measured on an
+# H100). Without a preset, memory_preset "auto" picks the tier from the card's free memory at start; these
+# fix the tier, e.g. for a card shared with the WebUI.
 PRESETS: dict[str, dict[str, Any]] = {
     PORTRAIT_PRESET: _PORTRAIT,
-    "GPU 8-10 GB (text encoder frozen)": {
-        **_PORTRAIT, "train_text_encoder": False, "gradient_checkpointing": True, "use_8bit_adam": True,
-        "mixed_precision": "fp16", "sample_batch_size": 1,
-    },
-    "GPU 12-16 GB": {
-        **_PORTRAIT, "train_text_encoder": True, "gradient_checkpointing": True, "use_8bit_adam": True,
-        "sample_batch_size": 2,
-    },
-    "GPU 16-24 GB": {
-        **_PORTRAIT, "train_text_encoder": True, "gradient_checkpointing": False, "use_8bit_adam": True,
-    },
-    "GPU 40 GB and more (bf16, plain AdamW)": {
-        **_PORTRAIT, "train_text_encoder": True, "gradient_checkpointing": False, "use_8bit_adam": False,
-        "mixed_precision": "bf16", "allow_tf32": True,
-    },
+    "GPU 8 GB": {**_PORTRAIT, "memory_preset": "8GB"},
+    "GPU 12 GB": {**_PORTRAIT, "memory_preset": "12GB"},
+    "GPU 16 GB": {**_PORTRAIT, "memory_preset": "16GB"},
+    "GPU 24 GB and more": {**_PORTRAIT, "memory_preset": "24GB"},
 }
 
 
@@ -120,13 +109,13 @@ def cuda_free_bytes() -> int | None:
 def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[TrainConfig, str]:
     """``config`` with its memory preset applied, and a line saying what was picked and changed ("" if none).
 
-    "none" keeps the config as given; "auto" picks from ``free_bytes`` (None = no CUDA GPU: nothing is
-    changed); a tier name is applied wherever training runs. The returned config names the tier applied,
+    "none" keeps the config as given; "auto" picks from ``free_bytes`` (None = no CUDA GPU, or a LoRA run:
+    nothing is changed); a tier name is applied wherever training runs. The returned config names the tier applied,
     so train_config.json records it.
     """
     requested = config.memory_preset
-    if requested == "none" or (requested == "auto" and free_bytes is None):
-        return config, ""
+    if requested == "none" or (requested == "auto" and (free_bytes is None or config.use_lora)):
+        return config, ""  # LoRA runs keep their own settings: the tiers are for full fine-tuning
     name = pick_memory_preset(free_bytes) if requested == "auto" else requested
     if name not in MEMORY_PRESETS:
         raise KeyError(f"memory_preset {name!r} is unknown; choose auto, none or one of {', '.join(MEMORY_PRESETS)}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamcore.config import TrainConfig
-from dreamcore.presets import MEMORY_PRESETS, PORTRAIT_PRESET, preset_overrides
+from dreamcore.presets import MEMORY_PRESETS, PORTRAIT_PRESET, PRESETS, preset_overrides
 
 GUIDE = "guide"  # the guide's recipe exactly (fp16, 8-bit AdamW), through the plain step: the baseline
 GUIDE_PHOTOS = 20  # 20 photos x 100 steps = the guide's 2,000 steps
@@ -21,7 +21,8 @@ MODEL_SIZES = {"sd1": 512, "tiny": 64}  # model size -> training resolution
 
 @dataclass(frozen=True)
 class BenchPreset:
-    """A preset to benchmark: ``guide`` or a memory preset, with optional field overrides ("24GB:fast_step=false")."""
+    """A preset to benchmark: ``guide``, a memory preset or a named preset (lora-5GB), with optional field
+    overrides ("24GB:fast_step=false")."""
 
     name: str
     overrides: tuple[tuple[str, Any], ...] = ()
@@ -38,9 +39,9 @@ class BenchPreset:
 def parse_preset(spec: str) -> BenchPreset:
     """``NAME`` or ``NAME:field=value,field=value``; raises ValueError naming what is wrong."""
     name, _, rest = spec.partition(":")
-    if name != GUIDE and name not in MEMORY_PRESETS:
-        raise ValueError(f"--preset {spec!r}: unknown preset {name!r}; choose {GUIDE} or one of "
-                         f"{', '.join(MEMORY_PRESETS)}")
+    if name != GUIDE and name not in MEMORY_PRESETS and name not in PRESETS:
+        raise ValueError(f"--preset {spec!r}: unknown preset {name!r}; choose {GUIDE}, a memory preset "
+                         f"({', '.join(MEMORY_PRESETS)}) or one of {', '.join(PRESETS)}")
     overrides = []
     known = set(TrainConfig().to_dict())
     for item in filter(None, rest.split(",")):
@@ -74,12 +75,13 @@ def recipe_config(preset: BenchPreset, model: Path, photos: Path, output_dir: Pa
     No checkpoint or state is saved during the run (save_interval and checkpointing_steps 0): the timed
     export at the end (samples, diffusers folder, single file) stands for the guide's last save.
     """
-    values: dict[str, Any] = {**preset_overrides(PORTRAIT_PRESET),
+    named = preset.name if preset.name in PRESETS else PORTRAIT_PRESET  # e.g. lora-5GB: its own recipe
+    values: dict[str, Any] = {**preset_overrides(named),
                               "pretrained_model_name_or_path": str(model), "instance_data_dir": str(photos),
                               "instance_prompt": "photo of ukj person", "class_prompt": "photo of a person",
                               "output_dir": str(output_dir), "resolution": resolution, "max_train_steps": steps,
                               "save_interval": 0, "checkpointing_steps": 0, "center_crop": True,
-                              "memory_preset": "none" if preset.name == GUIDE else preset.name}
+                              "memory_preset": preset.name if preset.name in MEMORY_PRESETS else "none"}
     values.update(dict(preset.overrides))
     return TrainConfig.from_dict(values, source=f"bench preset {preset.spec()!r}")
 

@@ -34,6 +34,8 @@ def test_recipe_is_the_guides_with_the_presets_memory_settings(tmp_path: Path) -
     small = recipe_config(parse_preset("8GB:n_save_sample=1"), tmp_path / "m", tmp_path / "p", tmp_path / "o",
                           50, 512)
     assert small.memory_preset == "8GB" and small.n_save_sample == 1
+    lora = recipe_config(parse_preset("lora-5GB"), tmp_path / "m", tmp_path / "p", tmp_path / "o", 50, 512)
+    assert lora.use_lora and lora.memory_preset == "none" and lora.with_prior_preservation
 
 
 def _finished_run(step_times: list[float]) -> RunTimes:

@@ -49,6 +49,8 @@ def test_auto_picks_only_on_a_gpu_and_says_which() -> None:
     assert picked.memory_preset == "8GB" and picked.pure_bf16 and picked.optimizer_in_backward
     assert picked.gradient_checkpointing and not picked.use_8bit_adam and picked.max_grad_norm == 0
     assert "8GB" in message and "10.0 GiB free" in message and "memory_preset none" in message
+    lora = TrainConfig(use_lora=True)
+    assert apply_memory_preset(lora, free_bytes=10 * GIB) == (lora, "")  # LoRA presets keep their settings
 
 
 def test_none_keeps_the_settings_and_a_small_card_is_warned() -> None:
