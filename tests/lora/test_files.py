@@ -168,3 +168,12 @@ def test_frozen_text_encoder_gets_no_adapter() -> None:
     assert not any("lora_" in name for name, _ in model.text_encoder.named_modules())
     trainable = [n for n, p in model.unet.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_convert_cli_converts_a_lora(sd1_lora: LoraWeights, tmp_path: Path) -> None:
+    from dreamcore.cli import main
+
+    kohya = write_kohya_file(tmp_path / "me.safetensors", sd1_lora, {}, half=False)
+    assert main(["convert", str(kohya), str(tmp_path / "folder")]) == 0
+    assert_same_weights(sd1_lora, read_lora(tmp_path / "folder"))
+    assert main(["convert", str(kohya), str(tmp_path / "x.ckpt")]) == 1  # a LoRA is never a .ckpt

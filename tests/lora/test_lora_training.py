@@ -84,6 +84,19 @@ def test_base_plus_exported_kohya_file_gives_the_trained_images(lora_run, tiny_s
     assert max(differences) > 10 * PIXEL_TOLERANCE
 
 
+def test_fp16_kohya_file_gives_the_trained_images(lora_run, tiny_sd1_dir: Path, tmp_path: Path) -> None:
+    """The WebUI's default: weights stored as fp16 (save_half); the images stay within the same tolerance."""
+    from dreamcore.lora.files import convert_lora
+    from dreamcore.models import build_pipeline, load_base_model
+
+    config, result = lora_run
+    half = convert_lora(result.outputs["lora_peft"], tmp_path / "half.safetensors", half=True)
+    assert {t.dtype for k, t in load_file(str(half)).items() if k.endswith("weight")} == {torch.float16}
+    base = build_pipeline(load_base_model(str(tiny_sd1_dir)))
+    base.load_lora_weights(load_file(str(half)))
+    assert_same_images(trained_samples(result), regenerate(base, config, tmp_path / "half"))
+
+
 def test_diffusers_lora_folder_gives_the_trained_images(lora_run, tiny_sd1_dir: Path, tmp_path: Path) -> None:
     from dreamcore.models import build_pipeline, load_base_model
 
