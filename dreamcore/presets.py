@@ -135,8 +135,9 @@ def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[Tr
 # --- LoRA presets (issue 8) ---------------------------------------------------------------------------
 # The guide's recipe trained as DreamBooth-LoRA (PEFT adapters on the UNet's and the text encoder's attention;
 # the result is a few-MB file for the WebUI's models/Lora). LoRA wants ~100x the guide's learning rate.
-# With use_lora the frozen base weights are held in fp16 (mixed precision), so SD1.5 at 512 px trains in
-# about 2 GB of weights plus activations; gradient checkpointing keeps the activations small for 6 GB cards.
+# With use_lora the frozen base weights are held in fp16 (mixed precision): SD1.5's UNet and text encoder
+# in fp16 plus the fp32 VAE are ~2.3 GB, the adapters and their 8-bit AdamW states a few MB; gradient
+# checkpointing keeps the activations small. (Class images are generated before that, by the fp32 model.)
 LORA_PRESET = "lora-5GB"
 _LORA: dict[str, Any] = {
     **_PORTRAIT, "use_lora": True, "lora_rank": 8, "lora_alpha": 8.0, "lora_dropout": 0.0,
