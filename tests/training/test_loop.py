@@ -141,3 +141,28 @@ def test_augmented_photos_load_the_same_with_loader_workers(tiny_model_dir: Path
     threaded = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "threads", dataloader_num_workers=2,
                                  **common))
     assert plain.losses == threaded.losses
+
+
+def test_bad_files_in_the_photo_folder_are_skipped_and_named(tiny_model_dir: Path, photo_dir: Path,
+                                                             tmp_path: Path) -> None:
+    import shutil
+
+    from dreamcore import ConfigError
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_dir, folder)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    (folder / "cut.png").write_bytes((photo_dir / "photo-00.png").read_bytes()[:200])
+    events = []
+    result = train(tiny_config(tiny_model_dir, folder, tmp_path / "out", max_train_steps=1), callbacks=[events.append])
+    warnings = " ".join(e.message for e in events if e.kind == "log" and e.level == "warning")
+    assert result.status == "completed"
+    for name in ("empty.jpg", "notes.png", "cut.png"):
+        assert name in warnings
+
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ConfigError, match="no usable photos"):
+        train(tiny_config(tiny_model_dir, only_bad, tmp_path / "out2", max_train_steps=1))
