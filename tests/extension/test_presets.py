@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from dreamcore.config import TrainConfig, coerce_field_value, config_fields
@@ -38,18 +36,18 @@ def test_portrait_preset_is_the_guides_recipe() -> None:
     assert config.max_train_steps is None  # 100 steps per photo
 
 
-def test_memory_presets_trade_speed_for_memory_in_order() -> None:
-    small, medium = PRESETS["GPU 8-10 GB (text encoder frozen)"], PRESETS["GPU 12-16 GB"]
-    large = PRESETS["GPU 16-24 GB"]
-    assert not small["train_text_encoder"] and small["gradient_checkpointing"]
-    assert medium["train_text_encoder"] and medium["gradient_checkpointing"]
-    assert large["train_text_encoder"] and not large["gradient_checkpointing"]
+def test_gpu_presets_name_the_memory_tiers_in_order() -> None:
+    from dreamcore.presets import MEMORY_PRESETS, NEEDS_GIB
+
+    tiers = [PRESETS[name]["memory_preset"] for name in preset_names() if name.startswith("GPU ")]
+    assert set(tiers) == set(MEMORY_PRESETS)
+    assert [NEEDS_GIB[tier] for tier in tiers] == sorted(NEEDS_GIB[tier] for tier in tiers)
 
 
 def test_apply_preset_keeps_other_fields_and_unknown_names_are_refused() -> None:
     base = TrainConfig(instance_prompt="photo of sks dog", save_infer_steps=7)
-    config = apply_preset("GPU 12-16 GB", base)
+    config = apply_preset("GPU 12 GB", base)
     assert config.instance_prompt == "photo of sks dog" and config.save_infer_steps == 7
-    assert dataclasses.replace(config, gradient_checkpointing=False) != config
+    assert config.memory_preset == "12GB" and base.memory_preset == "auto"
     with pytest.raises(KeyError, match="Portrait"):
         preset_overrides("GPU 2 GB")

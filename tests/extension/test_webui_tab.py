@@ -94,10 +94,12 @@ def test_preset_choice_sets_the_advanced_controls(webui: dict) -> None:
     webui["callbacks"].ui_tabs_callback()
     handlers = webui["extension"].handlers
     names = [f.name for f in handlers.advanced]
-    small = dict(zip(names, handlers.preset_values("GPU 8-10 GB (text encoder frozen)")))
-    large = dict(zip(names, handlers.preset_values("GPU 40 GB and more (bf16, plain AdamW)")))
-    assert (small["train_text_encoder"], small["gradient_checkpointing"], small["use_8bit_adam"]) == (False, True, True)
-    assert (large["train_text_encoder"], large["mixed_precision"], large["use_8bit_adam"]) == (True, "bf16", False)
+    small = dict(zip(names, handlers.preset_values("GPU 8 GB")))
+    lora = dict(zip(names, handlers.preset_values("lora-5GB")))
+    default = dict(zip(names, handlers.preset_values(handlers.default_preset)))
+    assert (small["memory_preset"], small["train_text_encoder"], small["learning_rate"]) == ("8GB", True, 1e-6)
+    assert (lora["use_lora"], lora["learning_rate"]) == (True, 1e-4)
+    assert (default["memory_preset"], default["use_lora"]) == ("auto", False)
     assert small["max_train_steps"] == ""  # empty = 100 steps per photo
 
 
