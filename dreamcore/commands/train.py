@@ -14,10 +14,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dreamcore.config import add_config_arguments
 
     add_config_arguments(parser)
+    compatibility = parser.add_argument_group(
+        "flags of other train_dreambooth.py scripts", "Accepted so their commands run unchanged; each says what "
+        "dreamcore does instead.")
+    for flag, takes_value in COMPATIBILITY_FLAGS.items():
+        if takes_value:
+            compatibility.add_argument(flag, dest=_compat_dest(flag), default=None, metavar="VALUE",
+                                       help=COMPATIBILITY_NOTES[flag])
+        else:
+            compatibility.add_argument(flag, dest=_compat_dest(flag), action="store_true",
+                                       help=COMPATIBILITY_NOTES[flag])
     parser.add_argument("--num_processes", type=int, default=1,
                         help="Train data-parallel in this many processes on this machine (one per GPU; gloo on "
                              "CPUs). The global batch is train_batch_size x num_processes. For several machines "
                              "use `accelerate launch -m dreamcore train ...` with accelerate's config.")
+
+
+# Flags of diffusers' and ShivamShrirao's scripts that have no TrainConfig field: flag -> takes a value.
+COMPATIBILITY_FLAGS = {
+    "--enable_xformers_memory_efficient_attention": False, "--set_grads_to_none": False,
+    "--not_cache_latents": False, "--pad_tokens": False, "--report_to": True, "--logging_dir": True,
+    "--local_rank": True, "--prior_generation_precision": True, "--push_to_hub": False, "--hub_token": True,
+    "--hub_model_id": True,
+}
+COMPATIBILITY_NOTES = {
+    "--enable_xformers_memory_efficient_attention": "dreamcore uses PyTorch's SDPA attention (as fast; no xformers).",
+    "--set_grads_to_none": "gradients are always released with set_to_none.",
+    "--not_cache_latents": "the same as --no-cache_latents.",
+    "--pad_tokens": "prompts are always padded to 77 tokens.",
+    "--report_to": "progress goes to the console, the events of the Python API and the job log.",
+    "--logging_dir": "the log and events live in the output folder (or the job folder).",
+    "--local_rank": "set by the launcher; dreamcore reads it through accelerate.",
+    "--prior_generation_precision": "class images are generated in the run's mixed precision.",
+    "--push_to_hub": "refused: dreamcore never uploads anything.",
+    "--hub_token": "refused: dreamcore never contacts a model hub.",
+    "--hub_model_id": "refused: dreamcore never contacts a model hub.",
+}
+NO_HUB_FLAGS = ("--push_to_hub", "--hub_token", "--hub_model_id")
+
+
+def _compat_dest(flag: str) -> str:
+    return "compat_" + flag.lstrip("-")
+
+
+def compatibility_messages(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(notes, errors) for the compatibility flags that were given."""
+    notes, errors = [], []
+    for flag in COMPATIBILITY_FLAGS:
+        value = getattr(args, _compat_dest(flag), None)
+        if value in (None, False):
+            continue
+        if flag in NO_HUB_FLAGS:
+            errors.append(f"{flag}: {COMPATIBILITY_NOTES[flag]}")
+        else:
+            notes.append(f"{flag}: {COMPATIBILITY_NOTES[flag]}")
+    return notes, errors
 
 
 def relaunch_command(argv: list[str], num_processes: int) -> list[str]:
@@ -86,12 +137,19 @@ def run(args: argparse.Namespace) -> int:
     from dreamcore.models import ModelLoadError
     from dreamcore.training import TrainingError, train
 
+    if getattr(args, _compat_dest("--not_cache_latents"), False) and not hasattr(args, "cache_latents"):
+        args.cache_latents = False  # ShivamShrirao's spelling of --no-cache_latents
+    notes, errors = compatibility_messages(args)
     try:
         config = config_from_arguments(args)
+        if errors:
+            raise ConfigError(errors + config.problems())
         config.validate()
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         import subprocess
 

@@ -100,3 +100,17 @@ def test_a_truncated_base_model_is_a_clear_error_before_training(tmp_path: Path)
     assert result.returncode == 1
     assert "truncated.safetensors" in result.stderr and "Traceback" not in result.stderr
     assert not list((tmp_path / "out").rglob("*.safetensors"))
+
+
+def test_flags_of_other_scripts_are_explained_or_refused() -> None:
+    import argparse
+
+    from dreamcore.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    args = parser.parse_args(["--enable_xformers_memory_efficient_attention", "--report_to", "tensorboard",
+                              "--push_to_hub", "--not_cache_latents"])
+    notes, errors = train_command.compatibility_messages(args)
+    assert any("SDPA" in n for n in notes) and any("--report_to" in n for n in notes)
+    assert any("never uploads" in e for e in errors) and any("--no-cache_latents" in n for n in notes)
