@@ -18,7 +18,7 @@ from dreamcore.config import TrainConfig
 
 from .form import TabForm, build_config
 from .host import Host
-from .publish import PublishedModel, publish_checkpoint
+from .publish import PublishedModel, publish_checkpoint, publish_lora
 
 logger = logging.getLogger("dreamcore.webui")
 
@@ -126,11 +126,16 @@ class TrainingController:
         """Copy a completed job's model into the WebUI's checkpoint folder (once) and refresh the list."""
         if info.name in self._published and self._published[info.name].path.is_file():
             return self._published[info.name]
+        config = TrainConfig.load(Path(info.folder) / "train_config.json")
+        if info.outputs.get("lora"):
+            # A LoRA goes to the WebUI's Lora folder and is called from the prompt, not selected as a model.
+            published = publish_lora(info.outputs["lora"], self.host.lora_dir(), info.name, config.instance_prompt)
+            self._published[info.name] = published
+            return published
         exported = info.outputs.get("single_file")
         if not exported:
             raise FileNotFoundError(f"Job {info.name} finished without a single-file model (outputs: "
                                     f"{', '.join(info.outputs) or 'none'}); see its log in {info.folder}.")
-        config = TrainConfig.load(Path(info.folder) / "train_config.json")
         published = publish_checkpoint(exported, self.host.checkpoint_dir(), info.name, config.instance_prompt)
         self.host.refresh_checkpoints()
         self._published[info.name] = published
@@ -145,6 +150,8 @@ class TrainingController:
         if info.status != "completed":
             raise RuntimeError(f"Job {name} is {info.status}; only a completed job's model can be used.")
         published = self.publish(info)
+        if published.prompt_snippet:  # a LoRA: the base model stays, the prompt calls the LoRA
+            return UseInTxt2img("", f"{published.prompt_snippet}, portrait")
         title = self.host.select_checkpoint(published.path)
         return UseInTxt2img(title, f"portrait {published.activation_text}")
 

@@ -28,6 +28,8 @@ class Host(Protocol):
 
     def checkpoint_dir(self) -> Path: ...
 
+    def lora_dir(self) -> Path: ...
+
     def default_output_dir(self) -> Path: ...
 
     def option(self, key: str, default: Any) -> Any: ...
@@ -80,6 +82,17 @@ class WebUIHost:
         from modules import paths
 
         return Path(paths.models_path) / "Stable-diffusion"
+
+    def lora_dir(self) -> Path:
+        """Where the WebUI's built-in Lora support looks: --lora-dir (SD.Next: its lora_dir option), else
+        <models>/Lora."""
+        configured = self.shared.opts.data.get("lora_dir") if self.flavor == "sdnext" else \
+            getattr(self.shared.cmd_opts, "lora_dir", None)
+        if configured:
+            return Path(configured)
+        from modules import paths
+
+        return Path(paths.models_path) / "Lora"
 
     def default_output_dir(self) -> Path:
         from modules import paths
@@ -169,6 +182,9 @@ class StandaloneHost:
 
     def checkpoint_dir(self) -> Path:
         return self.output_root / "models"
+
+    def lora_dir(self) -> Path:
+        return self.output_root / "models" / "Lora"
 
     def default_output_dir(self) -> Path:
         return self.output_root

@@ -20,6 +20,7 @@ class PublishedModel:
     path: Path            # the checkpoint in the WebUI's folder
     metadata_path: Path   # its user-metadata JSON
     activation_text: str  # what to type in the prompt to call the subject
+    prompt_snippet: str = ""  # for a LoRA: "<lora:name:1> activation text", to paste into any prompt
 
 
 def publish_checkpoint(exported: str | Path, checkpoint_dir: str | Path, name: str, activation_text: str,
@@ -43,3 +44,21 @@ def publish_checkpoint(exported: str | Path, checkpoint_dir: str | Path, name: s
     }
     metadata_path = atomic_write_text(target.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
     return PublishedModel(target, metadata_path, activation_text)
+
+
+def publish_lora(exported: str | Path, lora_dir: str | Path, name: str, activation_text: str) -> PublishedModel:
+    """Copy a trained LoRA (kohya layout) and its card into ``<Lora folder>/dreamcore/<name>.safetensors``."""
+    from dreamcore.lora.files import webui_prompt_snippet
+
+    exported = Path(exported)
+    if not exported.is_file():
+        raise FileNotFoundError(f"The trained LoRA {exported} is missing; the job's folder may have been moved "
+                                "or deleted. Run the job again.")
+    target = Path(lora_dir) / "dreamcore" / f"{name}{exported.suffix}"
+    with atomic_path(target) as temporary:
+        shutil.copyfile(exported, temporary)
+    metadata = {"description": f"DreamBooth LoRA trained by dreamcore; call the subject with '{activation_text}'.",
+                "activation text": activation_text, "preferred weight": 1.0,
+                "notes": f"Trained by dreamcore ({exported})."}
+    metadata_path = atomic_write_text(target.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+    return PublishedModel(target, metadata_path, activation_text, webui_prompt_snippet(target))

@@ -158,6 +158,9 @@ class TabHandlers:
             result = self.controller.use_in_txt2img((name or "").strip())
         except (LookupError, OSError, RuntimeError, ConfigError) as error:
             return _problem_markdown(error), "", ""
+        if not result.title:  # a LoRA: nothing to select, the prompt calls it
+            return (f"The LoRA is in the WebUI's Lora folder; keep your base model and use the prompt "
+                    f"`{result.prompt}`", result.prompt, "")
         return (f"Selected **{result.title}** for txt2img. Prompt: `{result.prompt}`", result.prompt, result.title)
 
     def job_choices(self) -> list[str]:

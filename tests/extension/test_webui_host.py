@@ -70,3 +70,23 @@ def test_the_webuis_model_leaves_the_gpu_for_training_and_comes_back(flavor: str
         assert "out of GPU memory" in freed and "again" in restored
         assert sd_models.calls == ["unload", "load:base.safetensors"]
     assert host.restore_gpu() == ""  # only once per unload
+
+
+def test_a_lora_goes_to_the_hosts_lora_folder_with_its_prompt_snippet(flavor: str, tmp_path: Path) -> None:
+    from modules import paths, shared
+
+    host = importlib.import_module("dreamcore_webui.host").WebUIHost()
+    assert host.lora_dir() == Path(paths.models_path) / "Lora"
+    custom = tmp_path / "my-loras"
+    if flavor == "sdnext":
+        shared.opts.data["lora_dir"] = str(custom)
+    else:
+        shared.cmd_opts.lora_dir = str(custom)  # --lora-dir
+    assert host.lora_dir() == custom
+    exported = tmp_path / "job" / "anna.safetensors"
+    exported.parent.mkdir()
+    exported.write_bytes(b"lora weights")
+    published = publish.publish_lora(exported, host.lora_dir(), "anna", "photo of sks person")
+    assert published.path == custom / "dreamcore" / "anna.safetensors"
+    assert published.path.read_bytes() == b"lora weights"
+    assert published.prompt_snippet == "<lora:anna:1> photo of sks person"
