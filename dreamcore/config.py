@@ -533,6 +533,7 @@ def _did_you_mean(key: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
+
 def _lora_problems(config: TrainConfig) -> list[str]:
     """LoRA settings are checked only with use_lora; set without it they are kept and do nothing."""
     if not config.use_lora:
