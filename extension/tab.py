@@ -204,15 +204,37 @@ def _gallery(info: Any) -> list[tuple[str, str]]:
     items = []
     for step, paths in info.samples:
         items.extend((path, f"step {step}") for path in paths if Path(path).is_file())
+    plot = _likeness_file(info, "likeness.png")
+    if plot is not None:
+        items.append((str(plot), "likeness, class drift and variety per checkpoint"))
     return items
+
+
+def _likeness_file(info: Any, name: str) -> Path | None:
+    """A file of the job's likeness report (score_likeness), if the run wrote one."""
+    folder = info.outputs.get("likeness") if isinstance(info.outputs, dict) else None
+    path = Path(folder) / name if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+def likeness_status() -> str:
+    """For the Likeness settings: whether scoring can run here, and how to enable it if not."""
+    from dreamcore.likeness import scoring_available
+
+    available, message = scoring_available()
+    if available:
+        return "Likeness scoring is available: turn on *score_likeness* to score each saved checkpoint."
+    return f"**Likeness scoring is not available here.** {message}"
 
 
 def _final_message(info: Any, controller: TrainingController) -> str:
     if info.status == "completed":
         published = controller.published(info.name)
         where = f" and copied to `{published.path}`" if published else ""
+        table = _likeness_file(info, "table.txt")
+        scores = f"\n\nLikeness per checkpoint:\n```\n{table.read_text(encoding='utf-8')}\n```" if table else ""
         return (f"**{info.name} finished**{where}. Press *Use in txt2img* to select it; call the subject with "
-                f"`{published.activation_text if published else 'its instance prompt'}`.")
+                f"`{published.activation_text if published else 'its instance prompt'}`.{scores}")
     if info.status == "cancelled":
         return f"**{info.name} was cancelled.** Its state is saved; resume it from the job list (REST API) or re-run."
     return f"**{info.name} failed:** {info.error}\n\n{info.advice}"
@@ -268,6 +290,8 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                                              handlers.preset_values(default_preset)))
                     for group, fields in advanced_groups().items():
                         with gr.Tab(group):
+                            if group == "Likeness":
+                                gr.Markdown(likeness_status())
                             for f in fields:
                                 advanced_controls.append(_control(gr, f, preset_values[f.name]))
                 with gr.Row():

@@ -70,3 +70,28 @@ def test_publish_writes_model_metadata_and_yaml_atomically(tmp_path: Path) -> No
     assert sorted(p.name for p in published.path.parent.iterdir()) == ["anna.json", "anna.safetensors", "anna.yaml"]
     with pytest.raises(FileNotFoundError, match="missing"):
         publish.publish_checkpoint(tmp_path / "nope.safetensors", tmp_path / "Stable-diffusion", "x", "p")
+
+
+def test_the_likeness_report_of_a_job_is_shown(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    tab = importlib.import_module("dreamcore_webui.tab")
+    folder = tmp_path / "likeness"
+    folder.mkdir()
+    (folder / "table.txt").write_text("step  likeness\n 500  0.61  <- best")
+    (folder / "likeness.png").write_bytes(b"png")
+    info = SimpleNamespace(name="anna", status="completed", samples=[], outputs={"likeness": str(folder)})
+    controller = SimpleNamespace(published=lambda name: None)
+    assert "0.61  <- best" in tab._final_message(info, controller)
+    assert tab._gallery(info)[-1][0] == str(folder / "likeness.png")
+    plain = SimpleNamespace(name="anna", status="completed", samples=[], outputs={})
+    assert "Likeness" not in tab._final_message(plain, controller) and tab._gallery(plain) == []
+
+
+def test_the_tab_says_how_to_enable_scoring_without_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dreamcore.likeness
+
+    tab = importlib.import_module("dreamcore_webui.tab")
+    monkeypatch.setattr(dreamcore.likeness, "scoring_available",
+                        lambda: (False, "pip install 'dreamcore[faces]' to enable it."))
+    assert "not available" in tab.likeness_status() and "dreamcore[faces]" in tab.likeness_status()
