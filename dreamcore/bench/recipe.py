@@ -81,7 +81,8 @@ def recipe_config(preset: BenchPreset, model: Path, photos: Path, output_dir: Pa
                               "instance_prompt": "photo of ukj person", "class_prompt": "photo of a person",
                               "output_dir": str(output_dir), "resolution": resolution, "max_train_steps": steps,
                               "save_interval": 0, "checkpointing_steps": 0, "center_crop": True,
-                              "memory_preset": preset.name if preset.name in MEMORY_PRESETS else "none"}
+                              # applied here, not by train(), so that the overrides below win over the tier
+                              "memory_preset": "none", **MEMORY_PRESETS.get(preset.name, {})}
     values.update(dict(preset.overrides))
     return TrainConfig.from_dict(values, source=f"bench preset {preset.spec()!r}")
 
