@@ -82,9 +82,12 @@ MEMORY_PRESETS: dict[str, dict[str, Any]] = {
     # ... plus gradient checkpointing of UNet and text encoder, and class images one at a time.
     "8GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": True, "sample_batch_size": 1},
 }
-# Free GPU memory (GiB) each tier needs: its measured peak device total plus ~10% headroom for the
-# allocator. The smallest tier is the fallback for any card (a warning says when even it may not fit).
-NEEDS_GIB: dict[str, float] = {"24GB": 21.0, "16GB": 14.5, "12GB": 11.0, "8GB": 7.0}
+# Free GPU memory (GiB) each tier needs: its peak device total (nvidia-smi, context included) measured on
+# one H100 with SD1.5 shapes (BENCHMARKS.md, 2026-11-25) plus ~10% headroom. Measured peaks: 24GB 17.1 GiB
+# (training), 16GB 13.1 GiB, 12GB 12.7 GiB (whole run; over its name: see dev/perf-notes.md), 8GB 8.5 GiB
+# training / 9.8 GiB whole run (class images and export hold the fp32 model). The smallest tier is the
+# fallback for any card; a warning says when even it may not fit.
+NEEDS_GIB: dict[str, float] = {"24GB": 19.0, "16GB": 14.5, "12GB": 12.8, "8GB": 8.5}
 
 
 def pick_memory_preset(free_bytes: int) -> str:
