@@ -49,3 +49,11 @@ def test_cli_help_lists_every_command() -> None:
                             cwd=ROOT, check=True)
     for command in ("train", "generate", "tiny-model", "demo"):
         assert command in result.stdout
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test files by basename (no __init__.py): two files of one name break collection."""
+    names: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
