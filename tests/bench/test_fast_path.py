@@ -80,3 +80,20 @@ def test_fast_path_matches_plain_path_over_50_steps_on_gpu(tiny_inputs, tmp_path
     assert len(fast_losses) == 50 and torch.isfinite(fast_losses).all()
     # bf16 keeps ~3 significant digits; the noise and timesteps are identical, so each step's loss agrees
     assert torch.allclose(fast_losses, plain_losses, rtol=2e-2, atol=2e-3), (fast_losses - plain_losses).abs().max()
+
+
+def test_train_picks_the_preset_from_free_memory_and_says_which(tiny_inputs, tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import dreamcore.presets
+
+    model, photos = tiny_inputs
+    monkeypatch.setattr(dreamcore.presets, "cuda_free_bytes", lambda: int(10.0 * 2**30))  # as a 12 GB card
+    logs = []
+    result = train(tiny_recipe(model, photos, tmp_path / "out", memory_preset="auto", max_train_steps=2,
+                               mixed_precision="fp16", use_8bit_adam=True),
+                   callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
+    assert result.status == "completed"
+    assert any("memory preset 8GB (picked from 10.0 GiB free GPU memory)" in m for m in logs)
+    saved = json.loads((tmp_path / "out" / "train_config.json").read_text())
+    assert saved["memory_preset"] == "8GB" and saved["pure_bf16"] and saved["mixed_precision"] == "bf16"
