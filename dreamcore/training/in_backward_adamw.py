@@ -99,6 +99,20 @@ class InBackwardAdamW(torch.optim.Optimizer):
         else:
             target.copy_(values)
 
+    def state_dict(self) -> dict:
+        """Adam's state plus the rounding generators' states, so a resumed run rounds as an unbroken one."""
+        saved = super().state_dict()
+        saved["rounding_generators"] = {str(device): generator.get_state()
+                                        for device, generator in self._generators.items()}
+        return saved
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        generators = state_dict.pop("rounding_generators", {})
+        super().load_state_dict(state_dict)
+        for device, generator_state in generators.items():
+            self._generator(torch.device(device)).set_state(generator_state.cpu())
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - the updates ran inside backward
         return closure() if closure is not None else None

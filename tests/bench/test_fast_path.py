@@ -97,3 +97,26 @@ def test_train_picks_the_preset_from_free_memory_and_says_which(tiny_inputs, tmp
     assert any("memory preset 8GB (picked from 10.0 GiB free GPU memory)" in m for m in logs)
     saved = json.loads((tmp_path / "out" / "train_config.json").read_text())
     assert saved["memory_preset"] == "8GB" and saved["pure_bf16"] and saved["mixed_precision"] == "bf16"
+
+
+def test_8gb_preset_resumes_to_the_same_weights(tiny_inputs, tmp_path: Path) -> None:
+    from accelerate.state import AcceleratorState
+
+    from dreamcore.events import StopRequest
+
+    model, photos = tiny_inputs
+    common = dict(memory_preset="8GB", max_train_steps=4)
+    straight = train(tiny_recipe(model, photos, tmp_path / "straight", **common))
+    AcceleratorState._reset_state(True)
+    stop = StopRequest()
+    interrupted = tiny_recipe(model, photos, tmp_path / "resumed", **common)
+    first = train(interrupted, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 2 else None],
+                  stop=stop)
+    assert first.status == "stopped" and first.step == 2
+    AcceleratorState._reset_state(True)
+    resumed = train(interrupted.replace(resume_from_checkpoint="latest"))
+    assert resumed.step == 4 and first.losses + resumed.losses == straight.losses
+    component = "unet/diffusion_pytorch_model.safetensors"
+    a = load_file(str(Path(straight.outputs["diffusers"]) / component))
+    b = load_file(str(Path(resumed.outputs["diffusers"]) / component))
+    assert all(torch.equal(a[key], b[key]) for key in a)  # stochastic rounding resumed exactly too
