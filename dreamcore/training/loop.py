@@ -435,6 +435,10 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
             raise TrainingError(f"class images: only {len(images)} of {config.num_class_images} usable in "
                                 f"{concept_plan.class_dir}; see the warnings above.")
         result.append(sorted(images)[:config.num_class_images])
+    if pipeline is not None and torch.cuda.is_available():
+        # Sampling's activations stay in the allocator's cache; hand them back before training allocates.
+        del pipeline
+        torch.cuda.empty_cache()
     return result
 
 
