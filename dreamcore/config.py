@@ -145,8 +145,9 @@ class TrainConfig:
     # --- Speed and memory (GPU) ----------------------------------------------------------------------
     memory_preset: str = _field(
         "auto", "GPU memory preset: 'auto' picks 24GB/16GB/12GB/8GB from the card's free memory at start and "
-        "sets the speed and memory fields below (and mixed_precision, use_8bit_adam, gradient_checkpointing); "
-        "'none' keeps your settings as given. Ignored without a CUDA GPU.", "Speed", choices=MEMORY_PRESET_CHOICES)
+        "sets the speed and memory fields below (and mixed_precision, use_8bit_adam, gradient_checkpointing), "
+        "unless you set any of those yourself; 'none' keeps your settings as given. Ignored without a CUDA GPU.",
+        "Speed", choices=MEMORY_PRESET_CHOICES)
     fast_step: bool = _field(
         False, "Fast step executor on CUDA: the same step with no host syncs for randomness or tokens, fused "
         "AdamW and a channels-last UNet.", "Speed")

@@ -109,6 +109,16 @@ def cuda_free_bytes() -> int | None:
     return int(free)
 
 
+def settings_given_by_user(config: TrainConfig) -> list[str]:
+    """The memory-tier settings that differ from TrainConfig's defaults, i.e. that someone chose."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    # sample_batch_size only sizes the class-image batches: a tier may lower it without overruling a choice.
+    tier_fields = sorted({key for overrides in MEMORY_PRESETS.values() for key in overrides} - {"sample_batch_size"})
+    return [key for key in tier_fields if getattr(config, key) != defaults[key]]
+
+
 def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[TrainConfig, str]:
     """``config`` with its memory preset applied, and a line saying what was picked and changed ("" if none).
 
@@ -119,6 +129,11 @@ def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[Tr
     requested = config.memory_preset
     if requested == "none" or (requested == "auto" and (free_bytes is None or config.use_lora)):
         return config, ""  # LoRA runs keep their own settings: the tiers are for full fine-tuning
+    if requested == "auto":
+        given = settings_given_by_user(config)
+        if given:  # "auto" picks a tier only for people who did not choose these settings themselves
+            return config, (f"memory preset: kept your own settings ({', '.join(given)} given); set memory_preset "
+                            f"to one of {', '.join(MEMORY_PRESETS)} to use a tier instead.")
     name = pick_memory_preset(free_bytes) if requested == "auto" else requested
     if name not in MEMORY_PRESETS:
         raise KeyError(f"memory_preset {name!r} is unknown; choose auto, none or one of {', '.join(MEMORY_PRESETS)}")

@@ -90,8 +90,7 @@ def test_train_picks_the_preset_from_free_memory_and_says_which(tiny_inputs, tmp
     model, photos = tiny_inputs
     monkeypatch.setattr(dreamcore.presets, "cuda_free_bytes", lambda: int(10.0 * 2**30))  # as a 12 GB card
     logs = []
-    result = train(tiny_recipe(model, photos, tmp_path / "out", memory_preset="auto", max_train_steps=2,
-                               mixed_precision="fp16", use_8bit_adam=True),
+    result = train(tiny_recipe(model, photos, tmp_path / "out", memory_preset="auto", max_train_steps=2),
                    callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
     assert result.status == "completed"
     assert any("memory preset 8GB (picked from 10.0 GiB free GPU memory)" in m for m in logs)

@@ -41,8 +41,15 @@ def test_pick_follows_free_memory(free_gib: float, expected: str) -> None:
     assert pick_memory_preset(int(free_gib * GIB)) == expected
 
 
+def test_auto_keeps_settings_the_user_chose() -> None:
+    config = TrainConfig(mixed_precision="fp16", use_8bit_adam=True)  # the guide's flags
+    kept, message = apply_memory_preset(config, free_bytes=80 * GIB)
+    assert kept is config
+    assert "kept your own settings (mixed_precision, use_8bit_adam given)" in message
+
+
 def test_auto_picks_only_on_a_gpu_and_says_which() -> None:
-    config = TrainConfig(mixed_precision="fp16", use_8bit_adam=True)
+    config = TrainConfig(sample_batch_size=2)
     unchanged, message = apply_memory_preset(config, free_bytes=None)  # no CUDA: nothing changes
     assert unchanged is config and message == ""
     picked, message = apply_memory_preset(config, free_bytes=10 * GIB)
