@@ -26,12 +26,7 @@ class PublishedModel:
 def publish_checkpoint(exported: str | Path, checkpoint_dir: str | Path, name: str, activation_text: str,
                        description: str = "") -> PublishedModel:
     exported = Path(exported)
-    if not exported.is_file():
-        raise FileNotFoundError(f"The trained model {exported} is missing; the job's folder may have been moved "
-                                "or deleted. Run the job again.")
-    target = Path(checkpoint_dir) / "dreamcore" / f"{name}{exported.suffix}"
-    with atomic_path(target) as temporary:
-        shutil.copyfile(exported, temporary)
+    target = _copy_into(exported, checkpoint_dir, name, "model")
     yaml_config = exported.with_suffix(".yaml")
     if yaml_config.is_file():
         with atomic_path(target.with_suffix(".yaml")) as temporary:
@@ -51,14 +46,20 @@ def publish_lora(exported: str | Path, lora_dir: str | Path, name: str, activati
     from dreamcore.lora.files import webui_prompt_snippet
 
     exported = Path(exported)
-    if not exported.is_file():
-        raise FileNotFoundError(f"The trained LoRA {exported} is missing; the job's folder may have been moved "
-                                "or deleted. Run the job again.")
-    target = Path(lora_dir) / "dreamcore" / f"{name}{exported.suffix}"
-    with atomic_path(target) as temporary:
-        shutil.copyfile(exported, temporary)
+    target = _copy_into(exported, lora_dir, name, "LoRA")
     metadata = {"description": f"DreamBooth LoRA trained by dreamcore; call the subject with '{activation_text}'.",
                 "activation text": activation_text, "preferred weight": 1.0,
                 "notes": f"Trained by dreamcore ({exported})."}
     metadata_path = atomic_write_text(target.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
     return PublishedModel(target, metadata_path, activation_text, webui_prompt_snippet(target))
+
+
+def _copy_into(exported: Path, models_dir: str | Path, name: str, what: str) -> Path:
+    """Atomically copy a job's exported file to ``<models_dir>/dreamcore/<name><suffix>``; returns the copy."""
+    if not exported.is_file():
+        raise FileNotFoundError(f"The trained {what} {exported} is missing; the job's folder may have been moved "
+                                "or deleted. Run the job again.")
+    target = Path(models_dir) / "dreamcore" / f"{name}{exported.suffix}"
+    with atomic_path(target) as temporary:
+        shutil.copyfile(exported, temporary)
+    return target
