@@ -131,22 +131,22 @@ def build_pipeline(components: ModelComponents, scheduler: str = "ddim") -> Any:
 
 
 def resolve_cached_repo(repo_id: str, revision: str = "") -> Path:
-    """The snapshot folder of a hub repo in the local Hugging Face cache; never downloads."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import LocalEntryNotFoundError
-
+    """The snapshot folder of a hub repo in the local Hugging Face cache; reads the cache's layout on disk
+    (models--owner--name/refs/<branch> -> snapshots/<commit>) and never calls anything that could download."""
     cache_dir = hub_cache_dir()
-    try:
-        return Path(snapshot_download(repo_id, revision=revision or None, cache_dir=str(cache_dir),
-                                      local_files_only=True))
-    except LocalEntryNotFoundError:
-        at = f" at revision {revision!r}" if revision else ""
-        raise ModelLoadError(
-            f"{repo_id}{at} is not in the local Hugging Face cache ({cache_dir}), and dreamcore never downloads. "
-            f"On a machine with internet run `hf download {repo_id}{f' --revision {revision}' if revision else ''}`"
-            f" and copy the cache folder models--{repo_id.replace('/', '--')} into {cache_dir} (or set "
-            "HF_HUB_CACHE), or pass a local diffusers folder or .safetensors file instead. (If "
-            f"{repo_id!r} was meant as a local path: it does not exist.)") from None
+    repo_dir = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    ref_file = repo_dir / "refs" / (revision or "main")
+    commit = ref_file.read_text(encoding="utf-8").strip() if ref_file.is_file() else (revision or "")
+    snapshot = repo_dir / "snapshots" / commit if commit else None
+    if snapshot is not None and snapshot.is_dir():
+        return snapshot
+    at = f" at revision {revision!r}" if revision else ""
+    raise ModelLoadError(
+        f"{repo_id}{at} is not in the local Hugging Face cache ({cache_dir}), and dreamcore never downloads. "
+        f"On a machine with internet run `hf download {repo_id}{f' --revision {revision}' if revision else ''}`"
+        f" and copy the cache folder models--{repo_id.replace('/', '--')} into {cache_dir} (or set "
+        "HF_HUB_CACHE), or pass a local diffusers folder or .safetensors file instead. (If "
+        f"{repo_id!r} was meant as a local path: it does not exist.)")
 
 
 def hub_cache_dir() -> Path:
