@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (the device tool's `run`, from the repo root, with .whl-bench/ carried):
 #   bash dev/gpu_bench.sh STEPS WARMUP [bench --preset ... flags]
+# BENCH_NAME names the output files ($OUT/NAME.json, NAME.log; default bench), so one command can run several.
 # Installs the carried diffusers/bitsandbytes wheels, prints the card, runs `dreamcore bench` and, with
 # RUN_ACCELERATE=1, issue 10's single-GPU run of the multi-process path; with RUN_GPU_TESTS=1 the gpu tests.
 set -uo pipefail
 STEPS=${1:-120}; WARMUP=${2:-20}; shift 2 || true
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-bench/*.whl
+NAME=${BENCH_NAME:-bench}
+[ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-bench/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 python3 -c 'import torch, diffusers, bitsandbytes, transformers, accelerate; print("torch", torch.__version__, "diffusers", diffusers.__version__, "bnb", bitsandbytes.__version__, "transformers", transformers.__version__, "accelerate", accelerate.__version__)'
@@ -27,7 +29,7 @@ if [ "${RUN_ACCELERATE:-0}" = 1 ]; then
   echo "accelerate launch exit ${PIPESTATUS[0]} in ${SECONDS} s" | tee -a "$OUT/accelerate-launch.log"
   ls $W/out | tee -a "$OUT/accelerate-launch.log"
 fi
-python3 -m dreamcore bench --work /tmp/bw --steps "$STEPS" --warmup "$WARMUP" --json "$OUT/bench.json" "$@" \
-  > "$OUT/bench.log" 2>&1
-echo "bench exit $?"
-grep -v "it/s\]\|Loading\|Writing\|warn" "$OUT/bench.log" | tail -40
+python3 -m dreamcore bench --work /tmp/bw --steps "$STEPS" --warmup "$WARMUP" --json "$OUT/$NAME.json" "$@" \
+  > "$OUT/$NAME.log" 2>&1
+echo "$NAME exit $?"
+grep -v "it/s\]\|Loading\|Writing\|warn" "$OUT/$NAME.log" | tail -40

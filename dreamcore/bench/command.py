@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the random model, photos and run outputs (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="train each preset data-parallel in this many processes, one per GPU (torchrun); "
+                             "the global batch is train_batch_size x this. Memory is sampled on GPU 0.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one preset, in this process
 
 
@@ -45,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         presets = [parse_preset(spec) for spec in specs]
     except ValueError as error:
         print(f"dreamcore bench: {error}", file=sys.stderr)
+        return 2
+    if args.num_processes < 1:
+        print(f"dreamcore bench: --num-processes {args.num_processes} must be 1 or more.", file=sys.stderr)
         return 2
     if args.steps < args.warmup + 2:
         print(f"dreamcore bench: --steps {args.steps} leaves no steady state after --warmup {args.warmup}; "
@@ -75,16 +81,21 @@ def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
     for index, preset in enumerate(presets):
         result_file = work / f"result-{index}.json"
         result_file.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "dreamcore", "bench", "--child", "--preset", preset.spec(),
+        # fresh: the class images are generated in every run (removed here, not by the processes, which race)
+        shutil.rmtree(work / "runs" / _folder_name(preset.spec()), ignore_errors=True)
+        launcher = [sys.executable] if args.num_processes == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.num_processes}"]
+        command = [*launcher, "-m", "dreamcore", "bench", "--child", "--preset", preset.spec(),
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--model-size", args.model_size,
                    "--work", str(work), "--json", str(result_file)]
-        print(f"== {preset.label}", flush=True)
+        print(f"== {_label(preset, args.num_processes)}", flush=True)
         with DeviceMemorySampler() as sampler:
             returncode = subprocess.run(command, env=os.environ.copy()).returncode
         if result_file.is_file():
             result = PresetResult.from_dict(json.loads(result_file.read_text()))
         else:
             result = PresetResult(preset.label, f"error: the run exited with code {returncode}")
+        result.label = _label(preset, args.num_processes)
         if sampler.peak_mib is not None:
             result.peak_device_gib = sampler.peak_mib / 1024
         if result.train_window is not None:
@@ -98,7 +109,8 @@ def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
     text = "\n".join([
         "card: " + ", ".join(f"{k} {v}" for k, v in card.items()),
         f"recipe: SD1.5 shapes ({args.model_size}), batch 1 + 1 prior image, text encoder trained, 12 class "
-        f"images, {args.steps} steps timed, first {args.warmup} = warm-up",
+        f"images (unless a preset overrides them), {args.steps} steps timed, first {args.warmup} = warm-up"
+        + (f"; {args.num_processes} processes, one per GPU" if args.num_processes > 1 else ""),
         format_table(results, GUIDE_STEPS), format_parts(results, GUIDE_STEPS)])
     print("\n" + text, flush=True)
     _write_json(args.json, results, {"card": card, "table": text})
@@ -137,7 +149,6 @@ def _run_child(preset, args: argparse.Namespace) -> int:
     from dreamcore.training import TrainingError, train
 
     output = args.work / "runs" / _folder_name(preset.spec())
-    shutil.rmtree(output, ignore_errors=True)  # fresh: the 12 class images are generated in every run
     config = recipe_config(preset, args.work / f"model-{args.model_size}",
                            args.work / f"photos-{MODEL_SIZES[args.model_size]}", output, args.steps,
                            MODEL_SIZES[args.model_size])
@@ -145,6 +156,8 @@ def _run_child(preset, args: argparse.Namespace) -> int:
     def show_logs(event) -> None:
         if event.kind == "log":
             print(("WARNING: " if event.level == "warning" else "") + event.message, flush=True)
+        elif event.kind == "stage" and event.detail:
+            print(f"{event.name}: {event.detail}", flush=True)
 
     result = PresetResult(preset.label, "ok")
     try:
@@ -153,6 +166,8 @@ def _run_child(preset, args: argparse.Namespace) -> int:
         result.status = "NaN" if "the loss became" in str(error) else f"error: {error}"
     except torch.cuda.OutOfMemoryError:
         result.status = "out of memory"
+    if os.environ.get("RANK", "0") != "0":  # only the main process receives events, times and reports
+        return 0 if result.status == "ok" else 1
     result.steps = len(times.steps)
     result.train_window = times.train_window
     result.train_peak_allocated_gib = times.train_peak_allocated_gib
@@ -164,6 +179,10 @@ def _run_child(preset, args: argparse.Namespace) -> int:
         result.peak_allocated_gib = torch.cuda.max_memory_allocated() / 2**30
     atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
     return 0
+
+
+def _label(preset, processes: int) -> str:
+    return preset.label + (f" x{processes} processes" if processes > 1 else "")
 
 
 def _folder_name(spec: str) -> str:

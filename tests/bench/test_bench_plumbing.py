@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,17 @@ def test_bench_refuses_a_run_without_steady_state(capsys) -> None:
     assert main(["bench", "--steps", "5", "--warmup", "4"]) == 2
     assert "no steady state" in capsys.readouterr().err
     assert main(["bench", "--preset", "nope"]) == 2
+
+
+def test_bench_runs_a_preset_data_parallel_in_two_processes(tmp_path: Path) -> None:
+    quick = "guide:num_class_images=2,class_infer_steps=1,save_infer_steps=1,n_save_sample=1"
+    result = subprocess.run([sys.executable, "-m", "dreamcore", "bench", "--model-size", "tiny", "--steps", "4",
+                             "--warmup", "1", "--preset", quick, "--num-processes", "2", "--work", str(tmp_path),
+                             "--json", str(tmp_path / "bench.json")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run,) = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert run["status"] == "ok" and run["steps"] == 4 and run["label"].endswith("x2 processes")
+    assert re.search(r"train: 4 steps on cpu\S* x 2 processes", result.stdout)  # the trainer says so itself
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert len(list((folder / "class_images").glob("*/*.png"))) == 2  # each process generated its share
