@@ -151,6 +151,11 @@ class TrainConfig:
     fast_step: bool = _field(
         False, "Fast step executor on CUDA: the same step with no host syncs for randomness or tokens, fused "
         "AdamW and a channels-last UNet.", "Speed")
+    cuda_graph: bool = _field(
+        False, "Record the whole step (forward, backward, clipping, AdamW) as one CUDA graph after 3 eager steps "
+        "and replay it: one launch a step instead of thousands. Needs fast_step, bf16, plain AdamW (not 8-bit), "
+        "gradient_accumulation_steps 1; runs eagerly, with a warning, on a CPU or with several processes.",
+        "Speed")
     pure_bf16: bool = _field(
         False, "Keep the trained weights in bf16 (updated with stochastic rounding); needs optimizer_in_backward.",
         "Speed")
@@ -499,6 +504,17 @@ def _concept_problems(concept: Concept, where: str, prior_preservation: bool) ->
 
 def _speed_problems(config: "TrainConfig") -> list[str]:
     problems = []
+    if config.cuda_graph:
+        needs = {"fast_step": (config.fast_step, "turn fast_step on (the graph replays the fast step)"),
+                 "mixed_precision": (config.mixed_precision != "fp16",
+                                     "use bf16 or no (fp16's loss scaler checks for overflow on the host)"),
+                 "use_8bit_adam": (not config.use_8bit_adam,
+                                   "turn it off (bitsandbytes' step cannot be recorded; fused AdamW is used)"),
+                 "optimizer_in_backward": (not config.optimizer_in_backward, "turn it off"),
+                 "gradient_accumulation_steps": (config.gradient_accumulation_steps == 1, "set it to 1")}
+        for name, (ok, fix) in needs.items():
+            if not ok:
+                problems.append(f"cuda_graph: {name} - {fix}, or turn cuda_graph off.")
     if config.pure_bf16 and not config.optimizer_in_backward:
         problems.append("pure_bf16: needs optimizer_in_backward (only that optimizer rounds bf16 weights "
                         "stochastically; plain AdamW updates of lr 1e-6 would round away to nothing).")

@@ -69,14 +69,15 @@ def apply_preset(name: str, config: TrainConfig | None = None) -> TrainConfig:
 # Measured peaks on one H100 (BENCHMARKS.md) justify each tier's NEEDS_GIB below.
 _FAST = {"fast_step": True, "mixed_precision": "bf16", "allow_tf32": True}
 _BF16_IN_BACKWARD = {**_FAST, "pure_bf16": True, "optimizer_in_backward": True, "use_8bit_adam": False,
-                     "max_grad_norm": 0.0}
+                     "max_grad_norm": 0.0, "cuda_graph": False}
 MEMORY_PRESETS: dict[str, dict[str, Any]] = {
     # fp32 weights and plain fused AdamW: 16 bytes a trained parameter, the fastest optimizer step.
+    # The whole step is recorded as one CUDA graph and replayed (training/graph_step.py).
     "24GB": {**_FAST, "use_8bit_adam": False, "gradient_checkpointing": False, "pure_bf16": False,
-             "optimizer_in_backward": False},
+             "optimizer_in_backward": False, "cuda_graph": True},
     # fp32 weights, 8-bit AdamW states: ~6 GB less than fused AdamW.
     "16GB": {**_FAST, "use_8bit_adam": True, "gradient_checkpointing": False, "pure_bf16": False,
-             "optimizer_in_backward": False},
+             "optimizer_in_backward": False, "cuda_graph": False},
     # bf16 weights with stochastic rounding, AdamW inside backward (no gradients held), bf16 moments.
     "12GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": False},
     # ... plus gradient checkpointing of UNet and text encoder, and class images one at a time.
@@ -137,7 +138,9 @@ def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[Tr
     name = pick_memory_preset(free_bytes) if requested == "auto" else requested
     if name not in MEMORY_PRESETS:
         raise KeyError(f"memory_preset {name!r} is unknown; choose auto, none or one of {', '.join(MEMORY_PRESETS)}")
-    overrides = MEMORY_PRESETS[name]
+    overrides = dict(MEMORY_PRESETS[name])
+    if overrides.get("cuda_graph") and config.gradient_accumulation_steps != 1:
+        overrides["cuda_graph"] = False  # a recorded step cannot accumulate; the tier's other settings still fit
     changed = {key: value for key, value in overrides.items() if getattr(config, key) != value}
     resolved = config.replace(**overrides, memory_preset=name)
     how = (f"picked from {free_bytes / 2**30:.1f} GiB free GPU memory" if requested == "auto"

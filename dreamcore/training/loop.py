@@ -59,6 +59,18 @@ def compute_loss(model_pred: torch.Tensor, target: torch.Tensor, with_prior: boo
     return instance_loss + prior_loss_weight * prior_loss, instance_loss, prior_loss
 
 
+@dataclass(frozen=True)
+class StepBatch:
+    """The inputs of one training step, on the device."""
+
+    latent_distribution: torch.Tensor  # the VAE's mean and log-variance, stacked on channels
+    sample_noise: torch.Tensor  # draws a latent from that distribution
+    noise: torch.Tensor  # the diffusion noise the UNet learns to predict
+    timesteps: torch.Tensor
+    encoder_input: torch.Tensor  # token ids, or the prompts' cached embeddings with a frozen text encoder
+    with_prior: bool  # the second half of the batch holds class images
+
+
 class Trainer:
     """Holds the live state of one run; ``train()`` below drives it."""
 
@@ -73,7 +85,8 @@ class Trainer:
         self.precision = effective_precision(config.mixed_precision, emit)
         # cpu=True without a GPU lets accelerate run several CPU processes (gloo) under torchrun/accelerate launch.
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available(),
-                                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+                                       gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                       kwargs_handlers=self.accelerator_kwargs_handlers())
         self.device = self.accelerator.device
         check_precision_supported(self.precision, self.device)
         if config.allow_tf32 and self.device.type == "cuda":
@@ -85,6 +98,10 @@ class Trainer:
         self.frozen_dtype = weight_dtype(self.precision)
         self.noise_generator = torch.Generator().manual_seed(config.seed)
         self.likeness = None  # a dreamcore.likeness.LikenessTracker when config.score_likeness
+
+    def accelerator_kwargs_handlers(self) -> list:
+        """accelerate settings a step executor needs (the CUDA-graph step turns autocast's cast cache off)."""
+        return []
 
     # --- set-up ----------------------------------------------------------------------------------------
     def prepare_models(self) -> None:
@@ -203,46 +220,57 @@ class Trainer:
     def _randn(self, shape: tuple[int, ...]) -> torch.Tensor:
         return self._random(shape, lambda s: torch.randn(s, generator=self.noise_generator))
 
-    def _latents(self, examples: list[Example], index: int) -> torch.Tensor:
+    def _latent_distribution(self, examples: list[Example], index: int) -> torch.Tensor:
+        """The VAE's latent distribution of each example (mean and log-variance stacked on channels)."""
         if self.latent_cache is not None:
-            parameters = torch.stack([self.latent_cache[e.path] for e in examples])
-        else:
-            def load(slot: int) -> torch.Tensor:
-                return self._load_tensor(examples[slot].path, index, self._global_slot(slot))
+            return torch.stack([self.latent_cache[e.path] for e in examples])
 
-            slots = range(len(examples))
-            # Decoding photos releases the GIL: with dataloader_num_workers > 0 a batch is decoded in threads.
-            tensors = list(self.photo_loader.map(load, slots)) if self.photo_loader else [load(i) for i in slots]
-            pixels = torch.stack(tensors)
-            parameters = self._encode_to_distribution(pixels)
-        mean, logvar = parameters.chunk(2, dim=1)
-        std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
-        sample = mean + std * self._randn(tuple(mean.shape))
-        return sample * self.models.vae.config.scaling_factor
+        def load(slot: int) -> torch.Tensor:
+            return self._load_tensor(examples[slot].path, index, self._global_slot(slot))
 
-    def _encoder_states(self, examples: list[Example]) -> torch.Tensor:
+        slots = range(len(examples))
+        # Decoding photos releases the GIL: with dataloader_num_workers > 0 a batch is decoded in threads.
+        tensors = list(self.photo_loader.map(load, slots)) if self.photo_loader else [load(i) for i in slots]
+        return self._encode_to_distribution(torch.stack(tensors))
+
+    def _encoder_input(self, examples: list[Example]) -> torch.Tensor:
+        """Token ids of the prompts, or their cached embeddings when the text encoder is frozen."""
         if self.prompt_cache is not None:
             return torch.stack([self.prompt_cache[e.prompt] for e in examples])
-        return self.wrapped["text_encoder"](self._tokenize([e.prompt for e in examples]))[0]
+        return self._tokenize([e.prompt for e in examples])
+
+    def draw_batch(self, index: int) -> StepBatch:
+        """Everything step ``index`` reads, on the device; the run's randomness is drawn here, in a fixed order."""
+        instances, classes = self.schedule.batch(index)
+        examples = instances + classes
+        distribution = self._latent_distribution(examples, index)
+        latent_shape = (distribution.shape[0], distribution.shape[1] // 2, *distribution.shape[2:])
+        sample_noise = self._randn(latent_shape)
+        noise = self._randn(latent_shape)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = self._random((latent_shape[0],),
+                                 lambda s: torch.randint(0, steps, s, generator=self.noise_generator))
+        return StepBatch(distribution, sample_noise, noise, timesteps, self._encoder_input(examples), bool(classes))
+
+    def forward_backward(self, batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The DreamBooth loss of ``batch`` and its backward pass; returns (loss, prior loss), not detached."""
+        mean, logvar = batch.latent_distribution.chunk(2, dim=1)
+        std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+        latents = (mean + std * batch.sample_noise) * self.models.vae.config.scaling_factor
+        noisy_latents = self.noise_scheduler.add_noise(latents, batch.noise, batch.timesteps)
+        with self.accelerator.autocast():
+            encoder_states = batch.encoder_input if self.prompt_cache is not None else \
+                self.wrapped["text_encoder"](batch.encoder_input)[0]
+            model_pred = self.wrapped["unet"](noisy_latents, batch.timesteps, encoder_states).sample
+        target = batch.noise if self.prediction_type == "epsilon" else \
+            self.noise_scheduler.get_velocity(latents, batch.noise, batch.timesteps)
+        loss, _, prior_loss = compute_loss(model_pred, target, batch.with_prior, self.config.prior_loss_weight)
+        self.accelerator.backward(loss)  # accelerate divides by gradient_accumulation_steps itself
+        return loss, prior_loss
 
     def micro_step(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward and backward of micro-batch ``index``; returns (loss, prior loss), detached."""
-        config = self.config
-        instances, classes = self.schedule.batch(index)
-        examples = instances + classes
-        latents = self._latents(examples, index)
-        noise = self._randn(tuple(latents.shape))
-        steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = self._random((latents.shape[0],),
-                                 lambda s: torch.randint(0, steps, s, generator=self.noise_generator))
-        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        with self.accelerator.autocast():
-            encoder_states = self._encoder_states(examples)
-            model_pred = self.wrapped["unet"](noisy_latents, timesteps, encoder_states).sample
-        target = noise if self.prediction_type == "epsilon" else \
-            self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        loss, _, prior_loss = compute_loss(model_pred, target, bool(classes), config.prior_loss_weight)
-        self.accelerator.backward(loss)  # accelerate divides by gradient_accumulation_steps itself
+        loss, prior_loss = self.forward_backward(self.draw_batch(index))
         loss, prior_loss = loss.detach(), None if prior_loss is None else prior_loss.detach()
         if self.accelerator.num_processes > 1:  # report the global batch's loss, as one process would
             loss = self.accelerator.reduce(loss, reduction="mean")
@@ -394,6 +422,23 @@ def load_models(config: TrainConfig) -> ModelComponents:
                            tokenizer=config.tokenizer_name)
 
 
+def low_precision_modules(config: TrainConfig, frozen_dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The modules training holds in a half dtype anyway, with that dtype. Casting them before the class images
+    are generated gives the same weights, and generation then needs half the memory (LoRA's frozen base, a
+    frozen text encoder, pure-bf16 weights)."""
+    casts: dict[str, torch.dtype] = {}
+    if config.pure_bf16:
+        casts["unet"] = torch.bfloat16
+        if config.train_text_encoder:
+            casts["text_encoder"] = torch.bfloat16
+    if frozen_dtype != torch.float32:
+        if config.use_lora:
+            casts["unet"] = frozen_dtype
+        if config.use_lora or not config.train_text_encoder:
+            casts["text_encoder"] = frozen_dtype
+    return casts
+
+
 def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None) -> list[list[Path]]:
     """Class images per concept (empty lists without prior preservation), generating the missing ones.
 
@@ -414,8 +459,10 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
         accelerator.wait_for_everyone()
         if indices:
             if pipeline is None:
-                for module in (trainer.models.unet, trainer.models.text_encoder, trainer.models.vae):
-                    module.to(trainer.device)
+                low_precision = low_precision_modules(config, trainer.frozen_dtype)
+                for name in ("unet", "text_encoder", "vae"):
+                    # cast while moving: the full-precision copy of a module trained in half never reaches the GPU
+                    getattr(trainer.models, name).to(trainer.device, dtype=low_precision.get(name))
                 pipeline = build_pipeline(trainer.models)
             done = len(existing)
 
@@ -453,6 +500,10 @@ def _with_memory_preset(plan: RunPlan, emit: Emitter) -> RunPlan:
 
 
 def _trainer_class(config: TrainConfig) -> type[Trainer]:
+    if config.cuda_graph:
+        from dreamcore.training.graph_step import GraphTrainer
+
+        return GraphTrainer
     if config.fast_step:
         from dreamcore.training.fast_step import FastTrainer
 
@@ -569,7 +620,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
         losses.append(accumulated)
         elapsed = time.perf_counter() - started
         rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
-        emit(Progress(step, plan.total_steps, accumulated, trainer.lr_scheduler.get_last_lr()[0], rate,
+        emit(Progress(step, plan.total_steps, accumulated, float(trainer.lr_scheduler.get_last_lr()[0]), rate,
                       (plan.total_steps - step) / rate if rate > 0 else 0.0,
                       accumulated_prior if config.with_prior_preservation else None))
         if config.checkpointing_steps and step % config.checkpointing_steps == 0 and step < plan.total_steps:

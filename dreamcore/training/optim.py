@@ -38,6 +38,11 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter
 
             return bitsandbytes.optim.AdamW8bit(parameters, **kwargs)
         warn(f"use_8bit_adam: {problem}. Using standard AdamW instead (same maths, more memory).")
+    if config.cuda_graph and device.type == "cuda":
+        # Recordable: the step count and the learning rate live on the GPU (the schedule fills the lr tensor
+        # in place), so the replayed step reads this step's values instead of the recorded ones.
+        kwargs["lr"] = torch.tensor(config.learning_rate, dtype=torch.float32, device=device)
+        return torch.optim.AdamW(parameters, fused=True, capturable=True, **kwargs)
     if config.fast_step and device.type == "cuda":
         # One fused kernel per dtype group instead of a dozen foreach launches a step (fast path only).
         return torch.optim.AdamW(parameters, fused=True, **kwargs)

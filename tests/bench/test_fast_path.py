@@ -82,6 +82,68 @@ def test_fast_path_matches_plain_path_over_50_steps_on_gpu(tiny_inputs, tmp_path
     assert torch.allclose(fast_losses, plain_losses, rtol=2e-2, atol=2e-3), (fast_losses - plain_losses).abs().max()
 
 
+@pytest.mark.gpu
+def test_cuda_graph_step_matches_plain_path_over_50_steps_on_gpu(tiny_inputs, tmp_path: Path) -> None:
+    """The recorded step replays this step's inputs and learning rate (a warm-up schedule moves it)."""
+    assert torch.cuda.is_available()
+    from accelerate.state import AcceleratorState
+
+    model, photos = tiny_inputs
+    common = dict(max_train_steps=50, mixed_precision="bf16", allow_tf32=True, use_8bit_adam=False,
+                  learning_rate=1e-4, lr_scheduler="constant_with_warmup", lr_warmup_steps=10)
+    plain = train(tiny_recipe(model, photos, tmp_path / "plain", **common))
+    AcceleratorState._reset_state(True)
+    logs = []
+    graph = train(tiny_recipe(model, photos, tmp_path / "graph", fast_step=True, cuda_graph=True, **common),
+                  callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
+    assert any("recorded the training step after 3 eager steps" in m for m in logs), logs
+    plain_losses, graph_losses = torch.tensor(plain.losses), torch.tensor(graph.losses)
+    assert len(graph_losses) == 50 and torch.isfinite(graph_losses).all()
+    assert torch.allclose(graph_losses, plain_losses, rtol=2e-2, atol=2e-3), (graph_losses - plain_losses).abs().max()
+    component = "unet/diffusion_pytorch_model.safetensors"
+    base = load_file(str(model / component))
+    a = load_file(str(Path(plain.outputs["diffusers"]) / component))
+    b = load_file(str(Path(graph.outputs["diffusers"]) / component))
+    # both moved the weights the same way: the replayed AdamW steps really updated them
+    moved_plain = torch.cat([(a[k].float() - base[k].float()).flatten() for k in base])
+    moved_graph = torch.cat([(b[k].float() - base[k].float()).flatten() for k in base])
+    assert moved_graph.abs().max() > 0
+    assert torch.nn.functional.cosine_similarity(moved_plain, moved_graph, dim=0) > 0.95
+
+
+def test_cuda_graph_without_a_gpu_runs_the_step_eagerly_and_says_so(tiny_inputs, tmp_path: Path) -> None:
+    model, photos = tiny_inputs
+    plain = train(tiny_recipe(model, photos, tmp_path / "plain", max_train_steps=3))
+    logs = []
+    graph = train(tiny_recipe(model, photos, tmp_path / "graph", fast_step=True, cuda_graph=True,
+                              max_train_steps=3),
+                  callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
+    assert graph.losses == plain.losses
+    assert any("cuda_graph: CUDA graphs need a CUDA GPU" in m and "eagerly" in m for m in logs), logs
+
+
+def test_cuda_graph_refuses_settings_a_recorded_step_cannot_replay() -> None:
+    from dreamcore.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        TrainConfig(cuda_graph=True, fast_step=False, use_8bit_adam=True, mixed_precision="fp16",
+                    gradient_accumulation_steps=2).validate()
+    text = str(raised.value)
+    for field_name in ("fast_step", "use_8bit_adam", "mixed_precision", "gradient_accumulation_steps"):
+        assert f"cuda_graph: {field_name} - " in text, text
+
+
+def test_the_24gb_tier_records_the_step_unless_gradients_accumulate() -> None:
+    from dreamcore.presets import apply_memory_preset
+
+    tier, _ = apply_memory_preset(TrainConfig(memory_preset="24GB"), None)
+    assert tier.cuda_graph and tier.fast_step and not tier.use_8bit_adam
+    accumulating, message = apply_memory_preset(TrainConfig(memory_preset="24GB", gradient_accumulation_steps=4),
+                                                None)
+    assert not accumulating.cuda_graph and accumulating.fast_step
+    assert not [m for m in accumulating.problems() if "cuda_graph" in m]  # the tier never makes a refused config
+
+
 def test_train_picks_the_preset_from_free_memory_and_says_which(tiny_inputs, tmp_path: Path, monkeypatch) -> None:
     import json
 

@@ -37,6 +37,22 @@ def test_prior_loss_is_computed_on_the_class_half() -> None:
     assert prior is None and total.item() == 2.0
 
 
+def test_class_images_come_from_modules_cast_as_training_will_hold_them() -> None:
+    from dreamcore.presets import MEMORY_PRESETS, preset_overrides
+    from dreamcore.training.loop import low_precision_modules
+
+    lora = TrainConfig(**preset_overrides("lora-5GB"))
+    assert low_precision_modules(lora, torch.float16) == {"unet": torch.float16, "text_encoder": torch.float16}
+    eight = TrainConfig(**{**preset_overrides("GPU 8 GB"), **MEMORY_PRESETS["8GB"]})
+    assert low_precision_modules(eight, torch.bfloat16) == {"unet": torch.bfloat16, "text_encoder": torch.bfloat16}
+    # full fine-tuning keeps fp32 master weights: nothing trained may be rounded before training starts
+    guide = TrainConfig(**preset_overrides("Portrait (the guide's recipe)"))
+    assert low_precision_modules(guide, torch.float16) == {}
+    assert low_precision_modules(guide.replace(train_text_encoder=False), torch.float16) == \
+        {"text_encoder": torch.float16}
+    assert low_precision_modules(lora, torch.float32) == {}  # no mixed precision (CPU): nothing is cast
+
+
 def test_loss_falls_on_a_tiny_model(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
     config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", max_train_steps=40, learning_rate=2e-3,
                          center_crop=True)
