@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-processes", type=int, default=1,
                         help="train each preset data-parallel in this many processes, one per GPU (torchrun); "
                              "the global batch is train_batch_size x this. Memory is sampled on GPU 0.")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the last 5 warm-up steps of each preset (torch.profiler; outside the "
+                             "timed steady state): GPU kernel time a step against the step's wall time, and the top "
+                             "kernels; written beside --json. Needs --warmup 10 or more.")
+    parser.add_argument("--profile-out", type=Path, default=None, help=argparse.SUPPRESS)  # the child's file
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one preset, in this process
 
 
@@ -51,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.num_processes < 1:
         print(f"dreamcore bench: --num-processes {args.num_processes} must be 1 or more.", file=sys.stderr)
+        return 2
+    if args.profile and args.warmup < 10:
+        print("dreamcore bench: --profile profiles warm-up steps 5-10 before the steady state; use --warmup 10 "
+              "or more.", file=sys.stderr)
         return 2
     if args.steps < args.warmup + 2:
         print(f"dreamcore bench: --steps {args.steps} leaves no steady state after --warmup {args.warmup}; "
@@ -88,6 +97,9 @@ def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
         command = [*launcher, "-m", "dreamcore", "bench", "--child", "--preset", preset.spec(),
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--model-size", args.model_size,
                    "--work", str(work), "--json", str(result_file)]
+        if args.profile:
+            folder = args.json.parent if args.json is not None else work
+            command += ["--profile-out", str(folder / f"profile-{index}-{_folder_name(preset.spec())}.txt")]
         print(f"== {_label(preset, args.num_processes)}", flush=True)
         with DeviceMemorySampler() as sampler:
             returncode = subprocess.run(command, env=os.environ.copy()).returncode
@@ -159,9 +171,15 @@ def _run_child(preset, args: argparse.Namespace) -> int:
         elif event.kind == "stage" and event.detail:
             print(f"{event.name}: {event.detail}", flush=True)
 
+    callbacks = [times, show_logs]
+    if args.profile_out is not None:
+        from dreamcore.bench.profile import StepProfiler
+
+        # the last 5 warm-up steps (the CUDA-graph step is recorded by then): the steady timing stays unprofiled
+        callbacks.append(StepProfiler(args.profile_out, first_step=args.warmup - 5, steps=5, label=preset.label))
     result = PresetResult(preset.label, "ok")
     try:
-        train(config, callbacks=[times, show_logs])
+        train(config, callbacks=callbacks)
     except TrainingError as error:
         result.status = "NaN" if "the loss became" in str(error) else f"error: {error}"
     except torch.cuda.OutOfMemoryError:

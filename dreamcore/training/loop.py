@@ -32,7 +32,7 @@ from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, 
 from dreamcore.training.optim import build_lr_scheduler, build_optimizer
 from dreamcore.training.sampling import generate_samples, write_samples
 from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, effective_precision,
-                                      is_full_size, plan_run, weight_dtype)
+                                      is_full_size, plan_run, use_expandable_segments, weight_dtype)
 from dreamcore.training.state import (STATE_DIR_NAME, TrainingProgress, load_training_state,
                                       resolve_state_folder, save_training_state)
 
@@ -98,6 +98,7 @@ class Trainer:
         self.frozen_dtype = weight_dtype(self.precision)
         self.noise_generator = torch.Generator().manual_seed(config.seed)
         self.likeness = None  # a dreamcore.likeness.LikenessTracker when config.score_likeness
+        self.vae_parked = False  # the VAE waits on the CPU between checkpoints (latents are cached)
 
     def accelerator_kwargs_handlers(self) -> list:
         """accelerate settings a step executor needs (the CUDA-graph step turns autocast's cast cache off)."""
@@ -168,6 +169,11 @@ class Trainer:
             self.emit(Stage("cache", f"encoding {len(set(all_paths))} images once"))
             self.latent_cache = {path: self._encode_to_distribution(self._load_tensor(path, 0, 0)[None])[0]
                                  for path in dict.fromkeys(all_paths)}
+            if self.device.type == "cuda":
+                # Until a checkpoint decodes samples the VAE is idle: it waits in host memory, not on the GPU.
+                self.models.vae.to("cpu")
+                torch.cuda.empty_cache()
+                self.vae_parked = True
         self.prompt_cache: dict[str, torch.Tensor] | None = None
         if not config.train_text_encoder:
             prompts = {e.prompt for c in concepts for e in (*c.instances, *c.classes)}
@@ -329,6 +335,8 @@ class Trainer:
         components = self.live_components()
         for module in self.wrapped.values():
             module.eval()
+        if self.vae_parked:
+            self.models.vae.to(self.device)
         try:
             pipeline = build_pipeline(components)
             sample_folder = plan.output_dir / "samples" / f"step-{step:06d}"
@@ -381,6 +389,8 @@ class Trainer:
         finally:
             for module in self.wrapped.values():
                 module.train()
+            if self.vae_parked:
+                self.models.vae.to("cpu")
         self.accelerator.wait_for_everyone()
         return outputs
 
@@ -574,6 +584,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     plan = plan_run(config, warn=lambda m: emit.log(m, "warning"))
     plan = _with_memory_preset(plan, emit)
     config = plan.config
+    use_expandable_segments(config, emit.log)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     config.save(plan.output_dir / CONFIG_FILE_NAME)
     emit(Stage("load", config.pretrained_model_name_or_path))

@@ -122,3 +122,21 @@ def test_bench_runs_a_preset_data_parallel_in_two_processes(tmp_path: Path) -> N
     assert re.search(r"train: 4 steps on cpu\S* x 2 processes", result.stdout)  # the trainer says so itself
     (folder,) = (tmp_path / "runs").iterdir()
     assert len(list((folder / "class_images").glob("*/*.png"))) == 2  # each process generated its share
+
+
+def test_step_profiler_summarizes_the_profiled_steps(tmp_path: Path) -> None:
+    import torch
+
+    from dreamcore.bench.profile import StepProfiler
+
+    out = tmp_path / "profile.txt"
+    profiler = StepProfiler(out, first_step=2, steps=3, label="tiny")
+    weights = torch.randn(64, 64)
+    for step in range(1, 7):
+        if step > 2:
+            torch.mm(weights, weights).relu_()  # the profiled "training step"
+        profiler(Progress(step, 6, 0.1, 1e-6, 1.0, 1.0))
+    text = out.read_text()
+    assert text.startswith("tiny: 3 steps profiled; wall ") and "% busy" in text
+    mm_line = next(line for line in text.splitlines() if "aten::mm" in line)
+    assert "1.0x" in mm_line  # one matrix product a step, counted per step

@@ -1,0 +1,65 @@
+"""Where a step's time goes: torch.profiler over a few steady steps of a bench run.
+
+The summary answers the first question of any speed work: is the GPU busy (the sum of its kernel times is
+close to the step's wall time: faster kernels or less work help), or idle (the host cannot launch work fast
+enough: fewer launches help)? The top kernels say which work dominates.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+class StepProfiler:
+    """A training callback profiling steps ``first_step + 1 .. first_step + steps`` and writing a summary."""
+
+    def __init__(self, out: Path, first_step: int, steps: int, label: str):
+        self.out, self.first_step, self.steps, self.label = out, first_step, steps, label
+        self.profiler = None
+        self.started = 0.0
+
+    def __call__(self, event) -> None:
+        if event.kind != "progress":
+            return
+        import torch
+
+        if event.step == self.first_step:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.start()
+            self.started = time.perf_counter()
+        elif event.step == self.first_step + self.steps and self.profiler is not None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = (time.perf_counter() - self.started) / self.steps
+            self.profiler.stop()
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_text(summarize(self.profiler, self.steps, wall, self.label))
+            self.profiler = None
+
+
+def summarize(profiler, steps: int, wall_s_per_step: float, label: str) -> str:
+    averages = profiler.key_averages()
+    time_of, where = _self_device_us, "GPU kernels"
+    if not any(_self_device_us(e) for e in averages):  # no GPU ran anything (a CPU run): rank by CPU time
+        time_of, where = (lambda e: float(e.self_cpu_time_total)), "CPU operations"
+    total_us = sum(time_of(e) for e in averages)
+    busy_ms = total_us / 1000 / steps
+    lines = [f"{label}: {steps} steps profiled; wall {wall_s_per_step * 1000:.1f} ms a step (profiler on), "
+             f"{where} {busy_ms:.1f} ms a step = {100 * busy_ms / (wall_s_per_step * 1000):.0f}% busy",
+             "", f"top operations by {where.split()[0]} time (self, per step):"]
+    for event in sorted(averages, key=time_of, reverse=True)[:25]:
+        share = 100 * time_of(event) / total_us if total_us else 0.0
+        lines.append(f"  {share:5.1f}%  {time_of(event) / 1000 / steps:8.2f} ms  {event.count / steps:8.1f}x  "
+                     f"{event.key[:110]}")
+    return "\n".join(lines) + "\n"
+
+
+def _self_device_us(event) -> float:
+    value = getattr(event, "self_device_time_total", None)
+    if value is None:
+        value = getattr(event, "self_cuda_time_total", 0.0)
+    return float(value or 0.0)
