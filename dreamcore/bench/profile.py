@@ -42,9 +42,15 @@ class StepProfiler:
 
 
 def summarize(profiler, steps: int, wall_s_per_step: float, label: str) -> str:
+    import torch
+
     averages = profiler.key_averages()
+    # The kernels themselves (device events): an operator's own entry repeats its kernels' time.
+    kernels = [e for e in averages if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
     time_of, where = _self_device_us, "GPU kernels"
-    if not any(_self_device_us(e) for e in averages):  # no GPU ran anything (a CPU run): rank by CPU time
+    if kernels and any(_self_device_us(e) for e in kernels):
+        averages = kernels
+    else:  # no GPU ran anything (a CPU run): rank the operators by CPU time
         time_of, where = (lambda e: float(e.self_cpu_time_total)), "CPU operations"
     total_us = sum(time_of(e) for e in averages)
     busy_ms = total_us / 1000 / steps

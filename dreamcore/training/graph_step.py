@@ -92,6 +92,16 @@ class GraphTrainer(FastTrainer):
         else:  # clipping and AdamW ran inside the replayed graph; only the schedule moves, on the host
             self.lr_scheduler.step()
 
+    def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
+        if final and self.graph is not None:
+            # No step follows: give back the graph's memory pool and its gradients before the export samples.
+            self.graph.reset()
+            self.graph = None
+            self.recorded_inputs = self.recorded_loss = self.recorded_prior_loss = None
+            self.raw_optimizer().zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+        return super().save_checkpoint(step, final)
+
     def _record(self, batch: StepBatch) -> None:
         """Record forward, backward, clipping and the AdamW step on ``batch``'s tensors (the graph's inputs)."""
         optimizer = self.raw_optimizer()
