@@ -84,11 +84,11 @@ MEMORY_PRESETS: dict[str, dict[str, Any]] = {
     "8GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": True, "sample_batch_size": 1},
 }
 # Free GPU memory (GiB) each tier needs: its peak device total (nvidia-smi, context included) measured on
-# one H100 with SD1.5 shapes (BENCHMARKS.md, 2026-11-25) plus ~10% headroom. Measured peaks: 24GB 17.1 GiB
-# (training), 16GB 13.1 GiB, 12GB 12.7 GiB (whole run; over its name: see dev/perf-notes.md), 8GB 8.5 GiB
-# training / 9.8 GiB whole run (class images and export hold the fp32 model). The smallest tier is the
+# one H100 with SD1.5 shapes (BENCHMARKS.md, 2026-11-25) plus ~10% headroom. Measured peaks: 24GB 20.0 GiB while
+# training (the CUDA graph's own memory pool; run E), 16GB 13.1 GiB, 12GB 12.7 GiB (whole run, before the
+# export and VAE changes of run F), 8GB 7.7 GiB training and whole run (run F). The smallest tier is the
 # fallback for any card; a warning says when even it may not fit.
-NEEDS_GIB: dict[str, float] = {"24GB": 19.0, "16GB": 14.5, "12GB": 12.8, "8GB": 8.5}
+NEEDS_GIB: dict[str, float] = {"24GB": 22.0, "16GB": 14.5, "12GB": 12.8, "8GB": 8.5}
 
 
 def pick_memory_preset(free_bytes: int) -> str:
