@@ -105,9 +105,10 @@ class GraphTrainer(FastTrainer):
     def _record(self, batch: StepBatch) -> None:
         """Record forward, backward, clipping and the AdamW step on ``batch``'s tensors (the graph's inputs)."""
         optimizer = self.raw_optimizer()
-        for group in optimizer.param_groups:  # a state saved by an eager run may have brought a float back
-            if not isinstance(group["lr"], torch.Tensor):
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        for group in optimizer.param_groups:  # the recorded AdamW must read a GPU tensor the schedule refills
+            rate = group["lr"]
+            if not (isinstance(rate, torch.Tensor) and rate.device == self.device):
+                group["lr"] = torch.tensor(float(rate), dtype=torch.float32, device=self.device)
         optimizer.zero_grad(set_to_none=True)  # the recorded backward allocates the gradients in its pool
         torch.cuda.synchronize()
         torch.cuda.empty_cache()  # the eager steps' cached activations; the graph keeps its own pool

@@ -40,14 +40,30 @@ def save_training_state(folder: Path, progress: TrainingProgress, trained_module
             state = trainable_state_dict(module)  # LoRA runs: the adapters' weights only
             save_file(state, str(temp / f"{name}.safetensors"))
         torch.save({
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
+            "optimizer": _plain_learning_rates(optimizer.state_dict()),
+            "lr_scheduler": _plain_learning_rates(lr_scheduler.state_dict()),
             "scaler": scaler_state,
             "noise_generator": noise_generator.get_state(),
         }, temp / "optimizer.pt")
         (temp / PROGRESS_FILE).write_text(json.dumps(progress.__dict__, indent=2) + "\n")
         (temp / "train_config.json").write_text(config_json)
     return folder
+
+
+def _plain_learning_rates(state: dict) -> dict:
+    """A state dict whose learning rates are plain numbers. The CUDA-graph step keeps its lr in a GPU tensor
+    (optim.py); saved as numbers, a state resumes the same under either step and on any device."""
+    def plain(value: Any) -> Any:
+        return float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+    state = dict(state)
+    if "param_groups" in state:  # an optimizer's
+        state["param_groups"] = [{key: plain(value) if key in ("lr", "initial_lr") else value
+                                  for key, value in group.items()} for group in state["param_groups"]]
+    for key in ("base_lrs", "_last_lr"):  # a learning-rate scheduler's
+        if isinstance(state.get(key), list):
+            state[key] = [plain(value) for value in state[key]]
+    return state
 
 
 def resolve_state_folder(resume_from: str, output_dir: Path) -> Path:
@@ -70,7 +86,12 @@ def load_training_state(folder: Path, trained_modules: dict[str, torch.nn.Module
                               "resume with the same train_text_encoder setting as the saved run.")
         load_trainable_state_dict(module, load_file(str(path)), str(path))
     saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    live_rates = [group["lr"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(_plain_learning_rates(saved["optimizer"]))
+    for group, live in zip(optimizer.param_groups, live_rates):
+        if isinstance(live, torch.Tensor):  # the CUDA-graph step reads its lr from this very tensor
+            live.fill_(float(group["lr"]))
+            group["lr"] = live
+    lr_scheduler.load_state_dict(_plain_learning_rates(saved["lr_scheduler"]))
     noise_generator.set_state(saved["noise_generator"])
     return progress, saved["scaler"]
