@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamcore.images import load_rgb_image
-
 
 @dataclass(frozen=True)
 class Example:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dreamcore.config import ConfigError, TrainConfig
-from dreamcore.jobs import JobConflictError, JobManager, JobNameError, JobNotFoundError
+from dreamcore.jobs import JobConflictError, JobNameError, JobNotFoundError
 from dreamcore.jobs.folder import JobFolder, JobRecord
 
 from jobs_helpers import wait_for, wait_until_final

@@ -101,6 +101,6 @@ def test_cancel_saves_a_state_and_resume_continues_real_training(manager, tiny_c
     manager.cancel("anna")
     again = wait_until_final(manager, "anna", timeout=120)
     assert again.status == "cancelled"
-    assert any(f"resumed from" in m and f"at step {stopped_at}" in m for m in again.messages), again.messages
+    assert any("resumed from" in m and f"at step {stopped_at}" in m for m in again.messages), again.messages
     steps = [step for step, _ in again.losses]
     assert steps == sorted(set(steps)) and steps[0] == 1  # one loss curve across both attempts

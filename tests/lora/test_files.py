@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from dreamcore.lora.adapters import LoraSettings, add_lora_adapters
 from dreamcore.lora.export import lora_weights_from_models
-from dreamcore.lora.files import (LoraWeights, convert_lora, kohya_metadata, looks_like_lora, read_lora,
+from dreamcore.lora.files import (LoraWeights, kohya_metadata, looks_like_lora, read_lora,
                                   webui_prompt_snippet, write_kohya_file, write_peft_folder)
 from dreamcore.lora.kohya import LoraFormatError, kohya_to_peft, peft_to_kohya
 from dreamcore.tiny import build_tiny_model
