@@ -153,8 +153,9 @@ class TrainConfig:
         "AdamW and a channels-last UNet.", "Speed")
     cuda_graph: bool = _field(
         False, "Record the whole step (forward, backward, clipping, AdamW) as one CUDA graph after 3 eager steps "
-        "and replay it: one launch a step instead of thousands. Needs fast_step, bf16, plain AdamW (not 8-bit), "
-        "gradient_accumulation_steps 1; runs eagerly, with a warning, on a CPU or with several processes.",
+        "and replay it: one launch a step instead of thousands. Needs fast_step, bf16, fused or in-backward AdamW "
+        "(not 8-bit), gradient_accumulation_steps 1; runs eagerly, with a warning, on a CPU or with several "
+        "processes.",
         "Speed")
     pure_bf16: bool = _field(
         False, "Keep the trained weights in bf16 (updated with stochastic rounding); needs optimizer_in_backward.",
@@ -510,7 +511,9 @@ def _speed_problems(config: "TrainConfig") -> list[str]:
                                      "use bf16 or no (fp16's loss scaler checks for overflow on the host)"),
                  "use_8bit_adam": (not config.use_8bit_adam,
                                    "turn it off (bitsandbytes' step cannot be recorded; fused AdamW is used)"),
-                 "optimizer_in_backward": (not config.optimizer_in_backward, "turn it off"),
+                 "lora_dropout": (not (config.use_lora and config.lora_dropout > 0 and config.gradient_checkpointing),
+                                  "set it to 0 with gradient_checkpointing (the recorded recomputation does not "
+                                  "replay dropout's random draws)"),
                  "gradient_accumulation_steps": (config.gradient_accumulation_steps == 1, "set it to 1")}
         for name, (ok, fix) in needs.items():
             if not ok:

@@ -9,8 +9,9 @@ What must hold for the replay to compute the eager step (each is arranged here o
 - Inputs live in the same tensors every step: each step's batch (drawn on the host from the run's generator,
   in the eager order, see ``Trainer.draw_batch``) is copied into the tensors the graph was recorded with.
 - Nothing inside the step talks to the host: bf16 autocast (fp16's GradScaler checks for inf on the host),
-  fused AdamW with ``capturable=True`` (its step count on the GPU) and a learning rate held in a GPU tensor
-  that the schedule overwrites in place (optim.py), clipping with foreach kernels, one process (the gradient
+  fused AdamW with ``capturable=True`` (its step count on the GPU) or the in-backward AdamW in its capturable
+  form, a learning rate held in a GPU tensor that the schedule overwrites in place (optim.py), clipping with
+  foreach kernels, gradient checkpointing without host-side RNG bookkeeping, one process (the gradient
   all-reduce of several processes is left eager), no gradient accumulation.
 - Lazily created state exists before recording: the first ``EAGER_STEPS`` steps run eagerly on a side stream
   (cuBLAS workspaces, the optimizer's moments), as PyTorch's CUDA-graph notes prescribe.
@@ -43,6 +44,18 @@ class GraphTrainer(FastTrainer):
 
         return [AutocastKwargs(cache_enabled=False)]
 
+    def enable_gradient_checkpointing(self) -> None:
+        # A recorded recomputation must not save and restore the RNG state on the host. SD's forward draws no
+        # random numbers (dropout 0; config.py refuses LoRA dropout here), so there is no state to preserve.
+        import functools
+
+        from torch.utils.checkpoint import checkpoint
+
+        kwargs = {"use_reentrant": False, "preserve_rng_state": False}
+        self.models.unet.enable_gradient_checkpointing(functools.partial(checkpoint, **kwargs))
+        if self.config.train_text_encoder:
+            self.models.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
     def prepare_models(self) -> None:
         super().prepare_models()
         problem = self.graph_problem()
@@ -59,8 +72,13 @@ class GraphTrainer(FastTrainer):
             return f"CUDA graphs need a CUDA GPU; training runs on {self.device.type}"
         if self.accelerator.num_processes > 1:
             return f"{self.accelerator.num_processes} processes average gradients between steps"
-        if not self.raw_optimizer().defaults.get("capturable", False):
+        optimizer = self.raw_optimizer()
+        if not optimizer.defaults.get("capturable", False):
             return "the optimizer cannot be recorded (it is not a capturable AdamW)"
+        if hasattr(optimizer, "rounding_generators") and \
+                not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+            return ("this torch cannot record the stochastic rounding's own generator "
+                    "(torch.cuda.CUDAGraph.register_generator_state is missing)")
         return None
 
     def raw_optimizer(self) -> torch.optim.Optimizer:
@@ -115,6 +133,9 @@ class GraphTrainer(FastTrainer):
         parameters = [p for module in self.wrapped.values() for p in module.parameters() if p.requires_grad]
         self.recorded_inputs = batch
         self.graph = torch.cuda.CUDAGraph()
+        for generator in getattr(optimizer, "rounding_generators", list)():
+            # in-backward AdamW's rounding noise: each replay must draw fresh numbers, not repeat the recorded ones
+            self.graph.register_generator_state(generator)
         with torch.cuda.graph(self.graph):
             loss, prior_loss = self.forward_backward(batch)
             if self.config.max_grad_norm > 0:

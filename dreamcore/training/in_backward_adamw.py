@@ -40,9 +40,12 @@ class InBackwardAdamW(torch.optim.Optimizer):
     maths runs in fp32.
     """
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-6, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, seed: int = 0):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float | torch.Tensor = 1e-6,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+                 seed: int = 0, capturable: bool = False):
+        # capturable: the step count lives on the parameter's device and the learning rate may be a device
+        # tensor, so no update reads a value from the host and a CUDA graph can record the whole backward.
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, capturable=capturable))
         self._seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._hooks = []
@@ -70,12 +73,12 @@ class InBackwardAdamW(torch.optim.Optimizer):
             return
         state = self.state[parameter]
         moment_dtype = torch.bfloat16 if parameter.dtype == torch.bfloat16 else torch.float32
+        capturable = group.get("capturable", False)
         if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=parameter.device if capturable else "cpu")
             state["exp_avg"] = torch.zeros_like(parameter, dtype=moment_dtype)
             state["exp_avg_sq"] = torch.zeros_like(parameter, dtype=moment_dtype)
         state["step"] += 1
-        step = float(state["step"])
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
 
@@ -84,11 +87,19 @@ class InBackwardAdamW(torch.optim.Optimizer):
         exp_avg_sq = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad32, grad32, value=1 - beta2)
         self._store(state["exp_avg"], exp_avg)
         self._store(state["exp_avg_sq"], exp_avg_sq)
-        bias_correction1 = 1 - beta1 ** step
-        bias_correction2 = 1 - beta2 ** step
-        denominator = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
         weights = parameter.float()
-        weights.mul_(1 - lr * weight_decay).addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
+        if capturable:  # the same formula, with the step count and lr as device tensors
+            step = state["step"]
+            bias_correction1 = 1 - torch.pow(beta1, step)
+            bias_correction2 = 1 - torch.pow(beta2, step)
+            denominator = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
+            weights.mul_(1 - lr * weight_decay).sub_(exp_avg / denominator * (lr / bias_correction1))
+        else:
+            step = float(state["step"])
+            bias_correction1 = 1 - beta1 ** step
+            bias_correction2 = 1 - beta2 ** step
+            denominator = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
+            weights.mul_(1 - lr * weight_decay).addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
         self._store(parameter, weights)
 
     def _store(self, target: torch.Tensor, values: torch.Tensor) -> None:
@@ -98,6 +109,10 @@ class InBackwardAdamW(torch.optim.Optimizer):
             target.copy_(stochastic_round_to_bf16(values, self._generator(target.device)))
         else:
             target.copy_(values)
+
+    def rounding_generators(self) -> list[torch.Generator]:
+        """The generators of the stochastic rounding (a CUDA graph that records the updates must register them)."""
+        return list(self._generators.values())
 
     def state_dict(self) -> dict:
         """Adam's state plus the rounding generators' states, so a resumed run rounds as an unbroken one."""

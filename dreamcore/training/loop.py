@@ -119,9 +119,7 @@ class Trainer:
         else:
             models.text_encoder.to(self.device, dtype=self.frozen_dtype).eval()
         if config.gradient_checkpointing:
-            models.unet.enable_gradient_checkpointing()
-            if config.train_text_encoder:
-                models.text_encoder.gradient_checkpointing_enable()
+            self.enable_gradient_checkpointing()
         apply_memory_layout(models, config, self.device)  # pure bf16 weights, channels-last (speed presets)
         if config.use_lora:  # PEFT adapters; only they train, the base stays frozen (dreamcore/lora)
             add_lora_adapters(models.unet, models.text_encoder if config.train_text_encoder else None,
@@ -140,6 +138,12 @@ class Trainer:
         prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
         self.wrapped = dict(zip(self.trained, prepared[:-1]))
         self.optimizer = prepared[-1]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in backward instead of keeping them (the step executor may adjust how)."""
+        self.models.unet.enable_gradient_checkpointing()
+        if self.config.train_text_encoder:
+            self.models.text_encoder.gradient_checkpointing_enable()
 
     def prepare_data(self, class_images: list[list[Path]]) -> None:
         config = self.config

@@ -30,7 +30,7 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter
                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     parameters = list(parameters)
     if config.optimizer_in_backward:
-        return _in_backward_adamw(config, parameters)
+        return _in_backward_adamw(config, parameters, device)
     if config.use_8bit_adam:
         problem = eight_bit_adam_problem(device)
         if problem is None:
@@ -49,7 +49,8 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter
     return torch.optim.AdamW(parameters, foreach=device.type == "cuda", **kwargs)
 
 
-def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter],
+                       device: torch.device) -> torch.optim.Optimizer:
     from dreamcore.training.in_backward_adamw import InBackwardAdamW
     from dreamcore.training.setup import TrainingError
 
@@ -57,8 +58,10 @@ def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]
             torch.distributed.get_world_size() > 1:
         raise TrainingError("optimizer_in_backward runs in one process only: each weight is updated before the "
                             "processes could average its gradient. Use memory_preset 16GB/24GB with several GPUs.")
-    return InBackwardAdamW(parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                           eps=config.adam_epsilon, weight_decay=config.adam_weight_decay, seed=config.seed)
+    recordable = config.cuda_graph and device.type == "cuda"  # see the fused AdamW above
+    lr = torch.tensor(config.learning_rate, dtype=torch.float32, device=device) if recordable else config.learning_rate
+    return InBackwardAdamW(parameters, lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+                           weight_decay=config.adam_weight_decay, seed=config.seed, capturable=recordable)
 
 
 def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):

@@ -7,6 +7,7 @@ fast path's first 50 losses match the plain path's within bf16 tolerance.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,48 @@ def test_cuda_graph_without_a_gpu_runs_the_step_eagerly_and_says_so(tiny_inputs,
     assert any("cuda_graph: CUDA graphs need a CUDA GPU" in m and "eagerly" in m for m in logs), logs
 
 
+def test_8gb_tier_with_cuda_graph_on_a_cpu_checkpoints_and_computes_the_same(tiny_inputs, tmp_path: Path) -> None:
+    """The recorded 8GB step's set-up (capturable-ready checkpointing without RNG bookkeeping) runs eagerly here."""
+    from dreamcore.presets import MEMORY_PRESETS
+
+    model, photos = tiny_inputs
+    common = dict(MEMORY_PRESETS["8GB"], memory_preset="none", max_train_steps=3)  # the tier, as fields
+    plain = train(tiny_recipe(model, photos, tmp_path / "plain", **common))
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    logs = []
+    graph = train(tiny_recipe(model, photos, tmp_path / "graph", **{**common, "cuda_graph": True}),
+                  callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
+    assert graph.losses == plain.losses
+    assert any("cuda_graph: CUDA graphs need a CUDA GPU" in m for m in logs), logs
+    saved = json.loads((tmp_path / "graph" / "train_config.json").read_text())
+    assert saved["cuda_graph"] and saved["gradient_checkpointing"] and saved["optimizer_in_backward"]
+
+
+@pytest.mark.gpu
+def test_cuda_graph_records_the_8gb_in_backward_step_on_gpu(tiny_inputs, tmp_path: Path) -> None:
+    """The 8GB tier's step (bf16 weights, AdamW inside backward, checkpointing) recorded: same losses."""
+    assert torch.cuda.is_available()
+    from accelerate.state import AcceleratorState
+
+    from dreamcore.presets import MEMORY_PRESETS
+
+    model, photos = tiny_inputs
+    common = dict(MEMORY_PRESETS["8GB"], memory_preset="none", max_train_steps=30, learning_rate=1e-4)
+    eager = train(tiny_recipe(model, photos, tmp_path / "eager", **common))
+    AcceleratorState._reset_state(True)
+    logs = []
+    graph = train(tiny_recipe(model, photos, tmp_path / "graph", **{**common, "cuda_graph": True}),
+                  callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
+    assert any("recorded the training step" in m for m in logs), logs
+    eager_losses, graph_losses = torch.tensor(eager.losses), torch.tensor(graph.losses)
+    assert torch.isfinite(graph_losses).all()
+    # stochastic rounding draws differ between the two (the recorded step draws in one go), so the weights
+    # drift apart by rounding noise: compare the losses, which share the data, noise and timesteps
+    assert torch.allclose(graph_losses, eager_losses, rtol=5e-2, atol=5e-3), (graph_losses - eager_losses).abs().max()
+
+
 def test_cuda_graph_refuses_settings_a_recorded_step_cannot_replay() -> None:
     from dreamcore.config import ConfigError
 
@@ -131,6 +174,12 @@ def test_cuda_graph_refuses_settings_a_recorded_step_cannot_replay() -> None:
     text = str(raised.value)
     for field_name in ("fast_step", "use_8bit_adam", "mixed_precision", "gradient_accumulation_steps"):
         assert f"cuda_graph: {field_name} - " in text, text
+    with pytest.raises(ConfigError, match="cuda_graph: lora_dropout - "):
+        TrainConfig(cuda_graph=True, fast_step=True, use_8bit_adam=False, mixed_precision="bf16", use_lora=True,
+                    lora_dropout=0.1, gradient_checkpointing=True).validate()
+    in_backward = TrainConfig(cuda_graph=True, fast_step=True, use_8bit_adam=False, mixed_precision="bf16",
+                              optimizer_in_backward=True, pure_bf16=True, max_grad_norm=0.0)
+    assert not [m for m in in_backward.problems() if "cuda_graph" in m]  # the 8GB tier's step can be recorded
 
 
 def test_the_24gb_tier_records_the_step_unless_gradients_accumulate() -> None:

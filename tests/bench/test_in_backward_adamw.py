@@ -47,6 +47,33 @@ def test_fp32_weights_follow_torch_adamw() -> None:
     assert float(in_backward.state[ours.weight]["step"]) == 20
 
 
+def test_capturable_form_computes_the_same_updates_with_a_tensor_lr_and_a_schedule() -> None:
+    """The CUDA graph records the capturable form: step count and lr as tensors, the lr refilled by a schedule."""
+    torch.manual_seed(0)
+    plain_model, tensor_model = torch.nn.Linear(6, 1), torch.nn.Linear(6, 1)
+    tensor_model.load_state_dict(plain_model.state_dict())
+    start = plain_model.weight.detach().clone()
+    kwargs = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+    plain = InBackwardAdamW(plain_model.parameters(), lr=1e-2, **kwargs)
+    recordable = InBackwardAdamW(tensor_model.parameters(), lr=torch.tensor(1e-2), capturable=True, **kwargs)
+    plain_schedule = torch.optim.lr_scheduler.LambdaLR(plain, lambda step: min(1.0, (step + 1) / 5))
+    tensor_schedule = torch.optim.lr_scheduler.LambdaLR(recordable, lambda step: min(1.0, (step + 1) / 5))
+    live_lr = recordable.param_groups[0]["lr"]
+    for model, optimizer, schedule in ((plain_model, plain, plain_schedule),
+                                       (tensor_model, recordable, tensor_schedule)):
+        torch.manual_seed(3)
+        for _ in range(12):
+            inputs = torch.randn(8, 6)
+            (model(inputs) - inputs.sum(1, keepdim=True)).pow(2).mean().backward()  # updates inside backward
+            optimizer.step()
+            schedule.step()
+    assert recordable.param_groups[0]["lr"] is live_lr  # the schedule refilled the tensor the graph reads
+    assert isinstance(recordable.state[tensor_model.weight]["step"], torch.Tensor)
+    assert (plain_model.weight - start).abs().max() > 1e-2  # the weights really moved
+    for a, b in zip(tensor_model.parameters(), plain_model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)  # fp32 lr tensor vs a Python float
+
+
 def test_bf16_weights_move_with_a_tiny_learning_rate() -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 1).to(torch.bfloat16)
