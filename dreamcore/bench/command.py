@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dreamcore bench: --num-processes {args.num_processes} must be 1 or more.", file=sys.stderr)
         return 2
     if args.profile and args.warmup < 10:
-        print("dreamcore bench: --profile profiles warm-up steps 5-10 before the steady state; use --warmup 10 "
-              "or more.", file=sys.stderr)
+        print("dreamcore bench: --profile profiles the last 5 warm-up steps, which must come after the CUDA-graph "
+              "step is recorded (at step 4); use --warmup 10 or more.", file=sys.stderr)
         return 2
     if args.steps < args.warmup + 2:
         print(f"dreamcore bench: --steps {args.steps} leaves no steady state after --warmup {args.warmup}; "
