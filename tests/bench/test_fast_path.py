@@ -91,7 +91,8 @@ def test_cuda_graph_step_matches_plain_path_over_50_steps_on_gpu(tiny_inputs, tm
 
     model, photos = tiny_inputs
     common = dict(max_train_steps=50, mixed_precision="bf16", allow_tf32=True, use_8bit_adam=False,
-                  learning_rate=1e-4, lr_scheduler="constant_with_warmup", lr_warmup_steps=10)
+                  learning_rate=1e-4, lr_scheduler="constant_with_warmup", lr_warmup_steps=10,
+                  save_interval=25)  # a checkpoint with samples between replays, as the guide saves every 500
     plain = train(tiny_recipe(model, photos, tmp_path / "plain", **common))
     AcceleratorState._reset_state(True)
     logs = []
@@ -101,6 +102,7 @@ def test_cuda_graph_step_matches_plain_path_over_50_steps_on_gpu(tiny_inputs, tm
     plain_losses, graph_losses = torch.tensor(plain.losses), torch.tensor(graph.losses)
     assert len(graph_losses) == 50 and torch.isfinite(graph_losses).all()
     assert torch.allclose(graph_losses, plain_losses, rtol=2e-2, atol=2e-3), (graph_losses - plain_losses).abs().max()
+    assert (tmp_path / "graph" / "checkpoints").is_dir() and list((tmp_path / "graph" / "samples").iterdir())
     component = "unet/diffusion_pytorch_model.safetensors"
     base = load_file(str(model / component))
     a = load_file(str(Path(plain.outputs["diffusers"]) / component))
