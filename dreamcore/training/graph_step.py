@@ -19,8 +19,8 @@ What must hold for the replay to compute the eager step (each is arranged here o
   inside the graph reads them at the recorded addresses); backward writes them afresh each replay.
 - Autocast does not cache its weight casts (a cached cast made outside the recording would be read stale).
 
-Where the graph cannot run (no CUDA, several processes) the step runs eagerly, with one warning: the same
-maths, only slower.
+Where the graph cannot run (no CUDA, several processes, a torch or accelerate too old: ``cuda_graph_problem``)
+``train()`` turns ``cuda_graph`` off before anything is built and says why: the same maths, only slower.
 """
 
 from __future__ import annotations
@@ -30,10 +30,48 @@ from typing import Iterator
 
 import torch
 
+from dreamcore.config import TrainConfig
 from dreamcore.training.fast_step import FastTrainer
 from dreamcore.training.loop import StepBatch
 
 EAGER_STEPS = 3  # eager steps before recording (PyTorch's examples warm up with 3)
+OLDEST_TORCH = (2, 4)  # fused AdamW recorded with a tensor lr that LR schedulers refill in place
+
+
+def cuda_graph_problem(config: TrainConfig, num_processes: int) -> str | None:
+    """Why this environment cannot record ``config``'s step, or None when it can. Checked before anything is
+    built: where it says no, the run trains eagerly with ``cuda_graph`` off (train_config.json records that)."""
+    if not torch.cuda.is_available():
+        return "CUDA graphs need a CUDA GPU; training runs on the CPU"
+    if num_processes > 1:
+        return f"{num_processes} processes average gradients between steps (the step is recorded in one process only)"
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if version < OLDEST_TORCH:
+        return (f"torch {torch.__version__} is older than {'.'.join(map(str, OLDEST_TORCH))}, whose AdamW can be "
+                "recorded with a learning rate that changes")
+    try:
+        from accelerate.utils import AutocastKwargs  # noqa: F401
+    except ImportError:
+        import accelerate
+
+        return f"accelerate {accelerate.__version__} cannot turn autocast's cast cache off (0.24 or newer can)"
+    if config.optimizer_in_backward and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        return ("this torch cannot record the stochastic rounding's own generator "
+                "(torch.cuda.CUDAGraph.register_generator_state is missing)")
+    return None
+
+
+def enable_recordable_checkpointing(unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
+    """Gradient checkpointing whose recomputation can be recorded: no host-side RNG-state bookkeeping. SD's
+    forward draws no random numbers (dropout 0; config.py refuses LoRA dropout here): nothing to preserve."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    kwargs = {"use_reentrant": False, "preserve_rng_state": False}
+    unet.enable_gradient_checkpointing(functools.partial(checkpoint, **kwargs))
+    if text_encoder is not None:
+        text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class GraphTrainer(FastTrainer):
@@ -45,49 +83,20 @@ class GraphTrainer(FastTrainer):
         return [AutocastKwargs(cache_enabled=False)]
 
     def enable_gradient_checkpointing(self) -> None:
-        # A recorded recomputation must not save and restore the RNG state on the host. SD's forward draws no
-        # random numbers (dropout 0; config.py refuses LoRA dropout here), so there is no state to preserve.
-        import functools
-
-        from torch.utils.checkpoint import checkpoint
-
-        kwargs = {"use_reentrant": False, "preserve_rng_state": False}
-        self.models.unet.enable_gradient_checkpointing(functools.partial(checkpoint, **kwargs))
-        if self.config.train_text_encoder:
-            self.models.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_recordable_checkpointing(self.models.unet,
+                                        self.models.text_encoder if self.config.train_text_encoder else None)
 
     def prepare_models(self) -> None:
         super().prepare_models()
-        problem = self.graph_problem()
-        if problem is not None:
-            self.emit.log(f"cuda_graph: {problem}; running the step eagerly (same results, slower).", "warning")
-        self.graph_enabled = problem is None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager_steps_done = 0
-        self.side_stream = torch.cuda.Stream() if self.graph_enabled else None
-
-    def graph_problem(self) -> str | None:
-        """Why this run cannot replay a recorded step, or None when it can."""
-        if self.device.type != "cuda":
-            return f"CUDA graphs need a CUDA GPU; training runs on {self.device.type}"
-        if self.accelerator.num_processes > 1:
-            return f"{self.accelerator.num_processes} processes average gradients between steps"
-        optimizer = self.raw_optimizer()
-        if not optimizer.defaults.get("capturable", False):
-            return "the optimizer cannot be recorded (it is not a capturable AdamW)"
-        if hasattr(optimizer, "rounding_generators") and \
-                not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
-            return ("this torch cannot record the stochastic rounding's own generator "
-                    "(torch.cuda.CUDAGraph.register_generator_state is missing)")
-        return None
+        self.side_stream = torch.cuda.Stream()
 
     def raw_optimizer(self) -> torch.optim.Optimizer:
         return self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
 
     # --- the step ------------------------------------------------------------------------------------
     def micro_step(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not self.graph_enabled:
-            return super().micro_step(index)
         if self.graph is None and self.eager_steps_done < EAGER_STEPS:
             with self._on_side_stream():
                 return super().micro_step(index)
@@ -101,9 +110,7 @@ class GraphTrainer(FastTrainer):
         return self.recorded_loss.detach().clone(), prior
 
     def optimizer_step(self) -> None:
-        if not self.graph_enabled:
-            super().optimizer_step()
-        elif self.graph is None:  # an eager warm-up step
+        if self.graph is None:  # an eager warm-up step
             with self._on_side_stream():
                 super().optimizer_step()
             self.eager_steps_done += 1

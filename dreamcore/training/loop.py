@@ -513,6 +513,19 @@ def _with_memory_preset(plan: RunPlan, emit: Emitter) -> RunPlan:
     return dataclasses.replace(plan, config=config.validate())
 
 
+def _with_runnable_cuda_graph(plan: RunPlan, num_processes: int, emit: Emitter) -> RunPlan:
+    """The plan with cuda_graph off where this machine cannot record the step (the reason is logged)."""
+    if not plan.config.cuda_graph:
+        return plan
+    from dreamcore.training.graph_step import cuda_graph_problem
+
+    problem = cuda_graph_problem(plan.config, num_processes)
+    if problem is None:
+        return plan
+    emit.log(f"cuda_graph: {problem}; the step runs eagerly (same results, slower).", "warning")
+    return dataclasses.replace(plan, config=plan.config.replace(cuda_graph=False))
+
+
 def _trainer_class(config: TrainConfig) -> type[Trainer]:
     if config.cuda_graph:
         from dreamcore.training.graph_step import GraphTrainer
@@ -587,6 +600,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     emit(Stage("validate"))
     plan = plan_run(config, warn=lambda m: emit.log(m, "warning"))
     plan = _with_memory_preset(plan, emit)
+    plan = _with_runnable_cuda_graph(plan, PartialState().num_processes, emit)
     config = plan.config
     use_expandable_segments(config, emit.log)
     plan.output_dir.mkdir(parents=True, exist_ok=True)

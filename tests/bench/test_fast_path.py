@@ -141,7 +141,7 @@ def test_8gb_tier_with_cuda_graph_on_a_cpu_checkpoints_and_computes_the_same(tin
     assert graph.losses == plain.losses
     assert any("cuda_graph: CUDA graphs need a CUDA GPU" in m for m in logs), logs
     saved = json.loads((tmp_path / "graph" / "train_config.json").read_text())
-    assert saved["cuda_graph"] and saved["gradient_checkpointing"] and saved["optimizer_in_backward"]
+    assert not saved["cuda_graph"] and saved["optimizer_in_backward"]  # the record says what ran: eager
 
 
 @pytest.mark.gpu
@@ -165,6 +165,48 @@ def test_cuda_graph_records_the_8gb_in_backward_step_on_gpu(tiny_inputs, tmp_pat
     # stochastic rounding draws differ between the two (the recorded step draws in one go), so the weights
     # drift apart by rounding noise: compare the losses, which share the data, noise and timesteps
     assert torch.allclose(graph_losses, eager_losses, rtol=5e-2, atol=5e-3), (graph_losses - eager_losses).abs().max()
+
+
+def test_cuda_graph_problem_names_what_this_machine_lacks(monkeypatch) -> None:
+    import accelerate.utils
+
+    from dreamcore.training.graph_step import cuda_graph_problem
+
+    config = TrainConfig(cuda_graph=True, fast_step=True, use_8bit_adam=False, mixed_precision="bf16")
+    assert "need a CUDA GPU" in cuda_graph_problem(config, 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine, from here on
+    assert "2 processes" in cuda_graph_problem(config, 2)
+    monkeypatch.setattr(torch, "__version__", "2.1.2+cu121")  # A1111 1.10's torch
+    assert "torch 2.1.2+cu121 is older than 2.4" in cuda_graph_problem(config, 1)
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    monkeypatch.delattr(accelerate.utils, "AutocastKwargs")  # accelerate 0.21, as A1111 pins it
+    assert "cannot turn autocast's cast cache off" in cuda_graph_problem(config, 1)
+
+
+def test_recordable_checkpointing_gives_the_gradients_of_plain_checkpointing() -> None:
+    from dreamcore.tiny import build_components, tiny_component_configs
+    from dreamcore.training.graph_step import enable_recordable_checkpointing
+
+    def gradients(recordable: bool) -> list[torch.Tensor]:
+        models = build_components(tiny_component_configs("sd1"), "sd1", seed=0)
+        models.unet.train(), models.text_encoder.train()
+        if recordable:
+            enable_recordable_checkpointing(models.unet, models.text_encoder)
+        else:
+            models.unet.enable_gradient_checkpointing()
+            models.text_encoder.gradient_checkpointing_enable()
+        generator = torch.Generator().manual_seed(1)
+        latents = torch.randn(2, 4, 8, 8, generator=generator)
+        tokens = torch.randint(0, 1000, (2, 77), generator=generator)
+        states = models.text_encoder(tokens)[0]
+        models.unet(latents, torch.tensor([10, 500]), states).sample.square().mean().backward()
+        parameters = [*models.unet.parameters(), *models.text_encoder.parameters()]
+        assert models.unet.is_gradient_checkpointing
+        return [p.grad.clone() for p in parameters if p.grad is not None]
+
+    plain, recordable = gradients(False), gradients(True)
+    assert len(plain) == len(recordable) > 100
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(plain, recordable))
 
 
 def test_cuda_graph_refuses_settings_a_recorded_step_cannot_replay() -> None:
