@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,11 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", guarded(real_connect))
     monkeypatch.setattr(socket.socket, "connect_ex", guarded(real_connect_ex))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD1 model as a diffusers folder, built once per test run (tests read it, never write it)."""
+    from dreamcore.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "sd1", family="sd1", fmt="diffusers")

@@ -30,15 +30,13 @@ def tiny_recipe(model: Path, photos: Path, out: Path, **overrides) -> TrainConfi
 
 
 @pytest.fixture(scope="module")
-def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def tiny_inputs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from dreamcore.commands.demo import make_demo_photos
-    from dreamcore.tiny import save_tiny_model
 
-    root = tmp_path_factory.mktemp("fast")
-    photos = root / "photos"
+    photos = tmp_path_factory.mktemp("fast") / "photos"
     photos.mkdir()
     make_demo_photos(photos, count=3, size=64)
-    return save_tiny_model(root / "model", family="sd1", fmt="diffusers"), photos
+    return tiny_model_dir, photos
 
 
 def test_fast_step_gives_the_plain_losses_on_cpu(tiny_inputs, tmp_path: Path) -> None:

@@ -8,13 +8,6 @@ from dreamcore.commands.demo import make_demo_photos
 
 
 @pytest.fixture(scope="session")
-def tiny_sd1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dreamcore.tiny import save_tiny_model
-
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "sd1", family="sd1", fmt="diffusers")
-
-
-@pytest.fixture(scope="session")
 def lora_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("photos")
     make_demo_photos(folder, count=3, size=64)

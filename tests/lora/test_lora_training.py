@@ -38,8 +38,8 @@ def lora_config(model: Path, photos: Path, out: Path, **overrides) -> TrainConfi
 
 
 @pytest.fixture(scope="module")
-def lora_run(tiny_sd1_dir: Path, lora_photos: Path, tmp_path_factory: pytest.TempPathFactory):
-    config = lora_config(tiny_sd1_dir, lora_photos, tmp_path_factory.mktemp("lora") / "run")
+def lora_run(tiny_model_dir: Path, lora_photos: Path, tmp_path_factory: pytest.TempPathFactory):
+    config = lora_config(tiny_model_dir, lora_photos, tmp_path_factory.mktemp("lora") / "run")
     return config, train(config)
 
 
@@ -70,11 +70,11 @@ def test_lora_run_writes_lora_files_not_a_model(lora_run) -> None:
     assert len(list((Path(config.output_dir) / "class_images").rglob("*.png"))) == 2  # prior preservation ran
 
 
-def test_base_plus_exported_kohya_file_gives_the_trained_images(lora_run, tiny_sd1_dir: Path, tmp_path: Path) -> None:
+def test_base_plus_exported_kohya_file_gives_the_trained_images(lora_run, tiny_model_dir: Path, tmp_path: Path) -> None:
     from dreamcore.models import build_pipeline, load_base_model
 
     config, result = lora_run
-    base = build_pipeline(load_base_model(str(tiny_sd1_dir)))
+    base = build_pipeline(load_base_model(str(tiny_model_dir)))
     untouched = regenerate(base, config, tmp_path / "base")
     base.load_lora_weights(load_file(result.outputs["lora"]))  # diffusers' own kohya reader
     assert_same_images(trained_samples(result), regenerate(base, config, tmp_path / "with-lora"))
@@ -84,7 +84,7 @@ def test_base_plus_exported_kohya_file_gives_the_trained_images(lora_run, tiny_s
     assert max(differences) > 10 * PIXEL_TOLERANCE
 
 
-def test_fp16_kohya_file_gives_the_trained_images(lora_run, tiny_sd1_dir: Path, tmp_path: Path) -> None:
+def test_fp16_kohya_file_gives_the_trained_images(lora_run, tiny_model_dir: Path, tmp_path: Path) -> None:
     """The WebUI's default: weights stored as fp16 (save_half); the images stay within the same tolerance."""
     from dreamcore.lora.files import convert_lora
     from dreamcore.models import build_pipeline, load_base_model
@@ -92,32 +92,32 @@ def test_fp16_kohya_file_gives_the_trained_images(lora_run, tiny_sd1_dir: Path, 
     config, result = lora_run
     half = convert_lora(result.outputs["lora_peft"], tmp_path / "half.safetensors", half=True)
     assert {t.dtype for k, t in load_file(str(half)).items() if k.endswith("weight")} == {torch.float16}
-    base = build_pipeline(load_base_model(str(tiny_sd1_dir)))
+    base = build_pipeline(load_base_model(str(tiny_model_dir)))
     base.load_lora_weights(load_file(str(half)))
     assert_same_images(trained_samples(result), regenerate(base, config, tmp_path / "half"))
 
 
-def test_diffusers_lora_folder_gives_the_trained_images(lora_run, tiny_sd1_dir: Path, tmp_path: Path) -> None:
+def test_diffusers_lora_folder_gives_the_trained_images(lora_run, tiny_model_dir: Path, tmp_path: Path) -> None:
     from dreamcore.models import build_pipeline, load_base_model
 
     config, result = lora_run
-    base = build_pipeline(load_base_model(str(tiny_sd1_dir)))
+    base = build_pipeline(load_base_model(str(tiny_model_dir)))
     base.load_lora_weights(result.outputs["lora_peft"], local_files_only=True)
     assert_same_images(trained_samples(result), regenerate(base, config, tmp_path / "peft"))
 
 
-def test_merged_single_file_gives_the_trained_images(lora_run, tiny_sd1_dir: Path, tmp_path: Path) -> None:
+def test_merged_single_file_gives_the_trained_images(lora_run, tiny_model_dir: Path, tmp_path: Path) -> None:
     from dreamcore.cli import main
     from dreamcore.models import build_pipeline, load_base_model
 
     config, result = lora_run
     merged = tmp_path / "merged.safetensors"
-    assert main(["merge-lora", str(tiny_sd1_dir), result.outputs["lora"], str(merged), "--full-precision"]) == 0
+    assert main(["merge-lora", str(tiny_model_dir), result.outputs["lora"], str(merged), "--full-precision"]) == 0
     pipeline = build_pipeline(load_base_model(str(merged)))
     assert_same_images(trained_samples(result), regenerate(pipeline, config, tmp_path / "merged"))
 
 
-def test_exported_file_holds_only_lora_weights(lora_run, tiny_sd1_dir: Path) -> None:
+def test_exported_file_holds_only_lora_weights(lora_run, tiny_model_dir: Path) -> None:
     from dreamcore.models import load_base_model
 
     config, result = lora_run
@@ -126,7 +126,7 @@ def test_exported_file_holds_only_lora_weights(lora_run, tiny_sd1_dir: Path) -> 
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in tensors)
     assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in tensors)
     # Exactly the adapted layers' A and B: rank x (in + out) numbers per Linear layer, nothing else.
-    base = load_base_model(str(tiny_sd1_dir))
+    base = load_base_model(str(tiny_model_dir))
     targets = {"unet": ("to_q", "to_k", "to_v", "to_out.0"), "text": ("q_proj", "k_proj", "v_proj", "out_proj")}
     expected = 0
     for module, names in ((base.unet, targets["unet"]), (base.text_encoder, targets["text"])):
@@ -162,13 +162,13 @@ def lora_tensors(path: str) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
-def test_resume_of_a_lora_run_reaches_the_same_adapter_weights(tiny_sd1_dir: Path, lora_photos: Path,
+def test_resume_of_a_lora_run_reaches_the_same_adapter_weights(tiny_model_dir: Path, lora_photos: Path,
                                                               tmp_path: Path) -> None:
     common = dict(with_prior_preservation=False, max_train_steps=6, n_save_sample=1, save_infer_steps=2,
                   gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=1)
-    straight = train(lora_config(tiny_sd1_dir, lora_photos, tmp_path / "straight", **common))
+    straight = train(lora_config(tiny_model_dir, lora_photos, tmp_path / "straight", **common))
     stop = StopRequest()
-    interrupted = lora_config(tiny_sd1_dir, lora_photos, tmp_path / "resumed", **common)
+    interrupted = lora_config(tiny_model_dir, lora_photos, tmp_path / "resumed", **common)
     first = train(interrupted, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 2 else None],
                   stop=stop)
     assert first.status == "stopped" and Path(first.outputs["lora"]).is_file()
@@ -183,12 +183,12 @@ def test_resume_of_a_lora_run_reaches_the_same_adapter_weights(tiny_sd1_dir: Pat
     assert any(a[k].abs().max() > 1e-3 for k in a if k.endswith("lora_up.weight"))  # it did train
 
 
-def test_resuming_a_full_run_state_with_use_lora_is_refused(tiny_sd1_dir: Path, lora_photos: Path,
+def test_resuming_a_full_run_state_with_use_lora_is_refused(tiny_model_dir: Path, lora_photos: Path,
                                                            tmp_path: Path) -> None:
     from dreamcore.lora.adapters import LoraSetupError
 
     stop = StopRequest()
-    full = lora_config(tiny_sd1_dir, lora_photos, tmp_path / "run", use_lora=False, with_prior_preservation=False,
+    full = lora_config(tiny_model_dir, lora_photos, tmp_path / "run", use_lora=False, with_prior_preservation=False,
                        n_save_sample=1, save_infer_steps=2, train_text_encoder=False)
     train(full, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 1 else None], stop=stop)
     with pytest.raises(LoraSetupError, match="same use_lora"):
