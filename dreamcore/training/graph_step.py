@@ -92,9 +92,6 @@ class GraphTrainer(FastTrainer):
         self.eager_steps_done = 0
         self.side_stream = torch.cuda.Stream()
 
-    def raw_optimizer(self) -> torch.optim.Optimizer:
-        return self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-
     # --- the step ------------------------------------------------------------------------------------
     def micro_step(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.graph is None and self.eager_steps_done < EAGER_STEPS:

@@ -295,6 +295,10 @@ class Trainer:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def raw_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer itself, without accelerate's wrapper (for its state and param groups)."""
+        return self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+
     # --- saving --------------------------------------------------------------------------------------
     def live_components(self) -> ModelComponents:
         unwrap = self.accelerator.unwrap_model
@@ -308,7 +312,7 @@ class Trainer:
             scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
             save_training_state(folder, TrainingProgress(step, self.plan.total_steps, self.config.seed),
                                 {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()},
-                                self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
+                                self.raw_optimizer(),
                                 self.lr_scheduler, scaler, self.noise_generator,
                                 json.dumps(self.config.to_dict(), indent=2) + "\n")
             self.emit(CheckpointSaved(step, str(folder), "state"))
@@ -317,7 +321,7 @@ class Trainer:
 
     def restore_state(self) -> int:
         folder = resolve_state_folder(self.config.resume_from_checkpoint, self.plan.output_dir)
-        optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        optimizer = self.raw_optimizer()
         progress, scaler_state = load_training_state(
             folder, {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()}, optimizer,
             self.lr_scheduler, self.noise_generator)
