@@ -3,7 +3,8 @@
 #   bash dev/gpu_bench.sh STEPS WARMUP [bench --preset ... flags]
 # BENCH_NAME names the output files ($OUT/NAME.json, NAME.log; default bench), so one command can run several.
 # Installs the carried diffusers/bitsandbytes wheels, prints the card, runs `dreamcore bench` and, with
-# RUN_ACCELERATE=1, issue 10's single-GPU run of the multi-process path; with RUN_GPU_TESTS=1 the gpu tests.
+# RUN_ACCELERATE=1, issue 10's single-GPU run of the multi-process path; with RUN_GPU_TESTS=1 the gpu tests
+# (GPU_TESTS_K: a pytest -k filter).
 set -uo pipefail
 STEPS=${1:-120}; WARMUP=${2:-20}; shift 2 || true
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -11,9 +12,9 @@ NAME=${BENCH_NAME:-bench}
 [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-bench/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
-python3 -c 'import torch, diffusers, bitsandbytes, transformers, accelerate; print("torch", torch.__version__, "diffusers", diffusers.__version__, "bnb", bitsandbytes.__version__, "transformers", transformers.__version__, "accelerate", accelerate.__version__)'
+python3 -c 'import torch, diffusers, bitsandbytes, transformers, accelerate; import importlib.util as u; print("triton", u.find_spec("triton") and __import__("triton").__version__, "torch", torch.__version__, "diffusers", diffusers.__version__, "bnb", bitsandbytes.__version__, "transformers", transformers.__version__, "accelerate", accelerate.__version__)'
 if [ "${RUN_GPU_TESTS:-0}" = 1 ]; then
-  python3 -m pytest -q -p no:cacheprovider --run-gpu -m gpu tests/bench 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
+  python3 -m pytest -q -p no:cacheprovider --run-gpu -m gpu ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} tests/bench 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
 fi
 if [ "${RUN_ACCELERATE:-0}" = 1 ]; then
   W=/tmp/acc; rm -rf $W; mkdir -p $W/photos

@@ -30,7 +30,7 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter
                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     parameters = list(parameters)
     if config.optimizer_in_backward:
-        return _in_backward_adamw(config, parameters, device)
+        return _in_backward_adamw(config, parameters, device, warn)
     if config.use_8bit_adam:
         problem = eight_bit_adam_problem(device)
         if problem is None:
@@ -50,7 +50,8 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter
 
 
 def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter],
-                       device: torch.device) -> torch.optim.Optimizer:
+                       device: torch.device, warn) -> torch.optim.Optimizer:
+    from dreamcore.training.fused_adamw_kernel import fused_kernel_problem
     from dreamcore.training.in_backward_adamw import InBackwardAdamW
     from dreamcore.training.setup import TrainingError
 
@@ -60,8 +61,14 @@ def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]
                             "processes could average its gradient. Use memory_preset 16GB/24GB with several GPUs.")
     recordable = config.cuda_graph and device.type == "cuda"  # see the fused AdamW above
     lr = torch.tensor(config.learning_rate, dtype=torch.float32, device=device) if recordable else config.learning_rate
+    # One Triton kernel an update where it can run; the same maths as ~25 PyTorch kernels (a few times faster).
+    problem = fused_kernel_problem(device)
+    if problem is not None and device.type == "cuda":
+        warn(f"optimizer_in_backward: {problem}, so each weight's update runs as ~25 PyTorch kernels instead of "
+             "one fused kernel: the same maths, several times slower.")
     return InBackwardAdamW(parameters, lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
-                           weight_decay=config.adam_weight_decay, seed=config.seed, capturable=recordable)
+                           weight_decay=config.adam_weight_decay, seed=config.seed, capturable=recordable,
+                           fused=problem is None)
 
 
 def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dreamcore.training.in_backward_adamw import InBackwardAdamW, stochastic_round_to_bf16
@@ -96,3 +97,51 @@ def test_bf16_second_moment_decays_as_in_fp32() -> None:
         (weight * 0.0).sum().backward()  # gradient 0: v decays by 0.999 a step
     expected = 0.001 * 0.999 ** 200
     assert abs(optimizer.state[weight]["exp_avg_sq"].float().mean().item() - expected) < 0.02 * expected
+
+
+@pytest.mark.gpu
+def test_fused_kernel_on_gpu_is_adamw_and_rounds_without_bias_also_when_replayed_from_a_cuda_graph() -> None:
+    from dreamcore.training.fused_adamw_kernel import fused_adamw_update, fused_kernel_problem
+
+    device = torch.device("cuda")
+    assert fused_kernel_problem(device) is None
+    hyper = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+    # fp32, channels-last like the UNet's convolutions: AdamW to fp32 precision
+    shape = (320, 320, 3, 3)
+    weights, grad = (torch.randn(shape, device=device).to(memory_format=torch.channels_last) for _ in range(2))
+    exp_avg, exp_avg_sq = 0.1 * torch.randn_like(weights), 0.01 * torch.rand_like(weights)
+    w, g, m, v = (t.double() for t in (weights, grad, exp_avg, exp_avg_sq))
+    m = m + 0.1 * (g - m)
+    v = v * 0.999 + 0.001 * g * g
+    expected = w * (1 - 1e-3 * 1e-2) - m / ((v / (1 - 0.999 ** 5)).sqrt() + 1e-8) * (1e-3 / (1 - 0.9 ** 5))
+    fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, step=torch.tensor(5.0, device=device),
+                       lr=torch.tensor(1e-3, device=device), seed=torch.tensor(0, device=device), counter_base=0,
+                       **hyper)
+    assert torch.allclose(weights.double(), expected, rtol=1e-5, atol=1e-6)
+
+    # bf16 inside a CUDA graph: each replay draws fresh noise from the step count; the mean stays exact
+    count = 1 << 20
+    weights = torch.ones(count, dtype=torch.bfloat16, device=device)
+    grad = torch.ones_like(weights)
+    exp_avg, exp_avg_sq = torch.zeros_like(weights), torch.zeros_like(weights)
+    step, lr, seed = (torch.tensor(0.0, device=device), torch.tensor(1e-3, device=device),
+                      torch.tensor(7, device=device))
+
+    def update() -> None:
+        step.add_(1)
+        exp_avg.zero_(), exp_avg_sq.zero_(), weights.fill_(1.0)
+        fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, step=step, lr=lr, seed=seed, counter_base=0,
+                           betas=(0.0, 0.0), eps=1e-8, weight_decay=0.0)
+
+    update()  # compiles the kernel outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        update()
+    graph.replay()
+    first = weights.clone()
+    graph.replay()
+    assert step.item() == 3.0  # the warm-up call and two replays (capturing runs nothing)
+    assert not torch.equal(first, weights)
+    for rounded in (first, weights):
+        assert set(rounded.float().unique().tolist()) == {0.99609375, 1.0}
+        assert abs(rounded.float().mean().item() - (1 - 1e-3)) < 2e-5
