@@ -28,6 +28,7 @@ MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v")
 # Memory presets (the field overrides live in dreamcore/presets.py): "auto" picks one from the GPU's free
 # memory when training starts on CUDA, "none" keeps the settings exactly as given.
 MEMORY_PRESET_CHOICES = ("auto", "none", "24GB", "16GB", "12GB", "8GB")
+BF16_ROUNDING = ("stochastic", "kahan")
 CONFIG_FILE_NAME = "train_config.json"
 RUN_REPORT_KEY = "run_report"
 
@@ -160,6 +161,10 @@ class TrainConfig:
     pure_bf16: bool = _field(
         False, "Keep the trained weights in bf16 (updated with stochastic rounding); needs optimizer_in_backward.",
         "Speed")
+    bf16_rounding: str = _field(
+        "stochastic", "How pure_bf16 weights take each update: 'stochastic' rounding (unbiased; 6 bytes a "
+        "weight) or 'kahan' (a bf16 remainder per weight keeps what rounding dropped, so small updates add up "
+        "as in fp32; 8 bytes a weight).", "Speed", choices=BF16_ROUNDING)
     optimizer_in_backward: bool = _field(
         False, "Apply AdamW to each weight as soon as its gradient is ready and free the gradient, so full "
         "gradients are never held (8 GB cards). Needs max_grad_norm 0, gradient_accumulation_steps 1, no fp16.",
@@ -521,6 +526,9 @@ def _speed_problems(config: "TrainConfig") -> list[str]:
     if config.pure_bf16 and not config.optimizer_in_backward:
         problems.append("pure_bf16: needs optimizer_in_backward (only that optimizer rounds bf16 weights "
                         "stochastically; plain AdamW updates of lr 1e-6 would round away to nothing).")
+    if config.bf16_rounding == "kahan" and not config.pure_bf16:
+        problems.append("bf16_rounding: 'kahan' compensates bf16 weights; turn pure_bf16 on or set it to "
+                        "'stochastic'.")
     if config.optimizer_in_backward:
         if config.max_grad_norm > 0:
             problems.append("optimizer_in_backward: set max_grad_norm 0 (the whole gradient is never held, so "

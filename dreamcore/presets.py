@@ -68,36 +68,54 @@ def apply_preset(name: str, config: TrainConfig | None = None) -> TrainConfig:
 # in TrainConfig names one ("auto" picks it from the card's free memory when training starts on CUDA).
 # Measured peaks on one H100 (BENCHMARKS.md) justify each tier's NEEDS_GIB below.
 _FAST = {"fast_step": True, "mixed_precision": "bf16", "allow_tf32": True}
+# bf16 weights, AdamW applied inside backward by one fused kernel a weight (no gradients held, bf16 moments),
+# and the whole step recorded as one CUDA graph and replayed (training/graph_step.py).
 _BF16_IN_BACKWARD = {**_FAST, "pure_bf16": True, "optimizer_in_backward": True, "use_8bit_adam": False,
-                     "max_grad_norm": 0.0, "cuda_graph": False}
+                     "max_grad_norm": 0.0, "cuda_graph": True}
+# The fastest settings on any card with room for them: Kahan-compensated bf16 weights (updates add up as in
+# fp32; 8 bytes a weight). Measured: BENCHMARKS.md. Until session 3 the 24GB tier kept fp32 weights with fused
+# AdamW (16 it/s) and the 16GB tier 8-bit AdamW; the fused bf16 optimizer beats both in less memory.
+_FASTEST = {**_BF16_IN_BACKWARD, "gradient_checkpointing": False, "bf16_rounding": "kahan"}
 MEMORY_PRESETS: dict[str, dict[str, Any]] = {
-    # fp32 weights and plain fused AdamW: 16 bytes a trained parameter, the fastest optimizer step.
-    # The whole step is recorded as one CUDA graph and replayed (training/graph_step.py).
-    "24GB": {**_FAST, "use_8bit_adam": False, "gradient_checkpointing": False, "pure_bf16": False,
-             "optimizer_in_backward": False, "cuda_graph": True},
-    # fp32 weights, 8-bit AdamW states: ~6 GB less than fused AdamW.
-    "16GB": {**_FAST, "use_8bit_adam": True, "gradient_checkpointing": False, "pure_bf16": False,
-             "optimizer_in_backward": False, "cuda_graph": False},
-    # bf16 weights with stochastic rounding, AdamW inside backward (no gradients held), bf16 moments.
-    "12GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": False},
+    "24GB": dict(_FASTEST),  # the same settings as 16GB: nothing faster needs more memory
+    "16GB": dict(_FASTEST),
+    # bf16 weights with stochastic rounding instead of the Kahan remainder (6 bytes a weight).
+    "12GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": False, "bf16_rounding": "stochastic"},
     # ... plus gradient checkpointing of UNet and text encoder, and class images one at a time.
-    "8GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": True, "sample_batch_size": 1},
+    "8GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": True, "bf16_rounding": "stochastic",
+            "sample_batch_size": 1},
 }
-# Free GPU memory (GiB) each tier needs: its peak device total (nvidia-smi, context included) measured on
-# one H100 with SD1.5 shapes (BENCHMARKS.md, 2026-11-25) plus ~10% headroom. Measured peaks: 24GB 20.0 GiB while
-# training (the CUDA graph's own memory pool; run E), 16GB 13.1 GiB, 12GB 12.7 GiB (whole run, before the
-# export and VAE changes of run F), 8GB 7.7 GiB training and whole run (run F). The smallest tier is the
-# fallback for any card; a warning says when even it may not fit.
-NEEDS_GIB: dict[str, float] = {"24GB": 22.0, "16GB": 14.5, "12GB": 12.8, "8GB": 8.5}
+# The tier "auto" never picks: it names the 16GB tier's settings (saved configs and the tab's "GPU 24 GB and
+# more" preset use the name).
+SAME_AS = {"24GB": "16GB"}
+# Free GPU memory (GiB) each tier needs: its peak device total (NVML, context included) measured on one H100
+# with SD1.5 shapes (BENCHMARKS.md, run G and H, 2026-11-25) plus ~10% headroom. Measured peaks: 12GB 9.33 GiB,
+# 8GB 7.42 GiB while training, 7.97 whole run (run G, before the optimizer state was freed for the export).
+NEEDS_GIB: dict[str, float] = {"24GB": 12.5, "16GB": 12.5, "12GB": 10.3, "8GB": 8.5}
+
+# Where gradients must be held - several processes average them, gradient accumulation sums them - AdamW
+# cannot run inside backward. The 24GB and 16GB tiers then run these settings (the tiers of session 2,
+# measured: 20.0 and 13.1 GiB); 12GB and 8GB cannot hold full gradients, and the config says so.
+HOLDING_GRADIENTS: dict[str, dict[str, Any]] = {
+    "24GB": {**_FAST, "use_8bit_adam": False, "gradient_checkpointing": False, "pure_bf16": False,
+             "optimizer_in_backward": False, "cuda_graph": False, "bf16_rounding": "stochastic"},
+    "16GB": {**_FAST, "use_8bit_adam": True, "gradient_checkpointing": False, "pure_bf16": False,
+             "optimizer_in_backward": False, "cuda_graph": False, "bf16_rounding": "stochastic"},
+}
+NEEDS_GIB_HOLDING_GRADIENTS: dict[str, float] = {"24GB": 22.0, "16GB": 14.5}
 
 
-def pick_memory_preset(free_bytes: int) -> str:
+def pick_memory_preset(free_bytes: int, holding_gradients: bool = False) -> str:
     """The largest memory preset whose need fits in ``free_bytes`` of GPU memory (else the smallest)."""
     free_gib = free_bytes / 2**30
-    for name, need in sorted(NEEDS_GIB.items(), key=lambda item: -item[1]):
+    if holding_gradients:
+        tiers = NEEDS_GIB_HOLDING_GRADIENTS
+    else:
+        tiers = {name: need for name, need in NEEDS_GIB.items() if name not in SAME_AS}
+    for name, need in sorted(tiers.items(), key=lambda item: -item[1]):
         if free_gib >= need:
             return name
-    return min(NEEDS_GIB, key=NEEDS_GIB.__getitem__)
+    return min(tiers, key=tiers.__getitem__)
 
 
 def cuda_free_bytes() -> int | None:
@@ -120,14 +138,17 @@ def settings_given_by_user(config: TrainConfig) -> list[str]:
     return [key for key in tier_fields if getattr(config, key) != defaults[key]]
 
 
-def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[TrainConfig, str]:
+def apply_memory_preset(config: TrainConfig, free_bytes: int | None,
+                        num_processes: int = 1) -> tuple[TrainConfig, str]:
     """``config`` with its memory preset applied, and a line saying what was picked and changed ("" if none).
 
     "none" keeps the config as given; "auto" picks from ``free_bytes`` (None = no CUDA GPU, or a LoRA run:
     nothing is changed); a tier name is applied wherever training runs. The returned config names the tier applied,
-    so train_config.json records it.
+    so train_config.json records it. With several processes or gradient accumulation the 24GB and 16GB tiers
+    hold gradients (``HOLDING_GRADIENTS``).
     """
     requested = config.memory_preset
+    holding_gradients = num_processes > 1 or config.gradient_accumulation_steps != 1
     if requested == "none" or (requested == "auto" and (free_bytes is None or config.use_lora)):
         return config, ""  # LoRA runs keep their own settings: the tiers are for full fine-tuning
     if requested == "auto":
@@ -135,21 +156,26 @@ def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[Tr
         if given:  # "auto" picks a tier only for people who did not choose these settings themselves
             return config, (f"memory preset: kept your own settings ({', '.join(given)} given); set memory_preset "
                             f"to one of {', '.join(MEMORY_PRESETS)} to use a tier instead.")
-    name = pick_memory_preset(free_bytes) if requested == "auto" else requested
+    name = pick_memory_preset(free_bytes, holding_gradients) if requested == "auto" else requested
     if name not in MEMORY_PRESETS:
         raise KeyError(f"memory_preset {name!r} is unknown; choose auto, none or one of {', '.join(MEMORY_PRESETS)}")
     overrides = dict(MEMORY_PRESETS[name])
-    if overrides.get("cuda_graph") and config.gradient_accumulation_steps != 1:
-        overrides["cuda_graph"] = False  # a recorded step cannot accumulate; the tier's other settings still fit
+    needs = NEEDS_GIB[name]
+    why = ""
+    if holding_gradients and name in HOLDING_GRADIENTS:
+        overrides, needs = dict(HOLDING_GRADIENTS[name]), NEEDS_GIB_HOLDING_GRADIENTS[name]
+        why = (" - gradients are held for " + ("several processes" if num_processes > 1 else
+                                              "gradient accumulation") + ", so AdamW runs after backward")
     changed = {key: value for key, value in overrides.items() if getattr(config, key) != value}
     resolved = config.replace(**overrides, memory_preset=name)
     how = (f"picked from {free_bytes / 2**30:.1f} GiB free GPU memory" if requested == "auto"
            else "as asked")
     changes = ", ".join(f"{key}={value}" for key, value in changed.items()) or "no setting changed"
-    message = f"memory preset {name} ({how}): {changes}. Set memory_preset none to keep your own settings."
-    if free_bytes is not None and free_bytes / 2**30 < NEEDS_GIB[name]:
+    message = (f"memory preset {name} ({how}{why}): {changes}. Set memory_preset none to keep your own "
+               "settings.")
+    if free_bytes is not None and free_bytes / 2**30 < needs:
         message += (f" Warning: only {free_bytes / 2**30:.1f} GiB is free and this preset needs about "
-                    f"{NEEDS_GIB[name]:.0f} GiB; close other GPU programs if training runs out of memory.")
+                    f"{needs:.0f} GiB; close other GPU programs if training runs out of memory.")
     return resolved, message
 
 

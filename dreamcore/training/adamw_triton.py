@@ -9,10 +9,19 @@ import triton.language as tl
 
 
 @triton.jit
-def adamw_kernel(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, step_ptr, lr_ptr, lr_value, seed_ptr,
-                 counter_base, numel, beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay,
+def nearest_bf16(values):
+    """fp32 -> bf16, round to nearest even, spelled out: a plain cast's rounding mode differs between Triton's
+    GPU backends and its CPU interpreter (which truncates)."""
+    bits = values.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact: the low bits are zero
+
+
+@triton.jit
+def adamw_kernel(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, compensation_ptr, step_ptr, lr_ptr,
+                 lr_value, seed_ptr, counter_base, numel, beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay,
                  LR_ON_DEVICE: tl.constexpr, ROUND_WEIGHTS: tl.constexpr, ROUND_MOMENTS: tl.constexpr,
-                 BLOCK: tl.constexpr):
+                 KAHAN: tl.constexpr, BLOCK: tl.constexpr):
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = index < numel
     step = tl.load(step_ptr)  # already counts this update
@@ -24,6 +33,8 @@ def adamw_kernel(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, step_ptr, lr_
     exp_avg = tl.load(exp_avg_ptr + index, mask=inside, other=0.0).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + index, mask=inside, other=0.0).to(tl.float32)
     weights = tl.load(param_ptr + index, mask=inside, other=0.0).to(tl.float32)
+    if KAHAN:  # the weight as fp32 sees it: the bf16 value plus what earlier roundings dropped
+        weights += tl.load(compensation_ptr + index, mask=inside, other=0.0).to(tl.float32)
 
     exp_avg = exp_avg + (1 - beta1) * (grad - exp_avg)
     exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
@@ -45,7 +56,11 @@ def adamw_kernel(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, step_ptr, lr_
     else:
         tl.store(exp_avg_ptr + index, exp_avg, mask=inside)
         tl.store(exp_avg_sq_ptr + index, exp_avg_sq, mask=inside)
-    if ROUND_WEIGHTS:
+    if KAHAN:  # nearest bf16, and the remainder (exact to bf16 precision) kept for the next update
+        stored = nearest_bf16(weights)
+        tl.store(param_ptr + index, stored, mask=inside)
+        tl.store(compensation_ptr + index, nearest_bf16(weights - stored.to(tl.float32)), mask=inside)
+    elif ROUND_WEIGHTS:
         bits = (weights.to(tl.uint32, bitcast=True) + (noise_weights & 0xFFFF)) & 0xFFFF0000
         tl.store(param_ptr + index, bits.to(tl.float32, bitcast=True).to(tl.bfloat16), mask=inside)
     else:

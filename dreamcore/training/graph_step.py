@@ -116,12 +116,11 @@ class GraphTrainer(FastTrainer):
 
     def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
         if final and self.graph is not None:
-            # No step follows: give back the graph's memory pool and its gradients before the export samples.
+            # No step follows: give back the graph's memory pool (its gradients go with the optimizer's
+            # state in the base class) before the export samples.
             self.graph.reset()
             self.graph = None
             self.recorded_inputs = self.recorded_loss = self.recorded_prior_loss = None
-            self.raw_optimizer().zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
         return super().save_checkpoint(step, final)
 
     def _record(self, batch: StepBatch) -> None:

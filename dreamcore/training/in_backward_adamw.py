@@ -57,15 +57,18 @@ class InBackwardAdamW(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float | torch.Tensor = 1e-6,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
-                 seed: int = 0, capturable: bool = False, fused: bool = False):
+                 seed: int = 0, capturable: bool = False, fused: bool = False, kahan: bool = False):
         # capturable: the step count lives on the parameter's device and the learning rate may be a device
         # tensor, so no update reads a value from the host and a CUDA graph can record the whole backward.
         # fused: each update is one Triton kernel (fused_adamw_kernel.py); it keeps the step count on the
         # device too. Weights whose tensors are not laid out alike take the PyTorch form.
+        # kahan: bf16 weights are stored to the nearest bf16 and a bf16 "compensation" state keeps the
+        # remainder, added back before the next update (near-fp32 accumulation for 2 more bytes a weight).
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       capturable=capturable or fused))
         self._seed = seed
         self._fused = fused
+        self._kahan = kahan
         self._generators: dict[torch.device, torch.Generator] = {}
         self._seed_tensors: dict[torch.device, torch.Tensor] = {}
         self._counter_base: dict[torch.Tensor, int] = {}  # a weight's first element's index in the model
@@ -109,14 +112,17 @@ class InBackwardAdamW(torch.optim.Optimizer):
             state["step"] = torch.zeros((), dtype=torch.float32, device=parameter.device if capturable else "cpu")
             state["exp_avg"] = torch.zeros_like(parameter, dtype=moment_dtype)
             state["exp_avg_sq"] = torch.zeros_like(parameter, dtype=moment_dtype)
+            if self._kahan and parameter.dtype == torch.bfloat16:
+                state["compensation"] = torch.zeros_like(parameter)
         if (capturable or self._fused) and state["step"].device != parameter.device:
             state["step"] = state["step"].to(parameter.device)  # a state saved by a run that kept it on the host
         state["step"] += 1
+        compensation = state.get("compensation")
         tensors = (parameter, grad, state["exp_avg"], state["exp_avg_sq"])
-        if self._fused and same_flat_layout(*tensors):
+        if self._fused and same_flat_layout(*tensors, *([] if compensation is None else [compensation])):
             fused_adamw_update(*tensors, step=state["step"], lr=group["lr"], seed=self._seed_tensor(parameter.device),
                                counter_base=self._counter_base[parameter], betas=group["betas"], eps=group["eps"],
-                               weight_decay=group["weight_decay"])
+                               weight_decay=group["weight_decay"], compensation=compensation)
             return
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
@@ -130,7 +136,8 @@ class InBackwardAdamW(torch.optim.Optimizer):
             bias_correction2 = 1 - beta2 ** step
         decay = 1 - lr * weight_decay
         step_size = lr / bias_correction1
-        for weight_part, grad_part, avg_part, avg_sq_part in _flat_chunks(tensors, _CHUNK):
+        chunked = _flat_chunks(tensors + (parameter if compensation is None else compensation,), _CHUNK)
+        for weight_part, grad_part, avg_part, avg_sq_part, compensation_part in chunked:
             grad32 = grad_part.float()
             exp_avg = avg_part.float().lerp_(grad32, 1 - beta1)
             exp_avg_sq = avg_sq_part.float().mul_(beta2).addcmul_(grad32, grad32, value=1 - beta2)
@@ -141,8 +148,13 @@ class InBackwardAdamW(torch.optim.Optimizer):
             denominator = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
             update = (exp_avg / denominator).mul_(step_size)
             del denominator, exp_avg, exp_avg_sq
-            weights = weight_part.float().mul_(decay).sub_(update)
-            self._store(weight_part, weights)
+            if compensation is None:
+                weights = weight_part.float().mul_(decay).sub_(update)
+                self._store(weight_part, weights)
+            else:  # Kahan: the exact weight is the bf16 value plus the kept remainder
+                weights = (weight_part.float() + compensation_part.float()).mul_(decay).sub_(update)
+                weight_part.copy_(weights)  # to the nearest bf16
+                compensation_part.copy_(weights.sub_(weight_part.float()))
 
     def _store(self, target: torch.Tensor, values: torch.Tensor) -> None:
         """Write fp32 results into a bf16 tensor with stochastic rounding (fp32 tensors: exactly). The moments

@@ -333,6 +333,13 @@ class Trainer:
         self.emit.log(f"resumed from {folder} at step {progress.step}")
         return progress.step
 
+    def release_optimizer_memory(self) -> None:
+        optimizer = self.raw_optimizer()
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.state.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
         """Samples plus the single-file model (and, at the end, the diffusers folder)."""
         from dreamcore.convert import save_single_file
@@ -340,6 +347,8 @@ class Trainer:
 
         config, plan = self.config, self.plan
         outputs: dict[str, str] = {}
+        if final:  # no step follows: the optimizer's moments (4-8 bytes a weight) make room for the samples
+            self.release_optimizer_memory()
         components = self.live_components()
         for module in self.wrapped.values():
             module.eval()
@@ -507,11 +516,11 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
     return result
 
 
-def _with_memory_preset(plan: RunPlan, emit: Emitter) -> RunPlan:
+def _with_memory_preset(plan: RunPlan, num_processes: int, emit: Emitter) -> RunPlan:
     """The plan with its memory preset applied (picked from the GPU's free memory for "auto")."""
     from dreamcore.presets import apply_memory_preset, cuda_free_bytes
 
-    config, message = apply_memory_preset(plan.config, cuda_free_bytes())
+    config, message = apply_memory_preset(plan.config, cuda_free_bytes(), num_processes)
     if message:
         emit.log(message)
     return dataclasses.replace(plan, config=config.validate())
@@ -603,7 +612,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     emit = Emitter(callbacks if is_main else [])
     emit(Stage("validate"))
     plan = plan_run(config, warn=lambda m: emit.log(m, "warning"))
-    plan = _with_memory_preset(plan, emit)
+    plan = _with_memory_preset(plan, PartialState().num_processes, emit)
     plan = _with_runnable_cuda_graph(plan, PartialState().num_processes, emit)
     config = plan.config
     use_expandable_segments(config, emit.log)

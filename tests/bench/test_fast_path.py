@@ -165,6 +165,31 @@ def test_cuda_graph_records_the_8gb_in_backward_step_on_gpu(tiny_inputs, tmp_pat
     assert torch.allclose(graph_losses, eager_losses, rtol=5e-2, atol=5e-3), (graph_losses - eager_losses).abs().max()
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("tier", ["24GB", "12GB", "8GB"])
+def test_each_memory_tier_matches_the_plain_path_over_50_steps_on_gpu(tier: str, tiny_inputs, tmp_path: Path) -> None:
+    """Issue 7's check of the fast path, for what each tier runs (bf16 weights, fused in-backward AdamW with
+    Kahan or stochastic rounding, checkpointing, the recorded step) against fp32 AdamW at the guide's lr."""
+    assert torch.cuda.is_available()
+    from accelerate.state import AcceleratorState
+
+    from dreamcore.presets import MEMORY_PRESETS
+
+    model, photos = tiny_inputs
+    common = dict(max_train_steps=50, learning_rate=1e-6)
+    plain = train(tiny_recipe(model, photos, tmp_path / "plain", mixed_precision="bf16", allow_tf32=True,
+                              use_8bit_adam=False, **common))
+    AcceleratorState._reset_state(True)
+    logs = []
+    fast = train(tiny_recipe(model, photos, tmp_path / tier, **{**MEMORY_PRESETS[tier], **common}),
+                 callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
+    assert any("recorded the training step" in m for m in logs), logs
+    assert not any("fused kernel" in m for m in logs), logs  # the Triton kernel ran, not the PyTorch form
+    plain_losses, fast_losses = torch.tensor(plain.losses), torch.tensor(fast.losses)
+    assert len(fast_losses) == 50 and torch.isfinite(fast_losses).all()
+    assert torch.allclose(fast_losses, plain_losses, rtol=2e-2, atol=2e-3), (fast_losses - plain_losses).abs().max()
+
+
 def test_cuda_graph_problem_names_what_this_machine_lacks(monkeypatch) -> None:
     import accelerate.utils
 

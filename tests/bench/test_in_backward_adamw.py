@@ -145,3 +145,44 @@ def test_fused_kernel_on_gpu_is_adamw_and_rounds_without_bias_also_when_replayed
     for rounded in (first, weights):
         assert set(rounded.float().unique().tolist()) == {0.99609375, 1.0}
         assert abs(rounded.float().mean().item() - (1 - 1e-3)) < 2e-5
+
+    # Kahan on the GPU: the kernel keeps the same remainder as the PyTorch form (which runs on the GPU too)
+    start = (1 + torch.rand(100_000, device=device)).to(torch.bfloat16)
+    grad = torch.randn(100_000, device=device).to(torch.bfloat16)
+    exact = []
+    for fused in (False, True):
+        weight = torch.nn.Parameter(start.clone())
+        optimizer = InBackwardAdamW([weight], lr=torch.tensor(1e-5, device=device), fused=fused, kahan=True,
+                                    capturable=True, **hyper)
+        for _ in range(3):
+            (weight * grad).sum().backward()
+        exact.append(weight.detach().float() + optimizer.state[weight]["compensation"].float())
+    assert torch.allclose(exact[0], exact[1], rtol=1e-6, atol=0)
+
+
+def _follow_gradients(weight: torch.nn.Parameter, optimizer: torch.optim.Optimizer, grads: torch.Tensor) -> None:
+    for grad in grads:
+        (weight * grad.to(weight.dtype)).sum().backward()  # the gradient is exactly `grad`
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def test_kahan_bf16_weights_accumulate_small_updates_as_fp32_does() -> None:
+    """Kahan's remainder keeps what bf16 rounding drops: bf16 weights then follow fp32 AdamW closely, where
+    stochastic rounding follows it only on average (and round-to-nearest not at all)."""
+    start = 1.0 + torch.rand(20_000, generator=torch.Generator().manual_seed(0))
+    grads = torch.randn(60, 20_000, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).float()
+    kwargs = dict(lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    reference = torch.nn.Parameter(start.to(torch.bfloat16).float())
+    _follow_gradients(reference, torch.optim.AdamW([reference], **kwargs), grads)
+    movement = (reference.detach() - start.to(torch.bfloat16).float()).abs().mean()
+    errors = {}
+    for rounding in ("kahan", "stochastic"):
+        weight = torch.nn.Parameter(start.to(torch.bfloat16))
+        optimizer = InBackwardAdamW([weight], kahan=rounding == "kahan", seed=0, **kwargs)
+        _follow_gradients(weight, optimizer, grads)
+        exact = weight.detach().float() + optimizer.state[weight].get("compensation", torch.zeros(())).float()
+        errors[rounding] = (exact - reference.detach()).abs().mean()
+    assert optimizer.state[weight].keys() == {"step", "exp_avg", "exp_avg_sq"}  # no remainder without kahan
+    assert errors["kahan"] < 0.05 * movement, (errors, movement)
+    assert errors["stochastic"] > 5 * errors["kahan"], errors

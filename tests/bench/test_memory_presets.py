@@ -35,10 +35,34 @@ def test_every_memory_preset_gives_a_valid_recipe(name: str, tmp_path) -> None:
     assert resolved.mixed_precision != "fp16"  # bf16: no loss scaling, no fp16 overflow to NaN
 
 
-@pytest.mark.parametrize("free_gib, expected", [(80, "24GB"), (22.0, "24GB"), (21.9, "16GB"), (14.5, "16GB"),
-                                                (13, "12GB"), (12.7, "8GB"), (7.5, "8GB"), (3, "8GB")])
+@pytest.mark.parametrize("free_gib, expected", [(80, "16GB"), (12.5, "16GB"), (12.4, "12GB"), (10.31, "12GB"),
+                                                (10.2, "8GB"), (7.5, "8GB"), (3, "8GB")])
 def test_pick_follows_free_memory(free_gib: float, expected: str) -> None:
-    assert pick_memory_preset(int(free_gib * GIB)) == expected
+    assert pick_memory_preset(int(free_gib * GIB)) == expected  # 24GB names the 16GB settings: never picked
+
+
+@pytest.mark.parametrize("free_gib, expected", [(80, "24GB"), (22.0, "24GB"), (21.9, "16GB"), (3, "16GB")])
+def test_pick_with_gradients_held_follows_free_memory(free_gib: float, expected: str) -> None:
+    assert pick_memory_preset(int(free_gib * GIB), holding_gradients=True) == expected
+
+
+def _speed_problems(config: TrainConfig) -> list[str]:
+    fields = ("optimizer_in_backward", "cuda_graph", "pure_bf16", "bf16_rounding", "max_grad_norm", "use_8bit")
+    return [p for p in config.problems() if p.startswith(fields)]
+
+
+def test_several_processes_or_accumulation_hold_gradients_in_the_large_tiers() -> None:
+    alone, _ = apply_memory_preset(TrainConfig(memory_preset="24GB"), free_bytes=80 * GIB)
+    assert alone.optimizer_in_backward and alone.pure_bf16 and alone.cuda_graph and alone.bf16_rounding == "kahan"
+    assert _speed_problems(alone) == []
+    for config, processes, reason in ((TrainConfig(), 2, "several processes"),
+                                      (TrainConfig(gradient_accumulation_steps=4), 1, "gradient accumulation")):
+        held, message = apply_memory_preset(config, free_bytes=80 * GIB, num_processes=processes)
+        assert held.memory_preset == "24GB" and reason in message, message
+        assert not held.optimizer_in_backward and not held.pure_bf16 and not held.cuda_graph
+        assert held.max_grad_norm == 1.0 and _speed_problems(held) == []
+        small, _ = apply_memory_preset(config.replace(memory_preset="16GB"), free_bytes=None, num_processes=processes)
+        assert small.use_8bit_adam and not small.optimizer_in_backward
 
 
 def test_auto_keeps_settings_the_user_chose() -> None:
@@ -70,6 +94,8 @@ def test_none_keeps_the_settings_and_a_small_card_is_warned() -> None:
 def test_contradicting_speed_settings_are_named() -> None:
     problems = " ".join(TrainConfig(pure_bf16=True, memory_preset="none").problems())
     assert "pure_bf16: needs optimizer_in_backward" in problems
+    problems = " ".join(TrainConfig(bf16_rounding="kahan", memory_preset="none").problems())
+    assert "bf16_rounding: 'kahan' compensates bf16 weights; turn pure_bf16 on" in problems
     problems = " ".join(TrainConfig(optimizer_in_backward=True, max_grad_norm=1.0, gradient_accumulation_steps=2,
                                     mixed_precision="fp16", use_8bit_adam=True).problems())
     for field in ("max_grad_norm 0", "gradient_accumulation_steps 1", "bf16", "use_8bit_adam off"):

@@ -114,3 +114,19 @@ def test_only_tensors_laid_out_alike_share_the_flat_kernel() -> None:
 
 def test_fused_kernel_problem_names_the_device() -> None:
     assert "cpu" in fused_kernel_problem(torch.device("cpu"))
+
+
+def test_kahan_kernel_keeps_the_remainder_as_the_pytorch_form_does() -> None:
+    generator = torch.Generator().manual_seed(4)
+    start = (1 + torch.rand(5000, generator=generator)).to(torch.bfloat16)
+    grad = torch.randn(5000, generator=generator).to(torch.bfloat16)
+    results = []
+    for fused in (False, True):
+        weight = torch.nn.Parameter(start.clone())
+        optimizer = InBackwardAdamW([weight], lr=torch.tensor(1e-5), fused=fused, kahan=True, **HYPER)
+        for _ in range(3):
+            (weight * grad).sum().backward()
+        compensation = optimizer.state[weight]["compensation"]
+        assert compensation.abs().max() > 0  # the updates are far below bf16's spacing: all in the remainder
+        results.append(weight.detach().float() + compensation.float())
+    assert torch.allclose(results[0], results[1], rtol=1e-6, atol=0)
