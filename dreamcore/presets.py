@@ -89,8 +89,8 @@ MEMORY_PRESETS: dict[str, dict[str, Any]] = {
 # more" preset use the name).
 SAME_AS = {"24GB": "16GB"}
 # Free GPU memory (GiB) each tier needs: its peak device total (NVML, context included) measured on one H100
-# with SD1.5 shapes (BENCHMARKS.md, run G and H, 2026-11-25) plus ~10% headroom. Measured peaks: 12GB 9.33 GiB,
-# 8GB 7.42 GiB while training, 7.97 whole run (run G, before the optimizer state was freed for the export).
+# with SD1.5 shapes (BENCHMARKS.md, runs G and H, 2026-11-25) plus ~10% headroom. Measured peaks: 16GB 11.16 GiB
+# (run H), 12GB 9.33 GiB (run G), 8GB 7.41 GiB, training and whole run (run H).
 NEEDS_GIB: dict[str, float] = {"24GB": 12.5, "16GB": 12.5, "12GB": 10.3, "8GB": 8.5}
 
 # Where gradients must be held - several processes average them, gradient accumulation sums them - AdamW

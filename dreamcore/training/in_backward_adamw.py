@@ -8,6 +8,11 @@ freed as soon as backward has finished it (so ~0 bytes of gradients are held), a
 bf16 has 8 significant bits, so an update of lr 1e-6 on a weight of 0.05 (2e-5 relative) rounds to nothing
 with round-to-nearest: the weights would never move. Stochastic rounding rounds up with a probability equal
 to the remainder, so the expected stored weight equals the fp32 result and small updates accumulate.
+With ``kahan`` a bf16 remainder per weight (2 more bytes) keeps what round-to-nearest dropped instead, so the
+updates add up as in fp32, without the random walk stochastic rounding adds.
+
+On CUDA with Triton (``fused``) each update is one kernel (fused_adamw_kernel.py); the PyTorch form below is
+the reference and the path everywhere else.
 """
 
 from __future__ import annotations
