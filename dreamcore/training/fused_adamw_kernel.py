@@ -24,13 +24,35 @@ import torch
 _BLOCK = 1024
 
 
+OLDEST_TRITON = (3, 0)  # the versions tested: 3.6 on an H100, 3.9 in the CPU interpreter
+OLDEST_CAPABILITY = (8, 0)  # Ampere: native bf16
+
+
 def fused_kernel_problem(device: torch.device) -> str | None:
     """Why the fused kernel cannot run on ``device``, or None when it can."""
     if device.type != "cuda":
         return f"the fused AdamW kernel runs on CUDA GPUs; training runs on {device.type}"
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed (`pip install triton`; on Windows `pip install triton-windows`)"
+    import triton
+
+    version = _version_tuple(triton.__version__)
+    if version < OLDEST_TRITON:
+        return (f"Triton {triton.__version__} is older than {'.'.join(map(str, OLDEST_TRITON))} (it comes with "
+                "torch: torch 2.4 or newer brings Triton 3)")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < OLDEST_CAPABILITY:
+        return (f"this GPU's compute capability is {capability[0]}.{capability[1]}; the fused kernel is built for "
+                f"{OLDEST_CAPABILITY[0]}.{OLDEST_CAPABILITY[1]} (Ampere) or newer")
     return None
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
 
 
 def same_flat_layout(*tensors: torch.Tensor) -> bool:

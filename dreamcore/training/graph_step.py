@@ -56,8 +56,11 @@ def cuda_graph_problem(config: TrainConfig, num_processes: int) -> str | None:
 
         return f"accelerate {accelerate.__version__} cannot turn autocast's cast cache off (0.24 or newer can)"
     if config.optimizer_in_backward and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
-        return ("this torch cannot record the stochastic rounding's own generator "
-                "(torch.cuda.CUDAGraph.register_generator_state is missing)")
+        from dreamcore.training.fused_adamw_kernel import fused_kernel_problem
+
+        if fused_kernel_problem(torch.device("cuda")) is not None:  # the fused kernel's noise needs no generator
+            return ("this torch cannot record the stochastic rounding's own generator "
+                    "(torch.cuda.CUDAGraph.register_generator_state is missing)")
     return None
 
 
@@ -138,6 +141,9 @@ class GraphTrainer(FastTrainer):
         self.graph = torch.cuda.CUDAGraph()
         for generator in getattr(optimizer, "rounding_generators", list)():
             # in-backward AdamW's rounding noise: each replay must draw fresh numbers, not repeat the recorded ones
+            if not hasattr(self.graph, "register_generator_state"):
+                raise RuntimeError("cuda_graph: a weight took the PyTorch form of the in-backward AdamW, whose "
+                                   "rounding noise this torch cannot record; set cuda_graph false")
             self.graph.register_generator_state(generator)
         with torch.cuda.graph(self.graph):
             loss, prior_loss = self.forward_backward(batch)

@@ -206,6 +206,21 @@ def test_cuda_graph_problem_names_what_this_machine_lacks(monkeypatch) -> None:
     assert "cannot turn autocast's cast cache off" in cuda_graph_problem(config, 1)
 
 
+def test_recording_the_in_backward_step_needs_a_generator_api_only_without_the_fused_kernel(monkeypatch) -> None:
+    pytest.importorskip("triton")
+    from dreamcore.training.graph_step import cuda_graph_problem
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "__version__", "2.4.1")  # records fused AdamW, has no register_generator_state
+    monkeypatch.delattr(torch.cuda.CUDAGraph, "register_generator_state", raising=False)
+    config = TrainConfig(cuda_graph=True, fast_step=True, use_8bit_adam=False, mixed_precision="bf16",
+                         optimizer_in_backward=True, pure_bf16=True, max_grad_norm=0.0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert cuda_graph_problem(config, 1) is None  # the fused kernel keys its noise by the step: nothing to register
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # no fused kernel here
+    assert "register_generator_state is missing" in cuda_graph_problem(config, 1)
+
+
 def test_recordable_checkpointing_gives_the_gradients_of_plain_checkpointing() -> None:
     from dreamcore.tiny import build_components, tiny_component_configs
     from dreamcore.training.graph_step import enable_recordable_checkpointing

@@ -112,8 +112,22 @@ def test_only_tensors_laid_out_alike_share_the_flat_kernel() -> None:
     assert not same_flat_layout(torch.randn(4, 6).t(), torch.randn(6, 4))  # a transposed view
 
 
-def test_fused_kernel_problem_names_the_device() -> None:
+def test_fused_kernel_problem_names_what_this_machine_lacks(monkeypatch) -> None:
+    import importlib.util
+
+    import triton
+
+    cuda = torch.device("cuda")
     assert "cpu" in fused_kernel_problem(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))  # as on an RTX 4090
+    assert fused_kernel_problem(cuda) is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))  # a GTX 1080
+    assert "compute capability is 6.1" in fused_kernel_problem(cuda)
+    monkeypatch.setattr(triton, "__version__", "2.1.0")  # what A1111 1.10's torch 2.1.2 brings
+    assert "Triton 2.1.0 is older than 3.0" in fused_kernel_problem(cuda)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    assert "Triton is not installed" in fused_kernel_problem(cuda)
 
 
 def test_kahan_kernel_keeps_the_remainder_as_the_pytorch_form_does() -> None:
