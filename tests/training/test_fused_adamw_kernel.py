@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("triton", reason="the fused kernel is written in Triton")
 
 from dreamcore.training.fused_adamw_kernel import fused_adamw_update, fused_kernel_problem, same_flat_layout  # noqa: E402
+from dreamcore.config import TrainConfig  # noqa: E402
 from dreamcore.training.in_backward_adamw import InBackwardAdamW  # noqa: E402
 
 HYPER = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
@@ -144,3 +145,17 @@ def test_kahan_kernel_keeps_the_remainder_as_the_pytorch_form_does() -> None:
         assert compensation.abs().max() > 0  # the updates are far below bf16's spacing: all in the remainder
         results.append(weight.detach().float() + compensation.float())
     assert torch.allclose(results[0], results[1], rtol=1e-6, atol=0)
+
+
+def test_a_gpu_without_the_fused_kernel_warns_and_takes_the_pytorch_form(monkeypatch) -> None:
+    from dreamcore.training.optim import build_optimizer
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a Turing card
+    config = TrainConfig(optimizer_in_backward=True, pure_bf16=True, max_grad_norm=0.0, mixed_precision="bf16",
+                         use_8bit_adam=False, bf16_rounding="kahan", memory_preset="none")
+    warnings = []
+    optimizer = build_optimizer(config, torch.nn.Linear(4, 4).parameters(), torch.device("cuda"), warnings.append)
+    assert isinstance(optimizer, InBackwardAdamW) and not optimizer._fused and optimizer._kahan
+    assert len(warnings) == 1 and "compute capability is 7.5" in warnings[0] and "same maths" in warnings[0]
+    optimizer = build_optimizer(config, torch.nn.Linear(4, 4).parameters(), torch.device("cpu"), warnings.append)
+    assert not optimizer._fused and len(warnings) == 1  # a CPU run is not warned: there is no faster kernel
