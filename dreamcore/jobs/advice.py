@@ -38,7 +38,10 @@ def gpu_memory_advice(config: TrainConfig | None) -> str:
     steps: list[str] = []
     if config is None or not config.gradient_checkpointing:
         steps.append("turn on gradient_checkpointing (about 2 GB less, about 40% slower)")
-    if config is None or not config.use_8bit_adam:
+    if config is not None and config.optimizer_in_backward:
+        if config.bf16_rounding == "kahan":  # the 16GB/24GB tiers' remainder: memory_preset 12GB drops it
+            steps.append("set bf16_rounding to stochastic (2 bytes a weight less; memory_preset 12GB does)")
+    elif config is None or not config.use_8bit_adam:  # the in-backward AdamW already keeps bf16 moments
         steps.append("turn on use_8bit_adam (several GB less for the optimizer)")
     if config is None or config.mixed_precision == "no":
         steps.append("set mixed_precision to fp16 (or bf16 on RTX 30xx and newer)")
