@@ -86,7 +86,8 @@ def fused_adamw_update(parameter: torch.Tensor, grad: torch.Tensor, exp_avg: tor
     unused = parameter  # a placeholder pointer the kernel never reads (its constexpr flag is off)
     _kernel()[(triton.cdiv(numel, _BLOCK),)](
         parameter, grad, exp_avg, exp_avg_sq, unused if compensation is None else compensation, step,
-        lr if lr_on_device else unused, 0.0 if lr_on_device else float(lr), seed, counter_base, numel, beta1, beta2, _log2(beta1), _log2(beta2), eps, weight_decay,
+        lr if lr_on_device else unused, 0.0 if lr_on_device else float(lr), seed, counter_base, numel,
+        beta1, beta2, _log2(beta1), _log2(beta2), eps, weight_decay,
         LR_ON_DEVICE=lr_on_device, ROUND_WEIGHTS=parameter.dtype == torch.bfloat16,
         ROUND_MOMENTS=exp_avg.dtype == torch.bfloat16, KAHAN=compensation is not None, BLOCK=_BLOCK)
 

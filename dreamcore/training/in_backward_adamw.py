@@ -141,8 +141,8 @@ class InBackwardAdamW(torch.optim.Optimizer):
             bias_correction2 = 1 - beta2 ** step
         decay = 1 - lr * weight_decay
         step_size = lr / bias_correction1
-        chunked = _flat_chunks(tensors + (parameter if compensation is None else compensation,), _CHUNK)
-        for weight_part, grad_part, avg_part, avg_sq_part, compensation_part in chunked:
+        kahan = () if compensation is None else (compensation,)
+        for weight_part, grad_part, avg_part, avg_sq_part, *compensation_part in _flat_chunks(tensors + kahan, _CHUNK):
             grad32 = grad_part.float()
             exp_avg = avg_part.float().lerp_(grad32, 1 - beta1)
             exp_avg_sq = avg_sq_part.float().mul_(beta2).addcmul_(grad32, grad32, value=1 - beta2)
@@ -153,13 +153,14 @@ class InBackwardAdamW(torch.optim.Optimizer):
             denominator = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
             update = (exp_avg / denominator).mul_(step_size)
             del denominator, exp_avg, exp_avg_sq
-            if compensation is None:
+            if not compensation_part:
                 weights = weight_part.float().mul_(decay).sub_(update)
                 self._store(weight_part, weights)
             else:  # Kahan: the exact weight is the bf16 value plus the kept remainder
-                weights = (weight_part.float() + compensation_part.float()).mul_(decay).sub_(update)
+                remainder = compensation_part[0]
+                weights = (weight_part.float() + remainder.float()).mul_(decay).sub_(update)
                 weight_part.copy_(weights)  # to the nearest bf16
-                compensation_part.copy_(weights.sub_(weight_part.float()))
+                remainder.copy_(weights.sub_(weight_part.float()))
 
     def _store(self, target: torch.Tensor, values: torch.Tensor) -> None:
         """Write fp32 results into a bf16 tensor with stochastic rounding (fp32 tensors: exactly). The moments

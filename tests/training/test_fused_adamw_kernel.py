@@ -9,7 +9,8 @@ import torch
 
 pytest.importorskip("triton", reason="the fused kernel is written in Triton")
 
-from dreamcore.training.fused_adamw_kernel import fused_adamw_update, fused_kernel_problem, same_flat_layout  # noqa: E402
+from dreamcore.training.fused_adamw_kernel import (  # noqa: E402
+    fused_adamw_update, fused_kernel_problem, same_flat_layout)
 from dreamcore.config import TrainConfig  # noqa: E402
 from dreamcore.training.in_backward_adamw import InBackwardAdamW  # noqa: E402
 
@@ -92,7 +93,8 @@ def test_in_backward_adamw_with_the_fused_kernel_trains_like_the_pytorch_form() 
     fused_model.load_state_dict(reference_model.state_dict())
     reference = InBackwardAdamW(reference_model.parameters(), lr=1e-2, **HYPER)
     fused = InBackwardAdamW(fused_model.parameters(), lr=torch.tensor(1e-2), fused=True, **HYPER)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: min(1.0, (step + 1) / 4)) for o in (reference, fused)]
+    schedules = [torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 4))
+                 for optimizer in (reference, fused)]
     for model, optimizer, schedule in zip((reference_model, fused_model), (reference, fused), schedules):
         torch.manual_seed(3)
         for _ in range(10):
@@ -127,7 +129,8 @@ def test_fused_kernel_problem_names_what_this_machine_lacks(monkeypatch) -> None
     monkeypatch.setattr(triton, "__version__", "2.1.0")  # what A1111 1.10's torch 2.1.2 brings
     assert "Triton 2.1.0 is older than 3.0" in fused_kernel_problem(cuda)
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "triton" else real_find_spec(name, *rest))
     assert "Triton is not installed" in fused_kernel_problem(cuda)
 
 
