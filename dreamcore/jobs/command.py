@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve = actions.add_parser("serve", help="Serve the REST API (/dreamcore/v1/) and run the queue, without a UI.")
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: this computer only).")
     serve.add_argument("--port", type=int, default=7862)
+    for parser_with_queue in (run_queue, serve):
+        parser_with_queue.add_argument(
+            "--gpus", default=None, metavar="IDS",
+            help="Run one job on each of these CUDA devices at once, e.g. 0,1 (each job sees only its GPU). "
+                 "Default: one job at a time on the GPUs this process sees.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
 def _run_queue(root: Path, args: argparse.Namespace) -> int:
     from dreamcore.jobs import JobManager
 
-    manager = JobManager(root)
+    try:
+        manager = JobManager(root, gpus=args.gpus.split(",") if args.gpus else None)
+    except ValueError as error:
+        print(f"error: --{error}", file=sys.stderr)
+        return 2
     if not manager.runs_queue:
         print(f"error: another process already runs the queue in {root}; use 'jobs list' to watch it.",
               file=sys.stderr)

@@ -81,6 +81,7 @@ class JobRecord:
     error: str = ""
     advice: str = ""
     stop_requested_at: float | None = None
+    gpu: str | None = None  # the GPU a running job was started on (JobManager(gpus=...)), else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

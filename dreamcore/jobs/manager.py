@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 
 from dreamcore.config import ConfigError, TrainConfig
@@ -57,6 +58,7 @@ class _Child:
     name: str
     pid: int
     popen: subprocess.Popen | None  # None for a child adopted from an earlier manager
+    gpu: str | None = None  # the CUDA_VISIBLE_DEVICES it was started with (None: the environment's)
     killed_at: float | None = None
 
 
@@ -65,10 +67,12 @@ class JobManager:
 
     def __init__(self, root_dir: str | Path, python: str = sys.executable, *,
                  child_command: ChildCommand | None = None, run_queue: bool = True,
-                 poll_interval: float = 0.5, stop_grace_seconds: float = 300.0):
+                 poll_interval: float = 0.5, stop_grace_seconds: float = 300.0, gpus: Sequence[str] | None = None):
         """``root_dir``: one folder per job. ``python``: the interpreter of the children.
         ``child_command``: builds a child's argv (tests); ``run_queue=False``: only read and submit.
-        ``stop_grace_seconds``: how long a child may take to stop after Cancel before it is killed."""
+        ``stop_grace_seconds``: how long a child may take to stop after Cancel before it is killed.
+        ``gpus``: CUDA device ids ("0", "1", ...): one job runs on each at a time, its child seeing only that
+        GPU (CUDA_VISIBLE_DEVICES). None: one job at a time, with the GPUs of this process's environment."""
         self.root = Path(root_dir).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.python = python
@@ -79,7 +83,8 @@ class JobManager:
         self._worker_lock = FileLock(self.root / ".worker.lock")  # held while this manager runs the queue
         self._readers: dict[str, EventsReader] = {}
         self._readers_guard = threading.Lock()
-        self._current: _Child | None = None
+        self._slots: list[str | None] = _gpu_slots(gpus)
+        self._running: dict[str, _Child] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -218,21 +223,21 @@ class JobManager:
         ``stop_running``: then it is asked to stop and waited for up to ``timeout`` seconds."""
         if self._stopping.is_set():
             return  # already shut down
-        if stop_running and self._current is not None and self._thread is not None and self._thread.is_alive():
-            name = self._current.name
-            try:
-                self.cancel(name)
-            except JobConflictError:
-                pass  # it ended meanwhile: nothing left to stop
+        if stop_running and self._running and self._thread is not None and self._thread.is_alive():
+            for name in list(self._running):
+                try:
+                    self.cancel(name)
+                except JobConflictError:
+                    pass  # it ended meanwhile: nothing left to stop
             deadline = time.monotonic() + timeout
-            while self._current is not None and time.monotonic() < deadline:
+            while self._running and time.monotonic() < deadline:
                 self._wake.set()
                 time.sleep(min(self.poll_interval, 0.2))
         self._stopping.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=max(5.0, 4 * self.poll_interval))
-        self._current = None  # a child still running is now followed by whichever manager runs the queue next
+        self._running = {}  # a child still running is now followed by whichever manager runs the queue next
         self._worker_lock.release()
 
     @property
@@ -257,10 +262,10 @@ class JobManager:
             if not self._worker_lock.acquire(blocking=False):
                 return  # another manager runs this root's queue
             self._recover()
-        if self._current is not None:
-            self._watch_current()
-        if self._current is None:
-            self._start_next()
+        for child in list(self._running.values()):
+            self._watch(child)
+        while len(self._running) < len(self._slots) and self._start_next():
+            pass
 
     def _recover(self) -> None:
         """After taking the queue over: adopt a child that still runs, finish the records of those gone."""
@@ -268,21 +273,19 @@ class JobManager:
             if info.status != "running":
                 continue
             record = self._folder(info.name).read_record()
-            if record.pid is not None and self._current is None and process_alive(record.pid):
-                self._current = _Child(info.name, record.pid, popen=None)
+            if record.pid is not None and process_alive(record.pid):
+                self._running[info.name] = _Child(info.name, record.pid, popen=None, gpu=record.gpu)
                 logger.info("dreamcore jobs: %s is still training (pid %s); following it.", info.name, record.pid)
             else:
                 self._finish(info.name, returncode=None, interrupted=True)
 
-    def _watch_current(self) -> None:
-        child = self._current
-        assert child is not None
+    def _watch(self, child: _Child) -> None:
         if child.popen is not None:
             ended, returncode = child.popen.poll() is not None, child.popen.returncode
         else:
             ended, returncode = not process_alive(child.pid), None
         if ended:
-            self._current = None
+            del self._running[child.name]
             self._finish(child.name, returncode, forced=child.killed_at is not None)
             return
         record = self._folder(child.name).read_record()
@@ -296,31 +299,40 @@ class JobManager:
             else:
                 kill_process(child.pid)
 
-    def _start_next(self) -> None:
+    def _start_next(self) -> bool:
+        """Start the oldest queued job on a free slot; False when none is queued (or no slot is free)."""
+        busy = [child.gpu for child in self._running.values()]
+        free = [slot for slot in self._slots if slot not in busy]
+        if not free:
+            return False
+        gpu = free[0]
         with self._records_lock.hold():
             queued = [i for i in self.list() if i.status == "queued"]
             if not queued:
-                return
+                return False
             info = min(queued, key=lambda i: i.queue_position or 0)
             folder = self._folder(info.name)
             record = folder.read_record()
             record.attempt += 1
             folder.stop_file.unlink(missing_ok=True)
             with open(folder.log, "a", encoding="utf-8") as log:
-                log.write(f"=== attempt {record.attempt} started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+                started = time.strftime("%Y-%m-%d %H:%M:%S") + ("" if gpu is None else f" on GPU {gpu}")
+                log.write(f"=== attempt {record.attempt} started {started} ===\n")
             try:
-                popen = start_child(self._child_command(folder, record.attempt), folder)
+                popen = start_child(self._child_command(folder, record.attempt), folder, gpu)
             except OSError as error:
                 record.status, record.finished_at = "failed", time.time()
                 record.error = f"could not start the training process ({self.python}): {error}"
                 record.advice = "Check the Python interpreter setting of the job runner."
                 folder.write_record(record)
-                return
-            record.status, record.started_at, record.pid = "running", time.time(), popen.pid
+                return True  # this job is settled; the next may start
+            record.status, record.started_at, record.pid, record.gpu = "running", time.time(), popen.pid, gpu
             record.returncode = record.finished_at = None
             folder.write_record(record)
-            self._current = _Child(info.name, popen.pid, popen)
-        logger.info("dreamcore jobs: started %s (pid %s).", info.name, popen.pid)
+            self._running[info.name] = _Child(info.name, popen.pid, popen, gpu)
+        logger.info("dreamcore jobs: started %s (pid %s%s).", info.name, popen.pid,
+                    "" if gpu is None else f", GPU {gpu}")
+        return True
 
     def _finish(self, name: str, returncode: int | None, forced: bool = False, interrupted: bool = False) -> None:
         """Write a job's final status from what its events say and how its child ended."""
@@ -418,3 +430,12 @@ class JobManager:
         return config.replace(**changes)
 
 
+def _gpu_slots(gpus: Sequence[str] | None) -> list[str | None]:
+    """The queue's slots: one per GPU id given (checked), or one slot with the environment's GPUs."""
+    if gpus is None:
+        return [None]
+    slots = [str(gpu).strip() for gpu in gpus]
+    bad = [gpu for gpu in slots if not gpu or "," in gpu]
+    if not slots or bad or len(set(slots)) != len(slots):
+        raise ValueError(f"gpus: give distinct CUDA device ids, one per GPU (e.g. 0,1), not {list(gpus)!r}")
+    return slots

@@ -23,13 +23,16 @@ def default_child_command(python: str) -> ChildCommand:
     return command
 
 
-def start_child(argv: list[str], folder: JobFolder) -> subprocess.Popen:
-    """Start the child with stdout and stderr appended to the job's log.
+def start_child(argv: list[str], folder: JobFolder, gpu: str | None = None) -> subprocess.Popen:
+    """Start the child with stdout and stderr appended to the job's log; with ``gpu``, the child sees only
+    that CUDA device (as its cuda:0).
 
     dreamcore's own folder is put first on the child's PYTHONPATH, because inside a WebUI dreamcore is
     imported from the extension folder rather than installed.
     """
     env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     package_root = str(Path(dreamcore.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"

@@ -22,7 +22,8 @@ folder, attempt = Path(sys.argv[1]), int(sys.argv[2])
 config = TrainConfig.load(folder / "train_config.json")
 writer = EventWriter(folder / "events.jsonl")
 writer.write({"kind": JOB_STARTED, "attempt": attempt, "pid": os.getpid()})
-print(f"fake child attempt {attempt} resume={config.resume_from_checkpoint!r}", flush=True)
+print(f"fake child attempt {attempt} resume={config.resume_from_checkpoint!r} "
+      f"gpu={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
 step_seconds = (config.save_interval or 50) / 1000
 output = Path(config.output_dir)
 output.mkdir(parents=True, exist_ok=True)

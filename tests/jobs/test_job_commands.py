@@ -51,6 +51,8 @@ def test_refusals_exit_2_with_the_reason(tmp_path, capsys):
     assert "resolution: 30 is not a multiple of 8" in capsys.readouterr().err
     assert main([*common, "cancel", "nobody"]) == 2
     assert "no job named 'nobody'" in capsys.readouterr().err
+    assert main([*common, "run", "--gpus", "0,0"]) == 2
+    assert "--gpus: give distinct CUDA device ids" in capsys.readouterr().err
     assert not any(p for p in jobs_root(tmp_path / "out").iterdir() if not p.name.startswith("."))
 
 

@@ -50,6 +50,30 @@ def test_jobs_run_one_after_another_in_submit_order(make_manager, fake_config):
         assert later.started_at >= earlier.finished_at - 0.5  # never two at once (one poll of slack)
 
 
+def test_with_gpus_one_job_runs_on_each_gpu_at_once(make_manager, fake_config):
+    manager = make_manager(gpus=["0", "1"])
+    slow = fake_config.replace(max_train_steps=20)  # 20 steps of 30 ms: long enough to overlap
+    for name in ("a", "b", "c"):
+        manager.submit(slow, name)
+    a, b, c = (wait_until_final(manager, name) for name in ("a", "b", "c"))
+    assert [i.status for i in (a, b, c)] == ["completed"] * 3
+
+    def gpu_of(info) -> str:
+        return next(line.split("gpu=")[1] for line in info.log_tail if "gpu=" in line).strip()
+
+    assert {gpu_of(a), gpu_of(b)} == {"0", "1"}  # the first two ran side by side, each on its own GPU
+    assert b.started_at < a.finished_at and a.started_at < b.finished_at
+    assert c.started_at >= min(a.finished_at, b.finished_at) - 0.5  # the third waited for a free GPU
+    assert gpu_of(c) in {"0", "1"}
+    assert JobFolder(Path(c.folder)).read_record().gpu == gpu_of(c)
+
+
+@pytest.mark.parametrize("gpus", [[], ["0", "0"], ["0", ""], ["0,1"]])
+def test_gpus_must_be_distinct_device_ids(make_manager, gpus):
+    with pytest.raises(ValueError, match="gpus: give distinct CUDA device ids"):
+        make_manager(gpus=gpus)
+
+
 def test_cancel_a_queued_job_never_starts_it(make_manager, fake_config):
     manager = make_manager()
     manager.submit(fake_config.replace(max_train_steps=40), "long")
