@@ -152,6 +152,9 @@ class TrainConfig:
     fast_step: bool = _field(
         False, "Fast step executor on CUDA: the same step with no host syncs for randomness or tokens, fused "
         "AdamW and a channels-last UNet.", "Speed")
+    channels_last: bool = _field(
+        True, "With fast_step: keep the UNet in channels-last memory layout (cuDNN's preferred convolution layout; "
+        "GroupNorm may copy it back and forth).", "Speed")
     cuda_graph: bool = _field(
         False, "Record the whole step (forward, backward, clipping, AdamW) as one CUDA graph after 3 eager steps "
         "and replay it: one launch a step instead of thousands. Needs fast_step, bf16, fused or in-backward AdamW "

@@ -8,7 +8,8 @@ on the same seed both compute the same losses (up to bf16 rounding: a GPU test c
   GPU through pinned memory without blocking. A plain ``tensor.to("cuda")`` from pageable memory waits for the
   whole GPU queue to drain, three times a step, so the CPU could never run ahead of the GPU.
 - Token ids of each prompt are computed once and kept on the GPU (the prompts of a run never change).
-- The UNet runs channels-last (the layout cuDNN's fastest convolution kernels want).
+- The UNet runs channels-last (the layout cuDNN's fastest convolution kernels want), unless
+  ``channels_last`` is off.
 
 The optimizer side of the fast path (fused AdamW) is chosen in optim.py from ``config.fast_step``, and the
 memory settings (pure bf16 weights, optimizer in backward) in ``apply_memory_layout`` below, which the
@@ -32,7 +33,7 @@ def apply_memory_layout(models: ModelComponents, config: TrainConfig, device: to
             models.text_encoder.to(device, dtype=torch.bfloat16)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # give the fp32 copies back, so the device total shows the real need
-    if config.fast_step and device.type == "cuda":
+    if config.fast_step and config.channels_last and device.type == "cuda":
         models.unet.to(memory_format=torch.channels_last)
 
 

@@ -312,3 +312,16 @@ def test_8gb_preset_resumes_to_the_same_weights(tiny_inputs, tmp_path: Path) -> 
     a = load_file(str(Path(straight.outputs["diffusers"]) / component))
     b = load_file(str(Path(resumed.outputs["diffusers"]) / component))
     assert all(torch.equal(a[key], b[key]) for key in a)  # stochastic rounding resumed exactly too
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fast_step_lays_the_unet_out_as_channels_last_says(channels_last: bool) -> None:
+    from dreamcore.tiny import build_components, tiny_component_configs
+    from dreamcore.training.fast_step import apply_memory_layout
+
+    models = build_components(tiny_component_configs("sd1"), "sd1")
+    config = TrainConfig(fast_step=True, channels_last=channels_last, memory_preset="none")
+    apply_memory_layout(models, config, torch.device("cuda"))  # the layout step only; nothing moves to a GPU
+    conv = models.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert conv.is_contiguous() != channels_last
