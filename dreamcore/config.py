@@ -168,6 +168,10 @@ class TrainConfig:
         "stochastic", "How pure_bf16 weights take each update: 'stochastic' rounding (unbiased; 6 bytes a "
         "weight) or 'kahan' (a bf16 remainder per weight keeps what rounding dropped, so small updates add up "
         "as in fp32; 8 bytes a weight).", "Speed", choices=BF16_ROUNDING)
+    bf16_autocast: bool = _field(
+        True, "With pure_bf16: run the training step under bf16 autocast (norms and softmax computed in fp32, "
+        "activations cast around them), or off: every operation in bf16, the norms keeping fp32 statistics inside "
+        "their kernels (fewer copies). Samples and class images use autocast either way.", "Speed")
     optimizer_in_backward: bool = _field(
         False, "Apply AdamW to each weight as soon as its gradient is ready and free the gradient, so full "
         "gradients are never held (8 GB cards). Needs max_grad_norm 0, gradient_accumulation_steps 1, no fp16.",
@@ -529,6 +533,9 @@ def _speed_problems(config: "TrainConfig") -> list[str]:
     if config.pure_bf16 and not config.optimizer_in_backward:
         problems.append("pure_bf16: needs optimizer_in_backward (only that optimizer rounds bf16 weights "
                         "stochastically; plain AdamW updates of lr 1e-6 would round away to nothing).")
+    if not config.bf16_autocast and not config.pure_bf16:
+        problems.append("bf16_autocast: off needs pure_bf16 (fp32 weights compute in bf16 only through "
+                        "autocast); turn pure_bf16 on or bf16_autocast on.")
     if config.bf16_rounding == "kahan" and not config.pure_bf16:
         problems.append("bf16_rounding: 'kahan' compensates bf16 weights; turn pure_bf16 on or set it to "
                         "'stochastic'.")

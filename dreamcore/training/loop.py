@@ -83,8 +83,12 @@ class Trainer:
         self.stop = stop
         config = self.config
         self.precision = effective_precision(config.mixed_precision, emit)
+        # bf16_autocast off: bf16 weights compute in bf16 without autocast; accelerate must then not wrap the
+        # models' forward in autocast (it does for any mixed precision), and samples take it from autocast().
+        self.step_autocast = not (config.pure_bf16 and not config.bf16_autocast and self.precision == "bf16")
         # cpu=True without a GPU lets accelerate run several CPU processes (gloo) under torchrun/accelerate launch.
-        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available(),
+        self.accelerator = Accelerator(mixed_precision=self.precision if self.step_autocast else "no",
+                                       cpu=not torch.cuda.is_available(),
                                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                                        kwargs_handlers=self.accelerator_kwargs_handlers())
         self.device = self.accelerator.device
@@ -268,9 +272,13 @@ class Trainer:
         std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
         latents = (mean + std * batch.sample_noise) * self.models.vae.config.scaling_factor
         noisy_latents = self.noise_scheduler.add_noise(latents, batch.noise, batch.timesteps)
+        if not self.step_autocast:  # bf16 weights without autocast take bf16 inputs (the loss is fp32 below)
+            noisy_latents = noisy_latents.to(torch.bfloat16)
         with self.accelerator.autocast():
             encoder_states = batch.encoder_input if self.prompt_cache is not None else \
                 self.wrapped["text_encoder"](batch.encoder_input)[0]
+            if not self.step_autocast:
+                encoder_states = encoder_states.to(torch.bfloat16)  # cached or from a frozen encoder
             model_pred = self.wrapped["unet"](noisy_latents, batch.timesteps, encoder_states).sample
         target = batch.noise if self.prediction_type == "epsilon" else \
             self.noise_scheduler.get_velocity(latents, batch.noise, batch.timesteps)
@@ -294,6 +302,13 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def autocast(self):
+        """The autocast of sampling and class images: accelerate's, or bf16 autocast where the training step
+        runs without one (bf16_autocast off), so bf16 UNet latents meet the fp32 VAE as in every other run."""
+        if self.step_autocast:
+            return self.accelerator.autocast()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def raw_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer itself, without accelerate's wrapper (for its state and param groups)."""
@@ -360,7 +375,7 @@ class Trainer:
             prompt = config.save_sample_prompt or plan.concepts[0].concept.instance_prompt
             # Each process draws every N-th sample; the main process gathers and writes them.
             accelerator = self.accelerator
-            with accelerator.autocast():
+            with self.autocast():
                 samples = generate_samples(pipeline, prompt, config.save_sample_negative_prompt,
                                            list(range(accelerator.process_index, config.n_save_sample,
                                                       accelerator.num_processes)),
@@ -375,7 +390,7 @@ class Trainer:
                 self.emit(SamplesSaved(step, tuple(str(p) for p in paths), prompt))
                 outputs["samples"] = str(sample_folder)
                 if self.likeness is not None:
-                    with self.accelerator.autocast():
+                    with self.autocast():
                         self.likeness.evaluate(pipeline, step)
                     self.emit.log("likeness per checkpoint:\n" + self.likeness.table())
                     outputs["likeness"] = str(self.likeness.out_dir)
@@ -498,7 +513,7 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
                 done += count * accelerator.num_processes
                 emit(ClassImagesProgress(min(done, config.num_class_images), config.num_class_images))
 
-            with accelerator.autocast():
+            with trainer.autocast():
                 generate_class_images(pipeline, concept_plan.class_dir, prompt, config.class_negative_prompt,
                                       indices[accelerator.process_index::accelerator.num_processes],
                                       config.sample_batch_size, config.seed, config.class_guidance_scale,

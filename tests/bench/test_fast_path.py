@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from dreamcore import TrainConfig
+from dreamcore.config import ConfigError
 from dreamcore.training import train
 
 
@@ -142,6 +143,26 @@ def test_8gb_tier_with_cuda_graph_on_a_cpu_checkpoints_and_computes_the_same(tin
     assert not saved["cuda_graph"] and saved["optimizer_in_backward"]  # the record says what ran: eager
 
 
+def test_bf16_weights_train_without_autocast_as_they_do_with_it(tiny_inputs, tmp_path: Path) -> None:
+    """bf16_autocast off: the step runs every op in bf16 (no casts around the norms); samples still decode."""
+    from accelerate.state import AcceleratorState
+
+    from dreamcore.presets import MEMORY_PRESETS
+
+    model, photos = tiny_inputs
+    common = dict(MEMORY_PRESETS["12GB"], memory_preset="none", cuda_graph=False, max_train_steps=4,
+                  learning_rate=1e-4)
+    with_autocast = train(tiny_recipe(model, photos, tmp_path / "autocast", **common))
+    AcceleratorState._reset_state(True)
+    without = train(tiny_recipe(model, photos, tmp_path / "bf16", **common, bf16_autocast=False))
+    assert torch.isfinite(torch.tensor(without.losses)).all()
+    # the same data, noise and timesteps; only where the norms compute differs (bf16 keeps ~3 digits)
+    assert torch.allclose(torch.tensor(without.losses), torch.tensor(with_autocast.losses), rtol=5e-2, atol=5e-3)
+    assert list((tmp_path / "bf16" / "samples").rglob("*.png"))  # sampling ran under autocast: the fp32 VAE
+    with pytest.raises(ConfigError, match="bf16_autocast: off needs pure_bf16"):
+        TrainConfig(bf16_autocast=False).validate()
+
+
 @pytest.mark.gpu
 def test_cuda_graph_records_the_8gb_in_backward_step_on_gpu(tiny_inputs, tmp_path: Path) -> None:
     """The 8GB tier's step (bf16 weights, AdamW inside backward, checkpointing) recorded: same losses."""
@@ -166,10 +187,13 @@ def test_cuda_graph_records_the_8gb_in_backward_step_on_gpu(tiny_inputs, tmp_pat
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tier", ["24GB", "12GB", "8GB"])
-def test_each_memory_tier_matches_the_plain_path_over_50_steps_on_gpu(tier: str, tiny_inputs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tier, overrides", [("24GB", {}), ("12GB", {}), ("8GB", {}),
+                                             ("16GB", {"bf16_autocast": False}), ("16GB", {"channels_last": False})])
+def test_each_memory_tier_matches_the_plain_path_over_50_steps_on_gpu(tier: str, overrides: dict, tiny_inputs,
+                                                                     tmp_path: Path) -> None:
     """Issue 7's check of the fast path, for what each tier runs (bf16 weights, fused in-backward AdamW with
-    Kahan or stochastic rounding, checkpointing, the recorded step) against fp32 AdamW at the guide's lr."""
+    Kahan or stochastic rounding, checkpointing, the recorded step) against fp32 AdamW at the guide's lr; and
+    the two layouts under measurement (no autocast, no channels-last)."""
     assert torch.cuda.is_available()
     from accelerate.state import AcceleratorState
 
@@ -181,7 +205,7 @@ def test_each_memory_tier_matches_the_plain_path_over_50_steps_on_gpu(tier: str,
                               use_8bit_adam=False, **common))
     AcceleratorState._reset_state(True)
     logs = []
-    fast = train(tiny_recipe(model, photos, tmp_path / tier, **{**MEMORY_PRESETS[tier], **common}),
+    fast = train(tiny_recipe(model, photos, tmp_path / tier, **{**MEMORY_PRESETS[tier], **overrides, **common}),
                  callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
     assert any("recorded the training step" in m for m in logs), logs
     assert not any("fused kernel" in m for m in logs), logs  # the Triton kernel ran, not the PyTorch form
