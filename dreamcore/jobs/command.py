@@ -2,6 +2,7 @@
 
     python -m dreamcore jobs submit anna --config anna.json     # queue a job (flags override the file)
     python -m dreamcore jobs run                                # run the queue here until it is empty
+    python -m dreamcore jobs run --gpus 0,1                     # ... one job on each of these GPUs at once
     python -m dreamcore jobs list | show NAME | cancel NAME | resume NAME | rerun NAME | remove NAME
     python -m dreamcore jobs serve --port 7862                  # the REST API alone (no gradio)
 
