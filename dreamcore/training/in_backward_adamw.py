@@ -124,7 +124,8 @@ class InBackwardAdamW(torch.optim.Optimizer):
         state["step"] += 1
         compensation = state.get("compensation")
         tensors = (parameter, grad, state["exp_avg"], state["exp_avg_sq"])
-        if self._fused and same_flat_layout(*tensors, *([] if compensation is None else [compensation])):
+        kahan = () if compensation is None else (compensation,)
+        if self._fused and same_flat_layout(*tensors, *kahan):
             fused_adamw_update(*tensors, step=state["step"], lr=group["lr"], seed=self._seed_tensor(parameter.device),
                                counter_base=self._counter_base[parameter], betas=group["betas"], eps=group["eps"],
                                weight_decay=group["weight_decay"], compensation=compensation)
@@ -141,7 +142,6 @@ class InBackwardAdamW(torch.optim.Optimizer):
             bias_correction2 = 1 - beta2 ** step
         decay = 1 - lr * weight_decay
         step_size = lr / bias_correction1
-        kahan = () if compensation is None else (compensation,)
         for weight_part, grad_part, avg_part, avg_sq_part, *compensation_part in _flat_chunks(tensors + kahan, _CHUNK):
             grad32 = grad_part.float()
             exp_avg = avg_part.float().lerp_(grad32, 1 - beta1)
