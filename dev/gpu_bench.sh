@@ -14,7 +14,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 python3 -c 'import torch, diffusers, bitsandbytes, transformers, accelerate; import importlib.util as u; print("triton", u.find_spec("triton") and __import__("triton").__version__, "torch", torch.__version__, "diffusers", diffusers.__version__, "bnb", bitsandbytes.__version__, "transformers", transformers.__version__, "accelerate", accelerate.__version__)'
 if [ "${RUN_GPU_TESTS:-0}" = 1 ]; then
-  python3 -m pytest -q -p no:cacheprovider --run-gpu -m gpu ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} tests/bench 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
+  python3 -m pytest -q -p no:cacheprovider --run-gpu -m gpu ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} tests/bench tests/training 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
 fi
 if [ "${RUN_ACCELERATE:-0}" = 1 ]; then
   W=/tmp/acc; rm -rf $W; mkdir -p $W/photos

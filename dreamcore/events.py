@@ -93,7 +93,9 @@ class StopSignal(Protocol):
 
 
 class StopRequest:
-    """A stop request the caller sets (from another thread, a signal handler or a UI button)."""
+    """A stop request the caller sets (from another thread, a signal handler or a UI button). Training ends
+    after the step in flight, the one after the last step reported (the loop reads each step's loss while
+    the next step runs, see training/late_read.py)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()

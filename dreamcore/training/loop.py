@@ -29,6 +29,7 @@ from dreamcore.lora.export import export_training_lora
 from dreamcore.training.compat import accumulate
 from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, example_generator,
                                      image_to_tensor, needs_random_augmentation)
+from dreamcore.training.late_read import LateValues
 from dreamcore.training.optim import build_lr_scheduler, build_optimizer
 from dreamcore.training.sampling import generate_samples, write_samples
 from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, effective_precision,
@@ -654,32 +655,56 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     status = "completed"
     started = time.perf_counter()
     step = start_step
+    micro_steps = config.gradient_accumulation_steps
+
+    def report(launched: tuple[int, LateValues]) -> None:
+        """Check and announce a finished step's loss (read one step late: see late_read.py)."""
+        done, late = launched
+        values = late.values()
+        losses_, priors, learning_rate = values[:micro_steps], values[micro_steps:-1], values[-1]
+        accumulated = 0.0
+        for value in losses_:  # summed on the host in micro-step order, as one float64
+            accumulated += value / micro_steps
+        accumulated_prior = 0.0
+        for value in priors:
+            accumulated_prior += value / micro_steps
+        if not math.isfinite(accumulated):
+            raise TrainingError(
+                f"the loss became {accumulated} at step {done}. Likely causes: fp16 overflow (use "
+                "mixed_precision bf16, or keep the VAE in fp32 as dreamcore does), a learning rate too high "
+                f"({config.learning_rate}; the guide uses 1e-6), or a damaged base model. No checkpoint was "
+                "written from this step; resume from the last saved state after changing the setting.")
+        losses.append(accumulated)
+        elapsed = time.perf_counter() - started
+        rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
+        emit(Progress(done, plan.total_steps, accumulated, learning_rate, rate,
+                      (plan.total_steps - done) / rate if rate > 0 else 0.0,
+                      accumulated_prior if config.with_prior_preservation else None))
+
+    unread: tuple[int, LateValues] | None = None  # the last launched step, whose values are still on the GPU
     while step < plan.total_steps:
         if stop is not None and stop.is_set():
             status = "stopped"
             break
-        accumulated, accumulated_prior = 0.0, 0.0
-        for micro in range(config.gradient_accumulation_steps):
-            index = step * config.gradient_accumulation_steps + micro
+        step_losses, step_priors = [], []
+        for micro in range(micro_steps):
+            index = step * micro_steps + micro
             with accumulate(trainer.accelerator, list(trainer.wrapped.values())):
                 loss, prior_loss = trainer.micro_step(index)
-            accumulated += loss.item() / config.gradient_accumulation_steps
+            step_losses.append(loss)
             if prior_loss is not None:
-                accumulated_prior += prior_loss.item() / config.gradient_accumulation_steps
-        if not math.isfinite(accumulated):
-            raise TrainingError(
-                f"the loss became {accumulated} at step {step + 1}. Likely causes: fp16 overflow (use "
-                "mixed_precision bf16, or keep the VAE in fp32 as dreamcore does), a learning rate too high "
-                f"({config.learning_rate}; the guide uses 1e-6), or a damaged base model. No checkpoint was "
-                "written from this step; resume from the last saved state after changing the setting.")
+                step_priors.append(prior_loss)
         trainer.optimizer_step()
         step += 1
-        losses.append(accumulated)
-        elapsed = time.perf_counter() - started
-        rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
-        emit(Progress(step, plan.total_steps, accumulated, float(trainer.lr_scheduler.get_last_lr()[0]), rate,
-                      (plan.total_steps - step) / rate if rate > 0 else 0.0,
-                      accumulated_prior if config.with_prior_preservation else None))
+        launched = (step, LateValues([*step_losses, *step_priors, trainer.lr_scheduler.get_last_lr()[0]]))
+        if unread is not None:  # this step is queued behind it, so the GPU stays busy while the host reads
+            report(unread)
+        unread = launched
+        saving = (config.checkpointing_steps and step % config.checkpointing_steps == 0) or \
+            (config.save_interval and step % config.save_interval == 0)
+        if saving and step < plan.total_steps:  # nothing is saved from a step whose loss was not checked
+            report(unread)
+            unread = None
         if config.checkpointing_steps and step % config.checkpointing_steps == 0 and step < plan.total_steps:
             trainer.save_state(step)
         if config.save_interval and step % config.save_interval == 0 and step < plan.total_steps:
@@ -688,6 +713,8 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
                 emit.log(f"likeness has not risen for {config.likeness_early_stop} checkpoints: stopping early at "
                          f"step {step} (likeness_early_stop).")
                 break
+    if unread is not None:
+        report(unread)
 
     if status == "stopped":
         emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
