@@ -102,7 +102,8 @@ class TrainConfig:
         False, "Train on class images too so the class ('a person') does not turn into the subject.", "Prior")
     prior_loss_weight: float = _field(1.0, "Weight of the class-image loss.", "Prior")
     num_class_images: int = _field(100, "Class images wanted per concept; missing ones are generated.", "Prior")
-    sample_batch_size: int = _field(4, "Batch size when generating class images.", "Prior")
+    sample_batch_size: int = _field(4, "Images generated at once: class images, and the samples at each checkpoint.",
+                                   "Prior")
     class_negative_prompt: str = _field("", "Negative prompt when generating class images.", "Prior")
     class_guidance_scale: float = _field(7.5, "Guidance scale when generating class images.", "Prior")
     class_infer_steps: int = _field(30, "Sampling steps per generated class image.", "Prior")

@@ -41,7 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also profile the last 5 warm-up steps of each preset (torch.profiler; outside the "
                              "timed steady state): GPU kernel time a step against the step's wall time, and the top "
                              "kernels; written beside --json. Needs --warmup 10 or more.")
+    parser.add_argument("--python-profile", action="store_true",
+                        help="also profile each preset's whole run on the host (cProfile; the 60 functions of most "
+                             "cumulative time): where start-up, class images and export spend their seconds; "
+                             "written beside --json")
     parser.add_argument("--profile-out", type=Path, default=None, help=argparse.SUPPRESS)  # the child's file
+    parser.add_argument("--python-profile-out", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one preset, in this process
 
 
@@ -97,9 +102,12 @@ def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
         command = [*launcher, "-m", "dreamcore", "bench", "--child", "--preset", preset.spec(),
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--model-size", args.model_size,
                    "--work", str(work), "--json", str(result_file)]
+        folder = args.json.parent if args.json is not None else work
         if args.profile:
-            folder = args.json.parent if args.json is not None else work
             command += ["--profile-out", str(folder / f"profile-{index}-{_folder_name(preset.spec())}.txt")]
+        if args.python_profile:
+            command += ["--python-profile-out",
+                        str(folder / f"python-profile-{index}-{_folder_name(preset.spec())}.txt")]
         print(f"== {_label(preset, args.num_processes)}", flush=True)
         with DeviceMemorySampler() as sampler:
             returncode = subprocess.run(command, env=os.environ.copy()).returncode
@@ -178,12 +186,22 @@ def _run_child(preset, args: argparse.Namespace) -> int:
         # the last 5 warm-up steps (the CUDA-graph step is recorded by then): the steady timing stays unprofiled
         callbacks.append(StepProfiler(args.profile_out, first_step=args.warmup - 5, steps=5, label=preset.label))
     result = PresetResult(preset.label, "ok")
+    python_profile = None
+    if args.python_profile_out is not None:
+        import cProfile
+
+        python_profile = cProfile.Profile()
+        python_profile.enable()
     try:
         train(config, callbacks=callbacks)
     except TrainingError as error:
         result.status = "NaN" if "the loss became" in str(error) else f"error: {error}"
     except torch.cuda.OutOfMemoryError:
         result.status = "out of memory"
+    finally:
+        if python_profile is not None:
+            python_profile.disable()
+            _write_python_profile(python_profile, args.python_profile_out, preset.label)
     if os.environ.get("RANK", "0") != "0":  # only the main process receives events, times and reports
         return 0 if result.status == "ok" else 1
     result.steps = len(times.steps)
@@ -205,3 +223,14 @@ def _label(preset, processes: int) -> str:
 
 def _folder_name(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
+
+
+def _write_python_profile(profile, path: Path, label: str) -> None:
+    import io
+    import pstats
+
+    from dreamcore.fileio import atomic_write_text
+
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(60)
+    atomic_write_text(path, f"{label}: the whole run on the host (cProfile, by cumulative time)\n{text.getvalue()}")

@@ -16,6 +16,7 @@ class RunTimes:
     started: float = field(default_factory=time.perf_counter)
     stages: dict[str, float] = field(default_factory=dict)
     last_class_image: float | None = None
+    last_samples: float | None = None  # when the last checkpoint's samples were written
     steps: list[float] = field(default_factory=list)  # stamp of each completed step, in order
     losses: list[float] = field(default_factory=list)
     finished: float | None = None
@@ -32,6 +33,8 @@ class RunTimes:
                 self._mark_training_phase(event.name)
         elif event.kind == "class_images":
             self.last_class_image = now
+        elif event.kind == "samples":
+            self.last_samples = now
         elif event.kind == "progress":
             self.steps.append(now)
             self.losses.append(event.loss)
@@ -62,6 +65,10 @@ class Phases:
     warmup_s: float  # first step's start to the end of step ``warmup_steps``
     steady_s_per_step: float
     export_s: float  # final samples, diffusers folder, single file
+    # Where load and export go (None where the run did not say): start to the model load (imports, checks of
+    # config and photos), and the export's samples (the rest of export_s writes the files).
+    validate_s: float | None = None
+    export_samples_s: float | None = None
 
     @property
     def steady_it_per_s(self) -> float:
@@ -91,7 +98,11 @@ def phases(times: RunTimes, warmup_steps: int) -> Phases:
                   prepare_s=train_start - class_end, warmup_steps=warmup_steps,
                   warmup_s=(times.steps[warmup_steps - 1] if warmup_steps else train_start) - train_start,
                   steady_s_per_step=(steady[-1] - steady[0]) / (len(steady) - 1),
-                  export_s=times.finished - times.stages["export"])
+                  export_s=times.finished - times.stages["export"],
+                  validate_s=times.stages["load"] - times.started if "load" in times.stages else None,
+                  export_samples_s=(times.last_samples - times.stages["export"]
+                                    if times.last_samples is not None and times.last_samples > times.stages["export"]
+                                    else None))
 
 
 class DeviceMemorySampler:

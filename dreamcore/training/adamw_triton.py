@@ -24,7 +24,7 @@ def adamw_kernel(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, compensation_
                  KAHAN: tl.constexpr, BLOCK: tl.constexpr):
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = index < numel
-    step = tl.load(step_ptr)  # already counts this update
+    step = tl.load(step_ptr) + 1.0  # the count holds the updates before this one (InBackwardAdamW.step adds it)
     if LR_ON_DEVICE:
         lr = tl.load(lr_ptr)
     else:

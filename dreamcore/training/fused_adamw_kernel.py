@@ -69,12 +69,14 @@ def _kernel():
 
 
 def fused_adamw_update(parameter: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
-                       exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: float | torch.Tensor, seed: torch.Tensor,
-                       counter_base: int, betas: tuple[float, float], eps: float, weight_decay: float,
-                       compensation: torch.Tensor | None = None) -> None:
+                       exp_avg_sq: torch.Tensor, completed_steps: torch.Tensor, lr: float | torch.Tensor,
+                       seed: torch.Tensor, counter_base: int, betas: tuple[float, float], eps: float,
+                       weight_decay: float, compensation: torch.Tensor | None = None) -> None:
     """One AdamW update of ``parameter`` in place, in one kernel launch (no host sync: a CUDA graph can record
-    it). ``step`` (float32, one element, on the device) already counts this update; ``seed`` is an int64 device
-    scalar; ``counter_base`` is this weight's first element's index in the model (distinct noise per weight).
+    it). ``completed_steps`` (float32, one element, on the device) counts the updates before this one: this is
+    update ``completed_steps + 1``, and the caller advances the count afterwards (InBackwardAdamW.step: all
+    weights' counts in one foreach kernel instead of a kernel each). ``seed`` is an int64 device scalar;
+    ``counter_base`` is this weight's first element's index in the model (distinct noise per weight).
     The tensors must share one flat layout (``same_flat_layout``). bf16 moments are stored with stochastic
     rounding, fp32 ones exactly; bf16 weights too, or, given a bf16 ``compensation`` tensor, Kahan-style: the
     nearest bf16, with the remainder kept in ``compensation`` and added back before the next update."""
@@ -85,7 +87,7 @@ def fused_adamw_update(parameter: torch.Tensor, grad: torch.Tensor, exp_avg: tor
     numel = parameter.numel()
     unused = parameter  # a placeholder pointer the kernel never reads (its constexpr flag is off)
     _kernel()[(triton.cdiv(numel, _BLOCK),)](
-        parameter, grad, exp_avg, exp_avg_sq, unused if compensation is None else compensation, step,
+        parameter, grad, exp_avg, exp_avg_sq, unused if compensation is None else compensation, completed_steps,
         lr if lr_on_device else unused, 0.0 if lr_on_device else float(lr), seed, counter_base, numel,
         beta1, beta2, _log2(beta1), _log2(beta2), eps, weight_decay,
         LR_ON_DEVICE=lr_on_device, ROUND_WEIGHTS=parameter.dtype == torch.bfloat16,

@@ -52,8 +52,10 @@ def _flat_chunks(tensors: tuple[torch.Tensor, ...], chunk: int) -> Iterator[tupl
 class InBackwardAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, bias correction) applied by a gradient hook on each parameter.
 
-    ``step()`` does nothing: the update already ran when backward finished that parameter's gradient, and
-    the gradient was freed. The learning rate is read from the parameter group at that moment, so a
+    The update runs when backward has finished that parameter's gradient, and the gradient is freed.
+    ``step()``, called once per step as with any optimizer, only advances the step counts of the weights
+    updated since the last call, all in one foreach kernel (a per-weight ``step += 1`` was 882 kernels, 1.2 ms
+    of SD1.5's recorded step). The learning rate is read from the parameter group at that moment, so a
     learning-rate scheduler stepped after ``optimizer.step()`` works as with plain AdamW. Gradient clipping by
     the global norm and gradient accumulation are impossible by design (the config refuses them). Moments are
     kept in the parameter's dtype when it is bf16 (stored with stochastic rounding too), else in fp32; the
@@ -77,6 +79,7 @@ class InBackwardAdamW(torch.optim.Optimizer):
         self._generators: dict[torch.device, torch.Generator] = {}
         self._seed_tensors: dict[torch.device, torch.Tensor] = {}
         self._counter_base: dict[torch.Tensor, int] = {}  # a weight's first element's index in the model
+        self._uncounted: dict[torch.Tensor, None] = {}  # weights updated since step(), in update order
         self._hooks = []
         elements = 0
         for group in self.param_groups:
@@ -121,23 +124,26 @@ class InBackwardAdamW(torch.optim.Optimizer):
                 state["compensation"] = torch.zeros_like(parameter)
         if (capturable or self._fused) and state["step"].device != parameter.device:
             state["step"] = state["step"].to(parameter.device)  # a state saved by a run that kept it on the host
-        state["step"] += 1
+        if parameter in self._uncounted:  # updated twice without step() in between: count the first one now
+            state["step"] += 1
+        self._uncounted[parameter] = None
         compensation = state.get("compensation")
         tensors = (parameter, grad, state["exp_avg"], state["exp_avg_sq"])
         kahan = () if compensation is None else (compensation,)
         if self._fused and same_flat_layout(*tensors, *kahan):
-            fused_adamw_update(*tensors, step=state["step"], lr=group["lr"], seed=self._seed_tensor(parameter.device),
+            fused_adamw_update(*tensors, completed_steps=state["step"], lr=group["lr"],
+                               seed=self._seed_tensor(parameter.device),
                                counter_base=self._counter_base[parameter], betas=group["betas"], eps=group["eps"],
                                weight_decay=group["weight_decay"], compensation=compensation)
             return
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
         if capturable:  # the same formula, with the step count and lr as device tensors
-            step = state["step"]
+            step = state["step"] + 1  # this update's number: the count holds the updates before it
             bias_correction1 = 1 - torch.pow(beta1, step)
             bias_correction2 = 1 - torch.pow(beta2, step)
         else:
-            step = float(state["step"])
+            step = float(state["step"]) + 1
             bias_correction1 = 1 - beta1 ** step
             bias_correction2 = 1 - beta2 ** step
         decay = 1 - lr * weight_decay
@@ -189,8 +195,18 @@ class InBackwardAdamW(torch.optim.Optimizer):
             self._generator(torch.device(device)).set_state(generator_state.cpu())
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 - the updates ran inside backward
-        return closure() if closure is not None else None
+    def step(self, closure=None):
+        """The updates ran inside backward; count them (one foreach kernel per device)."""
+        loss = closure() if closure is not None else None
+        counts: dict[torch.device, list[torch.Tensor]] = {}
+        for parameter in self._uncounted:
+            state = self.state.get(parameter)
+            if state:  # (release_optimizer_memory drops the state after the last step)
+                counts.setdefault(state["step"].device, []).append(state["step"])
+        for same_device in counts.values():
+            torch._foreach_add_(same_device, 1.0)
+        self._uncounted.clear()
+        return loss
 
     def remove_hooks(self) -> None:
         for handle in self._hooks:

@@ -381,7 +381,7 @@ class Trainer:
                                            list(range(accelerator.process_index, config.n_save_sample,
                                                       accelerator.num_processes)),
                                            config.seed, config.save_guidance_scale, config.save_infer_steps,
-                                           config.resolution)
+                                           config.resolution, config.sample_batch_size)
             if accelerator.num_processes > 1:
                 from accelerate.utils import gather_object
 

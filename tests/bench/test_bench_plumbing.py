@@ -13,7 +13,7 @@ import pytest
 from dreamcore.bench.measure import Phases, RunTimes, phases
 from dreamcore.bench.recipe import GUIDE, BenchPreset, parse_preset, recipe_config
 from dreamcore.bench.report import PresetResult, format_parts, format_table
-from dreamcore.events import ClassImagesProgress, Finished, Progress, Stage
+from dreamcore.events import ClassImagesProgress, Finished, Progress, SamplesSaved, Stage
 
 
 def test_preset_specs_parse_and_refuse_unknown_names() -> None:
@@ -44,10 +44,12 @@ def test_recipe_is_the_guides_with_the_presets_memory_settings(tmp_path: Path) -
 
 
 def _finished_run(step_times: list[float]) -> RunTimes:
-    """Load 0-2 s, class images 2-7 s, prepare 7-10 s, steps at ``step_times``, export 3 s."""
+    """Checks 0-0.5 s, load 0.5-2 s, class images 2-7 s, prepare 7-10 s, steps at ``step_times``, export 3 s
+    (samples 1.25 s)."""
     times = RunTimes(started=0.0)
-    times.stages = {"load": 0.0, "class_images": 2.0, "train": 10.0, "export": step_times[-1]}
+    times.stages = {"validate": 0.0, "load": 0.5, "class_images": 2.0, "train": 10.0, "export": step_times[-1]}
     times.last_class_image = 7.0
+    times.last_samples = step_times[-1] + 1.25
     times.steps = step_times
     times.finished = step_times[-1] + 3.0
     return times
@@ -58,6 +60,7 @@ def test_phases_and_the_projected_total() -> None:
     result = phases(_finished_run(steps), warmup_steps=1)
     assert result.load_s == 2.0 and result.class_images_s == 5.0 and result.prepare_s == 3.0
     assert result.warmup_s == 2.0 and result.export_s == 3.0
+    assert result.validate_s == 0.5 and result.export_samples_s == 1.25
     assert result.steady_s_per_step == pytest.approx(0.5) and result.steady_it_per_s == pytest.approx(2.0)
     # 2 + 5 + 3 + 2 (warm-up, 1 step) + 1999 x 0.5 + 3
     assert result.projected_total_s(2000) == pytest.approx(1014.5)
@@ -69,14 +72,16 @@ def test_events_fill_the_run_times() -> None:
     times = RunTimes()
     for event in (Stage("class_images"), ClassImagesProgress(1, 12), Stage("train"),
                   Progress(1, 2, 0.5, 1e-6, 1.0, 1.0), Progress(2, 2, 0.25, 1e-6, 1.0, 0.0), Stage("export"),
-                  Finished("completed", 2, {})):
+                  SamplesSaved(2, ("a.png",), "photo"), Finished("completed", 2, {})):
         times(event)
     assert times.losses == [0.5, 0.25] and len(times.steps) == 2 and times.finished is not None
+    assert times.stages["export"] <= times.last_samples <= times.finished
     assert set(times.stages) == {"class_images", "train", "export"} and times.train_window is not None
 
 
 def test_table_shows_every_preset_and_how_the_total_is_made() -> None:
-    measured = PresetResult("24GB", "ok", 60, Phases(10.0, 6.0, 1.0, 15, 4.0, 0.2, 18.0), 15.7, 17.1, 14.0, 16.0)
+    measured = PresetResult("24GB", "ok", 60, Phases(10.0, 6.0, 1.0, 15, 4.0, 0.2, 18.0, 3.0, 5.0), 15.7, 17.1,
+                            14.0, 16.0)
     failed = PresetResult("8GB", "out of memory")
     table = format_table([measured, failed], 2000)
     lines = table.splitlines()
@@ -84,14 +89,16 @@ def test_table_shows_every_preset_and_how_the_total_is_made() -> None:
     assert "| 24GB" in lines[2] and "0.2000" in lines[2] and "5.00" in lines[2] and "436" in lines[2]
     assert "out of memory" in lines[3]
     assert PresetResult.from_dict(json.loads(json.dumps(measured.to_dict()))) == measured
-    assert "24GB: 10.0 + 6.0 + 1.0 + 4.0 + 1985 x 0.2000 + 18.0 = 436 s" in format_parts([measured, failed], 2000)
+    parts = format_parts([measured, failed], 2000)
+    assert "24GB: 10.0 + 6.0 + 1.0 + 4.0 + 1985 x 0.2000 + 18.0 = 436 s" in parts
+    assert "load: 3.0 s to the model load, 7.0 s loading; export: 5.0 s samples, 13.0 s files" in parts
 
 
 def test_bench_command_runs_a_tiny_recipe_end_to_end(tmp_path: Path) -> None:
     quick = "guide:num_class_images=1,class_infer_steps=1,save_infer_steps=1,n_save_sample=1"
     result = subprocess.run([sys.executable, "-m", "dreamcore", "bench", "--model-size", "tiny", "--steps", "4",
                              "--warmup", "1", "--preset", quick, "--work", str(tmp_path),
-                             "--json", str(tmp_path / "bench.json")],
+                             "--json", str(tmp_path / "bench.json"), "--python-profile"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -100,6 +107,8 @@ def test_bench_command_runs_a_tiny_recipe_end_to_end(tmp_path: Path) -> None:
     assert report["card"]["gpu"] == "none (CPU)"
     assert "| guide num_class_images=1" in result.stdout and "2000-step total" in result.stdout
     assert list((tmp_path / "runs").glob("*/*.safetensors"))  # the export ran and is in the timing
+    (python_profile,) = tmp_path.glob("python-profile-0-*.txt")
+    assert "load_models" in python_profile.read_text()  # where the start-up went
 
 
 def test_bench_refuses_a_run_without_steady_state(capsys) -> None:
@@ -114,7 +123,7 @@ def test_bench_runs_a_preset_data_parallel_in_two_processes(tmp_path: Path) -> N
     quick = "guide:num_class_images=2,class_infer_steps=1,save_infer_steps=1,n_save_sample=1"
     result = subprocess.run([sys.executable, "-m", "dreamcore", "bench", "--model-size", "tiny", "--steps", "4",
                              "--warmup", "1", "--preset", quick, "--num-processes", "2", "--work", str(tmp_path),
-                             "--json", str(tmp_path / "bench.json")],
+                             "--json", str(tmp_path / "bench.json"), "--python-profile"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     (run,) = json.loads((tmp_path / "bench.json").read_text())["results"]

@@ -48,6 +48,21 @@ def test_fp32_weights_follow_torch_adamw() -> None:
     assert float(in_backward.state[ours.weight]["step"]) == 20
 
 
+def test_step_counts_the_updates_and_a_second_backward_before_it_counts_too() -> None:
+    """step() advances every updated weight's count at once; an update without step() after it still counts."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = InBackwardAdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(2, 3)).sum().backward()
+    assert float(optimizer.state[model.weight]["step"]) == 0  # the update ran as update 1; step() counts it
+    optimizer.step()
+    assert [float(optimizer.state[p]["step"]) for p in model.parameters()] == [1.0, 1.0]
+    model(torch.randn(2, 3)).sum().backward()
+    model(torch.randn(2, 3)).sum().backward()  # no step() in between: the second update is number 3
+    optimizer.step()
+    assert [float(optimizer.state[p]["step"]) for p in model.parameters()] == [3.0, 3.0]
+
+
 def test_capturable_form_computes_the_same_updates_with_a_tensor_lr_and_a_schedule() -> None:
     """The CUDA graph records the capturable form: step count and lr as tensors, the lr refilled by a schedule."""
     torch.manual_seed(0)
@@ -114,7 +129,7 @@ def test_fused_kernel_on_gpu_is_adamw_and_rounds_without_bias_also_when_replayed
     m = m + 0.1 * (g - m)
     v = v * 0.999 + 0.001 * g * g
     expected = w * (1 - 1e-3 * 1e-2) - m / ((v / (1 - 0.999 ** 5)).sqrt() + 1e-8) * (1e-3 / (1 - 0.9 ** 5))
-    fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, step=torch.tensor(5.0, device=device),
+    fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, completed_steps=torch.tensor(4.0, device=device),
                        lr=torch.tensor(1e-3, device=device), seed=torch.tensor(0, device=device), counter_base=0,
                        **hyper)
     assert torch.allclose(weights.double(), expected, rtol=1e-5, atol=1e-6)
@@ -128,10 +143,10 @@ def test_fused_kernel_on_gpu_is_adamw_and_rounds_without_bias_also_when_replayed
                       torch.tensor(7, device=device))
 
     def update() -> None:
-        step.add_(1)
         exp_avg.zero_(), exp_avg_sq.zero_(), weights.fill_(1.0)
-        fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, step=step, lr=lr, seed=seed, counter_base=0,
-                           betas=(0.0, 0.0), eps=1e-8, weight_decay=0.0)
+        fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, completed_steps=step, lr=lr, seed=seed,
+                           counter_base=0, betas=(0.0, 0.0), eps=1e-8, weight_decay=0.0)
+        step.add_(1)
 
     update()  # compiles the kernel outside the capture
     graph = torch.cuda.CUDAGraph()

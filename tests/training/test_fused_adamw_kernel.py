@@ -48,8 +48,8 @@ def test_fp32_update_is_adamw(lr_on_device: bool) -> None:
     weights, grad, exp_avg, exp_avg_sq = _state((3000,))
     expected_w, expected_m, expected_v = _reference(weights, grad, exp_avg, exp_avg_sq, step=7, lr=1e-2)
     lr = torch.tensor(1e-2) if lr_on_device else 1e-2
-    fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, step=torch.tensor(7.0), lr=lr, seed=torch.tensor(0),
-                       counter_base=0, **HYPER)
+    fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, completed_steps=torch.tensor(6.0), lr=lr,
+                       seed=torch.tensor(0), counter_base=0, **HYPER)
     assert torch.allclose(weights.double(), expected_w, rtol=1e-5, atol=1e-6)
     assert torch.allclose(exp_avg.double(), expected_m, rtol=1e-5, atol=1e-7)
     assert torch.allclose(exp_avg_sq.double(), expected_v, rtol=1e-5, atol=1e-9)
@@ -61,8 +61,8 @@ def test_bf16_results_round_to_a_neighbour_at_random_and_without_bias() -> None:
     # lr 1e-3 moves every weight by ~1e-3: between the bf16 neighbours 1.0 and 0.99609375
     grad = torch.ones(count, dtype=torch.bfloat16)
     exp_avg, exp_avg_sq = torch.zeros_like(weights), torch.zeros_like(weights)
-    fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, step=torch.tensor(1.0), lr=1e-3, seed=torch.tensor(5),
-                       counter_base=0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    fused_adamw_update(weights, grad, exp_avg, exp_avg_sq, completed_steps=torch.tensor(0.0), lr=1e-3,
+                       seed=torch.tensor(5), counter_base=0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     exact = 1.0 - 1e-3  # bias-corrected Adam's first step is lr * sign(grad)
     assert set(weights.float().unique().tolist()) == {0.99609375, 1.0}
     assert abs(weights.float().mean().item() - exact) < 5e-5
@@ -76,8 +76,8 @@ def test_noise_is_fresh_each_step_and_reproducible_from_seed_step_and_position()
         weights = torch.full((4096,), 1.0, dtype=torch.bfloat16)
         grad = torch.ones_like(weights)
         fused_adamw_update(weights, grad, torch.zeros_like(weights), torch.zeros_like(weights),
-                           step=torch.tensor(step), lr=1e-3, seed=torch.tensor(seed), counter_base=counter_base,
-                           betas=(0.0, 0.0), eps=1e-8, weight_decay=0.0)
+                           completed_steps=torch.tensor(step - 1), lr=1e-3, seed=torch.tensor(seed),
+                           counter_base=counter_base, betas=(0.0, 0.0), eps=1e-8, weight_decay=0.0)
         return weights
 
     first = rounded(seed=1, step=3.0, counter_base=0)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
+#   bash dev/multi_gpu.sh
+# 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
+#    so the one-GPU figure compared is a warm repeat.
+# 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# several processes hold gradients (presets.HOLDING_GRADIENTS["24GB"]); the one-GPU runs get the same settings
+H=optimizer_in_backward=false,pure_bf16=false,cuda_graph=false,max_grad_norm=1.0,bf16_rounding=stochastic
+H=$H,bf16_autocast=true,num_class_images=64
+BENCH_NAME=cls1-first bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"
+BENCH_NAME=cls2 bash dev/gpu_bench.sh 12 10 --num-processes 2 --preset "24GB:$H"
+BENCH_NAME=cls1 bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"
+
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+J=/tmp/jobs; rm -rf $J; mkdir -p $J
+python3 - "$J" <<'EOF'
+import sys
+from pathlib import Path
+from dreamcore.bench.recipe import parse_preset, recipe_config
+jobs = Path(sys.argv[1])
+for name in ("alone", "gpu-a", "gpu-b"):
+    config = recipe_config(parse_preset("16GB"), Path("/tmp/bw/model-sd1"), Path("/tmp/bw/photos-512"),
+                           jobs / "unused", steps=600, resolution=512)
+    config.save(jobs / f"{name}.json")
+EOF
+python3 -m dreamcore jobs --output $J submit alone --config $J/alone.json >/dev/null
+SECONDS=0; python3 -m dreamcore jobs --output $J run --gpus 0 > $OUT/jobs-alone.log 2>&1
+echo "one job of 600 steps on one GPU: ${SECONDS} s (exit $?)" | tee $OUT/jobs.txt
+python3 -m dreamcore jobs --output $J submit gpu-a --config $J/gpu-a.json >/dev/null
+python3 -m dreamcore jobs --output $J submit gpu-b --config $J/gpu-b.json >/dev/null
+SECONDS=0; python3 -m dreamcore jobs --output $J run --gpus 0,1 > $OUT/jobs-two.log 2>&1
+echo "two jobs of 600 steps on GPUs 0 and 1: ${SECONDS} s (exit $?)" | tee -a $OUT/jobs.txt
+python3 -m dreamcore jobs --output $J list | tee -a $OUT/jobs.txt
