@@ -13,7 +13,8 @@ BENCH_NAME=cls1-first bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"
 BENCH_NAME=cls2 bash dev/gpu_bench.sh 12 10 --num-processes 2 --preset "24GB:$H"
 BENCH_NAME=cls1 bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"
 
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPYCACHEPREFIX=/tmp/pycache
+unset PYTHONDONTWRITEBYTECODE  # as in gpu_bench.sh
 J=/tmp/jobs; rm -rf $J; mkdir -p $J
 python3 - "$J" <<'EOF'
 import sys
@@ -33,3 +34,5 @@ python3 -m dreamcore jobs --output $J submit gpu-b --config $J/gpu-b.json >/dev/
 SECONDS=0; python3 -m dreamcore jobs --output $J run --gpus 0,1 > $OUT/jobs-two.log 2>&1
 echo "two jobs of 600 steps on GPUs 0 and 1: ${SECONDS} s (exit $?)" | tee -a $OUT/jobs.txt
 python3 -m dreamcore jobs --output $J list | tee -a $OUT/jobs.txt
+for name in alone gpu-a gpu-b; do python3 -m dreamcore jobs --output $J show $name --json > $OUT/job-$name.json; done
+grep -h "it/s\|Training completed\|steps on" $J/jobs/*/log.txt | tail -12 | tee -a $OUT/jobs.txt
