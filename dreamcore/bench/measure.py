@@ -93,7 +93,11 @@ def phases(times: RunTimes, warmup_steps: int) -> Phases:
     loaded = class_start if class_start is not None else times.stages["train"]
     class_end = times.last_class_image if times.last_class_image is not None else loaded
     train_start = times.stages["train"]
-    steady = times.steps[warmup_steps:]
+    # A step is reported once the next one is launched (training/late_read.py), so each stamp marks the later
+    # of "this step's GPU work done" and "the next step launched": the interval between two stamps is a step
+    # either way, except before the last stamp, which no launch follows (an eager, launch-bound step then
+    # looks a few ms long). The steady window therefore ends one stamp early.
+    steady = times.steps[warmup_steps - 1:-1] if warmup_steps else [train_start, *times.steps[:-1]]
     return Phases(load_s=loaded - times.started, class_images_s=class_end - loaded,
                   prepare_s=train_start - class_end, warmup_steps=warmup_steps,
                   warmup_s=(times.steps[warmup_steps - 1] if warmup_steps else train_start) - train_start,

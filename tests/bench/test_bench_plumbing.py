@@ -66,6 +66,9 @@ def test_phases_and_the_projected_total() -> None:
     assert result.projected_total_s(2000) == pytest.approx(1014.5)
     with pytest.raises(ValueError, match="raise --steps"):
         phases(_finished_run(steps[:3]), warmup_steps=2)
+    # launch-bound: the last step is reported right after the one before it (no launch follows it)
+    early_last = [12.0, 12.5, 13.0, 13.01]
+    assert phases(_finished_run(early_last), warmup_steps=2).steady_s_per_step == pytest.approx(0.5)
 
 
 def test_events_fill_the_run_times() -> None:
