@@ -103,21 +103,6 @@ def atomic_directory(final_dir: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_concurrently(writes: dict[str, Callable[[], Path]]) -> dict[str, Path]:
-    """Run atomic writers side by side and return their paths by name. Writers of model files are mostly
-    device-to-host copies and disk writes, which release the GIL: a training run's final diffusers folder and
-    single file together take about the longer one's time. Each writer must be atomic, so one that fails
-    leaves nothing half-written; its error is raised once the others have finished."""
-    if len(writes) == 1:
-        ((name, write),) = writes.items()
-        return {name: write()}
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=len(writes), thread_name_prefix="dreamcore-export") as pool:
-        futures = {name: pool.submit(write) for name, write in writes.items()}
-        return {name: future.result() for name, future in futures.items()}
-
-
 def _current_umask() -> int:
     return _UMASK
 

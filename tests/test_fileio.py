@@ -70,27 +70,3 @@ def test_outputs_get_ordinary_permissions(tmp_path: Path, monkeypatch: pytest.Mo
         (temp / "a").write_text("1")
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
-
-
-def test_write_concurrently_runs_writers_side_by_side_and_raises_after_all_finish(tmp_path: Path) -> None:
-    import threading
-
-    from dreamcore.fileio import write_concurrently
-
-    both_running = threading.Barrier(2, timeout=10)  # each writer waits for the other: they must overlap
-
-    def writer(name: str) -> Path:
-        both_running.wait()
-        return atomic_write_text(tmp_path / name, name)
-
-    written = write_concurrently({"a": lambda: writer("a.txt"), "b": lambda: writer("b.txt")})
-    assert written == {"a": tmp_path / "a.txt", "b": tmp_path / "b.txt"}
-    assert (tmp_path / "b.txt").read_text() == "b.txt"
-
-    def failing() -> Path:
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        write_concurrently({"bad": failing, "good": lambda: atomic_write_text(tmp_path / "c.txt", "c")})
-    assert (tmp_path / "c.txt").read_text() == "c"  # the other writer still finished
-    assert write_concurrently({"one": lambda: tmp_path / "a.txt"}) == {"one": tmp_path / "a.txt"}

@@ -22,7 +22,6 @@ from dreamcore.components import ModelComponents
 from dreamcore.config import CONFIG_FILE_NAME, RUN_REPORT_KEY, TrainConfig
 from dreamcore.events import (CheckpointSaved, ClassImagesProgress, Emitter, Finished, Progress, SamplesSaved,
                               Stage, StopSignal)
-from dreamcore.fileio import write_concurrently
 from dreamcore.images import load_rgb_image
 from dreamcore.training.class_images import generate_class_images, missing_class_images, usable_class_images
 from dreamcore.lora.adapters import LoraSettings, add_lora_adapters
@@ -405,17 +404,17 @@ class Trainer:
                     outputs.update(export_training_lora(components, plan.output_dir, plan.model_name, step, final,
                                                         metadata, user_metadata, config.save_half))
                     path = Path(outputs["lora"])
+                elif final:
+                    folder = save_diffusers_folder(components, plan.output_dir / "diffusers")
+                    (folder / CONFIG_FILE_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+                    outputs["diffusers"] = str(folder)
+                    path = plan.output_dir / f"{plan.model_name}.safetensors"
                 else:
-                    path = plan.output_dir / (f"{plan.model_name}.safetensors" if final else
-                                              f"checkpoints/{plan.model_name}-step-{step:06d}.safetensors")
-                    writes = {"single_file": lambda: save_single_file(components, path, half=config.save_half,
-                                                                      metadata=metadata, user_metadata=user_metadata)}
-                    if final:
-                        writes["diffusers"] = lambda: save_diffusers_folder(components, plan.output_dir / "diffusers")
-                    outputs.update({name: str(written) for name, written in write_concurrently(writes).items()})
-                    if final:
-                        (Path(outputs["diffusers"]) / CONFIG_FILE_NAME).write_text(
-                            json.dumps(config.to_dict(), indent=2) + "\n")
+                    path = plan.output_dir / "checkpoints" / f"{plan.model_name}-step-{step:06d}.safetensors"
+                if not config.use_lora:
+                    save_single_file(components, path, half=config.save_half, metadata=metadata,
+                                     user_metadata=user_metadata)
+                    outputs["single_file"] = str(path)
                 config.save(path.parent / CONFIG_FILE_NAME)
                 self.emit(CheckpointSaved(step, str(path), "final" if final else "checkpoint"))
                 if not final:
