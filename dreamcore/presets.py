@@ -90,9 +90,9 @@ MEMORY_PRESETS: dict[str, dict[str, Any]] = {
 # more" preset use the name).
 SAME_AS = {"24GB": "16GB"}
 # Free GPU memory (GiB) each tier needs: its peak device total (NVML, context included) measured on one H100
-# with SD1.5 shapes (BENCHMARKS.md, runs G and H, 2026-11-25) plus ~10% headroom. Measured peaks: 16GB 11.16 GiB
-# (run H), 12GB 9.33 GiB (run G), 8GB 7.41 GiB, training and whole run (run H).
-NEEDS_GIB: dict[str, float] = {"24GB": 12.5, "16GB": 12.5, "12GB": 10.3, "8GB": 8.5}
+# with SD1.5 shapes (BENCHMARKS.md, runs K and M, session 4) plus ~10% headroom. Measured peaks, training and
+# whole run alike: 16GB 10.57 GiB, 12GB 8.75 GiB, 8GB 7.31 GiB (run K).
+NEEDS_GIB: dict[str, float] = {"24GB": 11.6, "16GB": 11.6, "12GB": 9.6, "8GB": 8.1}
 
 # Where gradients must be held - several processes average them, gradient accumulation sums them - AdamW
 # cannot run inside backward. The 24GB and 16GB tiers then run these settings (the tiers of session 2,
