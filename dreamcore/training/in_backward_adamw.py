@@ -52,11 +52,11 @@ def _flat_chunks(tensors: tuple[torch.Tensor, ...], chunk: int) -> Iterator[tupl
 class InBackwardAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, bias correction) applied by a gradient hook on each parameter.
 
-    The update runs when backward has finished that parameter's gradient, and the gradient is freed.
-    ``step()``, called once per step as with any optimizer, only advances the step counts of the weights
-    updated since the last call, all in one foreach kernel (a per-weight ``step += 1`` was 882 kernels, 1.2 ms
-    of SD1.5's recorded step). The learning rate is read from the parameter group at that moment, so a
-    learning-rate scheduler stepped after ``optimizer.step()`` works as with plain AdamW. Gradient clipping by
+    The update runs when backward has finished that parameter's gradient, and the gradient is freed. The
+    learning rate is read from the parameter group at that moment, so a learning-rate scheduler stepped after
+    ``optimizer.step()`` works as with plain AdamW. ``step()``, called once per step as with any optimizer, only
+    advances the step counts of the weights updated since the last call, all in one foreach kernel (a
+    per-weight ``step += 1`` was 882 kernels, 1.2 ms of SD1.5's recorded step). Gradient clipping by
     the global norm and gradient accumulation are impossible by design (the config refuses them). Moments are
     kept in the parameter's dtype when it is bf16 (stored with stochastic rounding too), else in fp32; the
     maths runs in fp32.

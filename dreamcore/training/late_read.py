@@ -1,10 +1,10 @@
 """Step values (losses, learning rate) read on the host one step late, so the GPU never waits for the host.
 
 Why: ``loss.item()`` right after a step makes the host wait for the GPU to finish that step; meanwhile nothing
-else is queued, so the GPU then idles while the host draws the next batch and launches the next step (~7 ms of
-a 53 ms recorded step on an H100: the profile's 86% busy). Here the values are copied to pinned host memory
-without blocking, behind the step's kernels, and an event marks when they have arrived. The loop launches the
-next step first and only then waits for that event: the GPU always has a step queued.
+else is queued, so the GPU then idles while the host draws the next batch and launches the next step (the
+recorded step on an H100: 19.4 -> 20.3 it/s without that wait, BENCHMARKS.md run J). Here the values are copied
+to pinned host memory without blocking, behind the step's kernels, and an event marks when they have arrived.
+The loop launches the next step first and only then waits for that event: the GPU always has a step queued.
 
 On the CPU the values are ready at once and nothing changes.
 """

@@ -661,12 +661,12 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
         """Check and announce a finished step's loss (read one step late: see late_read.py)."""
         done, late = launched
         values = late.values()
-        losses_, priors, learning_rate = values[:micro_steps], values[micro_steps:-1], values[-1]
+        micro_losses, micro_priors, learning_rate = values[:micro_steps], values[micro_steps:-1], values[-1]
         accumulated = 0.0
-        for value in losses_:  # summed on the host in micro-step order, as one float64
+        for value in micro_losses:  # summed on the host in micro-step order, as one float64
             accumulated += value / micro_steps
         accumulated_prior = 0.0
-        for value in priors:
+        for value in micro_priors:
             accumulated_prior += value / micro_steps
         if not math.isfinite(accumulated):
             raise TrainingError(
@@ -700,19 +700,19 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
         if unread is not None:  # this step is queued behind it, so the GPU stays busy while the host reads
             report(unread)
         unread = launched
-        saving = (config.checkpointing_steps and step % config.checkpointing_steps == 0) or \
-            (config.save_interval and step % config.save_interval == 0)
-        if saving and step < plan.total_steps:  # nothing is saved from a step whose loss was not checked
-            report(unread)
+        state_due = bool(config.checkpointing_steps) and step % config.checkpointing_steps == 0
+        checkpoint_due = bool(config.save_interval) and step % config.save_interval == 0
+        if (state_due or checkpoint_due) and step < plan.total_steps:
+            report(unread)  # nothing is saved from a step whose loss was not checked
             unread = None
-        if config.checkpointing_steps and step % config.checkpointing_steps == 0 and step < plan.total_steps:
-            trainer.save_state(step)
-        if config.save_interval and step % config.save_interval == 0 and step < plan.total_steps:
-            trainer.save_checkpoint(step, final=False)
-            if trainer.likeness is not None and trainer.likeness.should_stop():
-                emit.log(f"likeness has not risen for {config.likeness_early_stop} checkpoints: stopping early at "
-                         f"step {step} (likeness_early_stop).")
-                break
+            if state_due:
+                trainer.save_state(step)
+            if checkpoint_due:
+                trainer.save_checkpoint(step, final=False)
+                if trainer.likeness is not None and trainer.likeness.should_stop():
+                    emit.log(f"likeness has not risen for {config.likeness_early_stop} checkpoints: stopping early "
+                             f"at step {step} (likeness_early_stop).")
+                    break
     if unread is not None:
         report(unread)
 

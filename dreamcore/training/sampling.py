@@ -16,7 +16,8 @@ def generate_samples(pipeline, prompt: str, negative_prompt: str, indices: list[
     """Sample ``i`` of ``indices`` from seed ``seed + i``: the same seeds at every checkpoint make samples
     comparable from step to step, and are the seeds to type into the WebUI to reproduce one. Up to
     ``batch_size`` samples are drawn at once (one generator each, so sample i starts from the same noise at
-    any batch size): four separate 50-step samples cost a full-size run ~4 s of launch-bound UNet calls."""
+    any batch size): one at a time, a full-size model's UNet calls are launch-bound, so a batch of four costs
+    little more than one sample."""
     samples = []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]

@@ -305,12 +305,12 @@ def test_train_picks_the_preset_from_free_memory_and_says_which(tiny_inputs, tmp
     import dreamcore.presets
 
     model, photos = tiny_inputs
-    monkeypatch.setattr(dreamcore.presets, "cuda_free_bytes", lambda: int(10.0 * 2**30))  # as a 12 GB card
+    monkeypatch.setattr(dreamcore.presets, "cuda_free_bytes", lambda: int(9.0 * 2**30))  # as a 10 GB card
     logs = []
     result = train(tiny_recipe(model, photos, tmp_path / "out", memory_preset="auto", max_train_steps=2),
                    callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
     assert result.status == "completed"
-    assert any("memory preset 8GB (picked from 10.0 GiB free GPU memory)" in m for m in logs)
+    assert any("memory preset 8GB (picked from 9.0 GiB free GPU memory)" in m for m in logs)
     saved = json.loads((tmp_path / "out" / "train_config.json").read_text())
     assert saved["memory_preset"] == "8GB" and saved["pure_bf16"] and saved["mixed_precision"] == "bf16"
 
