@@ -156,6 +156,10 @@ class TrainConfig:
     channels_last: bool = _field(
         True, "With fast_step: keep the UNet in channels-last memory layout (cuDNN's preferred convolution layout; "
         "GroupNorm may copy it back and forth).", "Speed")
+    compile_unet: bool = _field(
+        False, "Compile the UNet for the training step with torch.compile (TorchInductor), which fuses norms, "
+        "activations and layout copies into fewer kernels. The first run on a machine compiles for a minute or more; "
+        "later runs reuse the cache. Samples and exports use the plain UNet. Needs Triton on a GPU.", "Speed")
     cuda_graph: bool = _field(
         False, "Record the whole step (forward, backward, clipping, AdamW) as one CUDA graph after 3 eager steps "
         "and replay it: one launch a step instead of thousands. Needs fast_step, bf16, fused or in-backward AdamW "

@@ -143,6 +143,13 @@ class Trainer:
         prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
         self.wrapped = dict(zip(self.trained, prepared[:-1]))
         self.optimizer = prepared[-1]
+        self.step_unet = self.wrapped["unet"]  # what the training step calls (samples and saves use wrapped)
+        if config.compile_unet:
+            from dreamcore.training.fast_step import compile_for_training
+
+            self.step_unet = compile_for_training(self.wrapped["unet"], self.device)
+            self.emit.log("compile_unet: the UNet compiles during the first training step (a minute or more on "
+                          "a machine's first run; cached after).")
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward instead of keeping them (the step executor may adjust how)."""
@@ -280,7 +287,7 @@ class Trainer:
                 self.wrapped["text_encoder"](batch.encoder_input)[0]
             if not self.step_autocast:
                 encoder_states = encoder_states.to(torch.bfloat16)  # cached or from a frozen encoder
-            model_pred = self.wrapped["unet"](noisy_latents, batch.timesteps, encoder_states).sample
+            model_pred = self.step_unet(noisy_latents, batch.timesteps, encoder_states).sample
         target = batch.noise if self.prediction_type == "epsilon" else \
             self.noise_scheduler.get_velocity(latents, batch.noise, batch.timesteps)
         loss, _, prior_loss = compute_loss(model_pred, target, batch.with_prior, self.config.prior_loss_weight)

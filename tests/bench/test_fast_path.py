@@ -163,6 +163,33 @@ def test_bf16_weights_train_without_autocast_as_they_do_with_it(tiny_inputs, tmp
         TrainConfig(bf16_autocast=False).validate()
 
 
+def test_a_compiled_unet_trains_as_the_plain_one(tiny_inputs, tmp_path: Path, monkeypatch) -> None:
+    """compile_unet: the step calls the torch.compile'd UNet (on the CPU with the aot_eager backend: the same
+    captured forward and backward graphs, run without generated kernels); the in-backward AdamW still updates
+    every weight, the losses match, and samples and exports come from the plain UNet."""
+    import torch._dynamo
+    from accelerate.state import AcceleratorState
+
+    from dreamcore.presets import MEMORY_PRESETS
+    from dreamcore.training import fast_step
+
+    monkeypatch.setattr(fast_step, "COMPILE_BACKEND", "aot_eager")
+    model, photos = tiny_inputs
+    common = dict(MEMORY_PRESETS["12GB"], memory_preset="none", max_train_steps=3, learning_rate=1e-4)
+    plain = train(tiny_recipe(model, photos, tmp_path / "plain", **common))
+    AcceleratorState._reset_state(True)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    logs = []
+    compiled = train(tiny_recipe(model, photos, tmp_path / "compiled", **common, compile_unet=True),
+                     callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the step ran through dynamo
+    assert any(m.startswith("compile_unet:") for m in logs), logs
+    assert torch.allclose(torch.tensor(compiled.losses), torch.tensor(plain.losses), rtol=1e-2, atol=1e-3)
+    assert Path(compiled.outputs["single_file"]).is_file() and list((tmp_path / "compiled" / "samples").rglob("*.png"))
+    torch._dynamo.reset()
+
+
 @pytest.mark.gpu
 def test_cuda_graph_records_the_8gb_in_backward_step_on_gpu(tiny_inputs, tmp_path: Path) -> None:
     """The 8GB tier's step (bf16 weights, AdamW inside backward, checkpointing) recorded: same losses."""
@@ -188,12 +215,12 @@ def test_cuda_graph_records_the_8gb_in_backward_step_on_gpu(tiny_inputs, tmp_pat
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("tier, overrides", [("24GB", {}), ("12GB", {}), ("8GB", {}),
-                                             ("16GB", {"bf16_autocast": True})])
+                                             ("16GB", {"bf16_autocast": True}), ("16GB", {"compile_unet": True})])
 def test_each_memory_tier_matches_the_plain_path_over_50_steps_on_gpu(tier: str, overrides: dict, tiny_inputs,
                                                                      tmp_path: Path) -> None:
     """Issue 7's check of the fast path, for what each tier runs (bf16 weights, fused in-backward AdamW with
     Kahan or stochastic rounding, checkpointing, the recorded step, no autocast) against fp32 AdamW at the
-    guide's lr; and the step under autocast, the tiers' setting before run J."""
+    guide's lr; and the step under autocast (the tiers' setting before run J) and with the UNet compiled."""
     assert torch.cuda.is_available()
     from accelerate.state import AcceleratorState
 
