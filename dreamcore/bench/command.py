@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train each preset data-parallel in this many processes, one per GPU (torchrun); "
                              "the global batch is train_batch_size x this. Memory is sampled on GPU 0.")
     parser.add_argument("--profile", action="store_true",
-                        help="also profile the last 5 warm-up steps of each preset (torch.profiler; outside the "
+                        help="also profile 5 late warm-up steps of each preset (torch.profiler; outside the "
                              "timed steady state): GPU kernel time a step against the step's wall time, and the top "
                              "kernels; written beside --json. Needs --warmup 10 or more.")
     parser.add_argument("--python-profile", action="store_true",
@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dreamcore bench: --num-processes {args.num_processes} must be 1 or more.", file=sys.stderr)
         return 2
     if args.profile and args.warmup < 10:
-        print("dreamcore bench: --profile profiles the last 5 warm-up steps, which must come after the CUDA-graph "
-              "step is recorded (at step 4); use --warmup 10 or more.", file=sys.stderr)
+        print("dreamcore bench: --profile profiles 5 late warm-up steps (ending one before the steady state), which "
+              "must come after the CUDA-graph step is recorded (at step 4); use --warmup 10 or more.", file=sys.stderr)
         return 2
     if args.steps < args.warmup + 2:
         print(f"dreamcore bench: --steps {args.steps} leaves no steady state after --warmup {args.warmup}; "
@@ -181,10 +181,11 @@ def _run_child(preset, args: argparse.Namespace) -> int:
 
     callbacks = [times, show_logs]
     if args.profile_out is not None:
-        from dreamcore.bench.profile import StepProfiler
+        from dreamcore.bench.profile import PROFILED_STEPS, StepProfiler, profile_start_step
 
-        # the last 5 warm-up steps (the CUDA-graph step is recorded by then): the steady timing stays unprofiled
-        callbacks.append(StepProfiler(args.profile_out, first_step=args.warmup - 5, steps=5, label=preset.label))
+        # late warm-up steps (the CUDA-graph step is recorded by then): the steady timing stays unprofiled
+        callbacks.append(StepProfiler(args.profile_out, first_step=profile_start_step(args.warmup),
+                                      steps=PROFILED_STEPS, label=preset.label))
     result = PresetResult(preset.label, "ok")
     python_profile = None
     if args.python_profile_out is not None:

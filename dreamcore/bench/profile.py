@@ -11,8 +11,22 @@ import time
 from pathlib import Path
 
 
+PROFILED_STEPS = 5
+
+
+def profile_start_step(warmup_steps: int) -> int:
+    """The step after which profiling starts: steps ``warmup - PROFILED_STEPS`` .. ``warmup - 1`` are profiled.
+
+    Stopping the profiler and summarizing its events takes a second or two inside a progress callback. The
+    steady window opens at the stamp of step ``warmup_steps`` (bench.measure.phases), so profiling must end at
+    the step before it, or that second lands in the first steady interval.
+    """
+    return warmup_steps - PROFILED_STEPS - 1
+
+
 class StepProfiler:
-    """A training callback profiling steps ``first_step + 1 .. first_step + steps`` and writing a summary."""
+    """A training callback profiling steps ``first_step + 1 .. first_step + steps`` and writing a summary
+    (at the progress event of step ``first_step + steps``)."""
 
     def __init__(self, out: Path, first_step: int, steps: int, label: str):
         self.out, self.first_step, self.steps, self.label = out, first_step, steps, label

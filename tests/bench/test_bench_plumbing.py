@@ -152,3 +152,24 @@ def test_step_profiler_summarizes_the_profiled_steps(tmp_path: Path) -> None:
     assert text.startswith("tiny: 3 steps profiled; wall ") and "% busy" in text
     mm_line = next(line for line in text.splitlines() if "aten::mm" in line)
     assert "1.0x" in mm_line  # one matrix product a step, counted per step
+
+
+def test_profiling_ends_before_the_steady_window_opens() -> None:
+    """StepProfiler stops and summarizes (a second or two) in the progress callback of its last step, after
+    the bench's timer has stamped that step; the steady window must not contain that second (run N measured
+    0.1015 s/step for a 0.046 s step when it did)."""
+    from dreamcore.bench.profile import PROFILED_STEPS, profile_start_step
+
+    for warmup in (10, 15, 20):
+        first = profile_start_step(warmup)
+        assert first >= 4  # the CUDA-graph step is recorded at step 4: profile the replayed step
+        stops_at = first + PROFILED_STEPS  # StepProfiler's last step (see the test above)
+        times, clock = RunTimes(started=0.0), 0.0
+        times.stages.update(load=0.0, train=0.0)
+        for step in range(1, warmup + 6):
+            clock += 0.05  # every step takes 50 ms
+            times.steps.append(clock)  # the timer comes first in the bench's callbacks
+            if step == stops_at:
+                clock += 2.0  # the profiler's summary
+        times.stages["export"] = times.finished = clock
+        assert phases(times, warmup).steady_s_per_step == pytest.approx(0.05), warmup
