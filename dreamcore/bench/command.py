@@ -202,7 +202,11 @@ def _run_child(preset, args: argparse.Namespace) -> int:
     finally:
         if python_profile is not None:
             python_profile.disable()
-            _write_python_profile(python_profile, args.python_profile_out, preset.label)
+            rank = os.environ.get("RANK", "0")
+            out = args.python_profile_out  # one file a process: each spends its start-up differently
+            if rank != "0":
+                out = out.with_name(f"{out.stem}-rank{rank}{out.suffix}")
+            _write_python_profile(python_profile, out, preset.label + ("" if rank == "0" else f" (rank {rank})"))
     if os.environ.get("RANK", "0") != "0":  # only the main process receives events, times and reports
         return 0 if result.status == "ok" else 1
     result.steps = len(times.steps)

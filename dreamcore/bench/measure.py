@@ -16,6 +16,8 @@ class RunTimes:
     started: float = field(default_factory=time.perf_counter)
     stages: dict[str, float] = field(default_factory=dict)
     last_class_image: float | None = None
+    # each class-image progress event: the first says generation starts (models on the device), then one a batch
+    class_image_stamps: list[float] = field(default_factory=list)
     last_samples: float | None = None  # when the last checkpoint's samples were written
     steps: list[float] = field(default_factory=list)  # stamp of each completed step, in order
     losses: list[float] = field(default_factory=list)
@@ -33,6 +35,7 @@ class RunTimes:
                 self._mark_training_phase(event.name)
         elif event.kind == "class_images":
             self.last_class_image = now
+            self.class_image_stamps.append(now)
         elif event.kind == "samples":
             self.last_samples = now
         elif event.kind == "progress":
@@ -69,6 +72,12 @@ class Phases:
     # config and photos), and the export's samples (the rest of export_s writes the files).
     validate_s: float | None = None
     export_samples_s: float | None = None
+    # Where class images go: the stage's start to the first batch (listing, waiting for the other processes,
+    # models to the device), the first batch (first-use costs), and the later batches' mean.
+    class_setup_s: float | None = None
+    class_first_batch_s: float | None = None
+    class_batch_s: float | None = None
+    class_batches: int = 0
 
     @property
     def steady_it_per_s(self) -> float:
@@ -98,6 +107,8 @@ def phases(times: RunTimes, warmup_steps: int) -> Phases:
     # either way, except before the last stamp, which no launch follows (an eager, launch-bound step then
     # looks a few ms long). The steady window therefore ends one stamp early.
     steady = times.steps[warmup_steps - 1:-1] if warmup_steps else [train_start, *times.steps[:-1]]
+    class_stamps = times.class_image_stamps if class_start is not None else []
+    batch_times = [b - a for a, b in zip(class_stamps, class_stamps[1:])]
     return Phases(load_s=loaded - times.started, class_images_s=class_end - loaded,
                   prepare_s=train_start - class_end, warmup_steps=warmup_steps,
                   warmup_s=(times.steps[warmup_steps - 1] if warmup_steps else train_start) - train_start,
@@ -106,7 +117,11 @@ def phases(times: RunTimes, warmup_steps: int) -> Phases:
                   validate_s=times.stages["load"] - times.started if "load" in times.stages else None,
                   export_samples_s=(times.last_samples - times.stages["export"]
                                     if times.last_samples is not None and times.last_samples > times.stages["export"]
-                                    else None))
+                                    else None),
+                  class_setup_s=class_stamps[0] - class_start if class_stamps else None,
+                  class_first_batch_s=batch_times[0] if batch_times else None,
+                  class_batch_s=sum(batch_times[1:]) / len(batch_times[1:]) if len(batch_times) > 1 else None,
+                  class_batches=len(batch_times))
 
 
 class DeviceMemorySampler:

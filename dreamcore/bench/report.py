@@ -80,6 +80,11 @@ def format_parts(results: list[PresetResult], guide_steps: int) -> str:
         if p.validate_s is not None and p.export_samples_s is not None:
             lines.append(f"    (load: {p.validate_s:.1f} s to the model load, {p.load_s - p.validate_s:.1f} s loading; "
                          f"export: {p.export_samples_s:.1f} s samples, {p.export_s - p.export_samples_s:.1f} s files)")
+        if p.class_setup_s is not None and p.class_first_batch_s is not None:
+            later = (f", then {p.class_batches - 1} more at {p.class_batch_s:.2f} s each"
+                     if p.class_batch_s is not None else "")
+            lines.append(f"    (class images: {p.class_setup_s:.1f} s to the first batch, first batch "
+                         f"{p.class_first_batch_s:.2f} s{later})")
     return "\n".join(lines)
 
 

@@ -514,7 +514,11 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
                     # cast while moving: the full-precision copy of a module trained in half never reaches the GPU
                     getattr(trainer.models, name).to(trainer.device, dtype=low_precision.get(name))
                 pipeline = build_pipeline(trainer.models)
+                # Decode one image at a time: a batch of 512 px images through the VAE at once needs ~1 GB each.
+                pipeline.vae.enable_slicing()
             done = len(existing)
+            # "n of N" before the first batch: the models are on the device and generation starts now.
+            emit(ClassImagesProgress(done, config.num_class_images))
 
             def on_batch(count: int) -> None:
                 nonlocal done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -49,6 +50,7 @@ def _finished_run(step_times: list[float]) -> RunTimes:
     times = RunTimes(started=0.0)
     times.stages = {"validate": 0.0, "load": 0.5, "class_images": 2.0, "train": 10.0, "export": step_times[-1]}
     times.last_class_image = 7.0
+    times.class_image_stamps = [3.5, 5.0, 6.0, 7.0]  # generation starts at 3.5 s; three batches
     times.last_samples = step_times[-1] + 1.25
     times.steps = step_times
     times.finished = step_times[-1] + 3.0
@@ -61,6 +63,8 @@ def test_phases_and_the_projected_total() -> None:
     assert result.load_s == 2.0 and result.class_images_s == 5.0 and result.prepare_s == 3.0
     assert result.warmup_s == 2.0 and result.export_s == 3.0
     assert result.validate_s == 0.5 and result.export_samples_s == 1.25
+    assert (result.class_setup_s, result.class_first_batch_s, result.class_batch_s, result.class_batches) == \
+        (1.5, 1.5, 1.0, 3)
     assert result.steady_s_per_step == pytest.approx(0.5) and result.steady_it_per_s == pytest.approx(2.0)
     # 2 + 5 + 3 + 2 (warm-up, 1 step) + 1999 x 0.5 + 3
     assert result.projected_total_s(2000) == pytest.approx(1014.5)
@@ -95,6 +99,10 @@ def test_table_shows_every_preset_and_how_the_total_is_made() -> None:
     parts = format_parts([measured, failed], 2000)
     assert "24GB: 10.0 + 6.0 + 1.0 + 4.0 + 1985 x 0.2000 + 18.0 = 436 s" in parts
     assert "load: 3.0 s to the model load, 7.0 s loading; export: 5.0 s samples, 13.0 s files" in parts
+    timed_batches = dataclasses.replace(measured, phases=dataclasses.replace(
+        measured.phases, class_setup_s=2.0, class_first_batch_s=3.0, class_batch_s=1.25, class_batches=4))
+    assert "class images: 2.0 s to the first batch, first batch 3.00 s, then 3 more at 1.25 s each" in \
+        format_parts([timed_batches], 2000)
 
 
 def test_bench_command_runs_a_tiny_recipe_end_to_end(tmp_path: Path) -> None:

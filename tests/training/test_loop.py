@@ -89,6 +89,8 @@ def test_prior_preservation_generates_class_images_once(tiny_model_dir: Path, ph
     made = sorted(class_dir.glob("*.png"))
     assert len(made) == 3
     assert any(e.kind == "progress" and e.prior_loss is not None for e in events)
+    # progress: "0 of 3" once the models are ready, then after each batch of 2
+    assert [(e.done, e.total) for e in events if e.kind == "class_images"] == [(0, 3), (2, 3), (3, 3)]
     stamps = {p: p.stat().st_mtime_ns for p in made}
     (class_dir / "broken.png").write_bytes(b"not a png")  # a damaged file is skipped, never counted
     train(config.replace(output_dir=str(tmp_path / "out"), num_class_images=4))
