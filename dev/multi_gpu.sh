@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
-#   bash dev/multi_gpu.sh
+#   bash dev/multi_gpu.sh [class-images]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -12,6 +12,10 @@ H=$H,bf16_autocast=true,num_class_images=64
 BENCH_NAME=cls1-first bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"
 BENCH_NAME=cls2 bash dev/gpu_bench.sh 12 10 --num-processes 2 --preset "24GB:$H"
 BENCH_NAME=cls1 bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"
+if [ "${1:-}" = class-images ]; then  # only part 1, plus the two-process run again under cProfile (diagnosis)
+  BENCH_NAME=cls2-pyprof bash dev/gpu_bench.sh 12 10 --num-processes 2 --python-profile --preset "24GB:$H"
+  exit 0
+fi
 
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPYCACHEPREFIX=/tmp/pycache
 unset PYTHONDONTWRITEBYTECODE  # as in gpu_bench.sh
