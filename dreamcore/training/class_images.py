@@ -7,6 +7,7 @@ under new names, each written atomically. A damaged file is reported, never coun
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -46,19 +47,36 @@ def missing_class_images(folder: Path, prompt: str, wanted: int, warn: Callable[
 def generate_class_images(pipeline, folder: Path, prompt: str, negative_prompt: str, indices: list[int],
                           batch_size: int, seed: int, guidance_scale: float, steps: int, resolution: int,
                           on_batch: Callable[[int], None], stop) -> None:
-    """Generate the class images with the given indices into ``folder``, ``batch_size`` at a time."""
+    """Generate the class images with the given indices into ``folder``, ``batch_size`` at a time.
+
+    A writer thread encodes and writes (PNG, fsync) each batch while the GPU draws the next: on the main
+    thread the writes took ~0.2 s of each ~1.5 s batch, and more with several processes writing at once
+    (run P). ``on_batch`` is called from this thread once a batch is on disk.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(indices), batch_size):
-        if stop is not None and stop.is_set():
-            return
-        chunk = indices[start:start + batch_size]
-        generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
-        with torch.no_grad():
-            images = pipeline(prompt=[prompt] * len(chunk),
-                              negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
-                              num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
-                              height=resolution, width=resolution).images
-        for i, image in zip(chunk, images):
-            with atomic_path(folder / class_image_name(prompt, i)) as temp:
-                image.save(temp, format="PNG")
-        on_batch(len(chunk))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dreamcore-class-images") as writer:
+        written: Future | None = None  # the previous batch's writes
+        try:
+            for start in range(0, len(indices), batch_size):
+                if stop is not None and stop.is_set():
+                    break
+                chunk = indices[start:start + batch_size]
+                generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
+                with torch.no_grad():
+                    images = pipeline(prompt=[prompt] * len(chunk),
+                                      negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
+                                      num_inference_steps=steps, guidance_scale=guidance_scale,
+                                      generator=generators, height=resolution, width=resolution).images
+                if written is not None:
+                    on_batch(written.result())
+                written = writer.submit(_write_batch, folder, prompt, chunk, images)
+        finally:
+            if written is not None:  # the last batch (also after a stop or an error): its writes end, or raise
+                on_batch(written.result())
+
+
+def _write_batch(folder: Path, prompt: str, chunk: list[int], images: list) -> int:
+    for i, image in zip(chunk, images):
+        with atomic_path(folder / class_image_name(prompt, i)) as temp:
+            image.save(temp, format="PNG")
+    return len(chunk)
