@@ -359,7 +359,11 @@ class Trainer:
     def release_optimizer_memory(self) -> None:
         optimizer = self.raw_optimizer()
         optimizer.zero_grad(set_to_none=True)
-        optimizer.state.clear()
+        release_state = getattr(optimizer, "release_state", None)  # InBackwardAdamW keeps state beside .state
+        if release_state is not None:
+            release_state()
+        else:
+            optimizer.state.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -201,3 +201,79 @@ def test_kahan_bf16_weights_accumulate_small_updates_as_fp32_does() -> None:
     assert optimizer.state[weight].keys() == {"step", "exp_avg", "exp_avg_sq"}  # no remainder without kahan
     assert errors["kahan"] < 0.05 * movement, (errors, movement)
     assert errors["stochastic"] > 5 * errors["kahan"], errors
+
+
+def _mlp(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.LayerNorm(16), torch.nn.GELU(),
+                               torch.nn.Linear(16, 1)).to(dtype)
+
+
+def test_grouped_vectors_follow_torch_adamw_and_hold_their_gradients_until_step() -> None:
+    """group_vectors: biases and norm scales wait for step() and are updated together; matrices in backward."""
+    kwargs = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+    reference, ours = _mlp(), _mlp()
+    expected = _train(reference, torch.optim.AdamW(reference.parameters(), **kwargs), 15)
+    optimizer = InBackwardAdamW(ours.parameters(), group_vectors=True, **kwargs)
+    got = _train(ours, optimizer, 15)
+    assert torch.allclose(torch.tensor(got), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    # between backward and step(): the matrices are updated and freed, the vectors keep their gradients
+    inputs = torch.randn(4, 6)
+    ours(inputs).sum().backward()
+    assert ours[0].weight.grad is None and ours[0].bias.grad is not None and ours[1].weight.grad is not None
+    optimizer.step()
+    assert all(p.grad is None for p in ours.parameters())
+
+
+def test_grouped_bf16_vectors_keep_fp32_precision() -> None:
+    """A bf16 norm scale of 1.0 moved by 1e-4 a step: its fp32 copy keeps every update, as fp32 AdamW does."""
+    reference, ours = _mlp(), _mlp(torch.bfloat16)
+    kwargs = dict(lr=1e-4, weight_decay=0.0)
+    _train(reference, torch.optim.AdamW(reference.parameters(), **kwargs), 30)
+    _train(ours, InBackwardAdamW(ours.parameters(), group_vectors=True, seed=0, **kwargs), 30)
+    scale, expected = ours[1].weight.float(), reference[1].weight.detach()
+    assert (expected - 1.0).abs().max() > 1e-3  # the updates moved it
+    assert (scale - expected).abs().max() <= 4e-3  # bf16's spacing at 1.0 is 7.8e-3: nearest of the fp32 value
+
+
+def _saved(state: dict) -> dict:
+    """``state`` as a file holds it: copies, sharing no tensor with the live run."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def test_grouped_vectors_resume_exactly_and_adopt_a_state_saved_without_grouping() -> None:
+    kwargs = dict(lr=1e-2, weight_decay=1e-2, group_vectors=True)
+    first = _mlp()
+    first_optimizer = InBackwardAdamW(first.parameters(), **kwargs)
+    _train(first, first_optimizer, 3)
+    saved_model, saved_state = _saved(first.state_dict()), _saved(first_optimizer.state_dict())
+    resumed = _mlp()
+    resumed.load_state_dict(saved_model)
+    resumed_optimizer = InBackwardAdamW(resumed.parameters(), **kwargs)
+    resumed_optimizer.load_state_dict(saved_state)
+    _train(resumed, resumed_optimizer, 3)  # (_train seeds its batches: both halves see the same ones)
+    _train(first, first_optimizer, 3)  # the unbroken run
+    for a, b in zip(resumed.parameters(), first.parameters()):
+        assert torch.equal(a, b)
+
+    ungrouped = _mlp()
+    ungrouped_optimizer = InBackwardAdamW(ungrouped.parameters(), lr=1e-2, weight_decay=1e-2)
+    _train(ungrouped, ungrouped_optimizer, 3)
+    adopted = _mlp()
+    adopted.load_state_dict(_saved(ungrouped.state_dict()))
+    adopted_optimizer = InBackwardAdamW(adopted.parameters(), **kwargs)
+    adopted_optimizer.load_state_dict(_saved(ungrouped_optimizer.state_dict()))
+    _train(adopted, adopted_optimizer, 3)
+    _train(ungrouped, ungrouped_optimizer, 3)
+    for a, b in zip(adopted.parameters(), ungrouped.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)  # the moments and step counts carried over
+    counts = [float(s["step"]) for s in adopted_optimizer.state_dict()["vector_weights"]["0:torch.float32"]
+              ["adamw"]["state"].values()]
+    assert counts == [6.0] * 4  # 3 saved + 3 after the resume, for each of the 4 vectors (3 biases, a scale)
