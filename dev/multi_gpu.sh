@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
-#   bash dev/multi_gpu.sh [class-images]
+#   bash dev/multi_gpu.sh [class-images | class-images-200]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -9,6 +9,12 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 # several processes hold gradients (presets.HOLDING_GRADIENTS["24GB"]); the one-GPU runs get the same settings
 H=optimizer_in_backward=false,pure_bf16=false,cuda_graph=false,max_grad_norm=1.0,bf16_rounding=stochastic
 H=$H,bf16_autocast=true,num_class_images=64
+if [ "${1:-}" = class-images-200 ]; then  # 200 class images; two GPUs first (cold), then one GPU (warm)
+  H=${H/num_class_images=64/num_class_images=200}
+  BENCH_NAME=cls2-200 bash dev/gpu_bench.sh 12 10 --num-processes 2 --preset "24GB:$H"
+  BENCH_NAME=cls1-200 bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"
+  exit 0
+fi
 BENCH_NAME=cls1-first bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"
 BENCH_NAME=cls2 bash dev/gpu_bench.sh 12 10 --num-processes 2 --preset "24GB:$H"
 BENCH_NAME=cls1 bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"

@@ -503,6 +503,8 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
     config, plan, accelerator = trainer.config, trainer.plan, trainer.accelerator
     if not config.with_prior_preservation:
         return [[] for _ in plan.concepts]
+    # The stage starts once every process has loaded its models: waiting for a slower process is loading time.
+    accelerator.wait_for_everyone()
     emit(Stage("class_images", f"{config.num_class_images} per concept"))
     warn = lambda message: emit.log(message, "warning")  # noqa: E731
     pipeline = None
