@@ -49,9 +49,10 @@ def generate_class_images(pipeline, folder: Path, prompt: str, negative_prompt: 
                           on_batch: Callable[[int], None], stop) -> None:
     """Generate the class images with the given indices into ``folder``, ``batch_size`` at a time.
 
-    A writer thread encodes and writes (PNG, fsync) each batch while the GPU draws the next: on the main
-    thread the writes took ~0.2 s of each ~1.5 s batch, and more with several processes writing at once
-    (run P). ``on_batch`` is called from this thread once a batch is on disk.
+    A writer thread encodes and writes (PNG, fsync) each batch while the GPU draws the next: on the calling
+    thread the writes took half of each batch (BENCHMARKS.md: 1.45 s a batch of 4 in run O, 0.7 s in run Q),
+    and more with several processes writing to one disk. ``on_batch`` is called on the calling thread once a
+    batch is on disk.
     """
     folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dreamcore-class-images") as writer:

@@ -277,3 +277,15 @@ def test_grouped_vectors_resume_exactly_and_adopt_a_state_saved_without_grouping
     counts = [float(s["step"]) for s in adopted_optimizer.state_dict()["vector_weights"]["0:torch.float32"]
               ["adamw"]["state"].values()]
     assert counts == [6.0] * 4  # 3 saved + 3 after the resume, for each of the 4 vectors (3 biases, a scale)
+
+
+def test_a_grouped_vector_without_a_gradient_is_left_alone_as_torch_adamw_does() -> None:
+    model = _mlp()
+    unused = torch.nn.Parameter(torch.ones(3))  # a 1-D weight the forward never uses
+    reference = _mlp()
+    kwargs = dict(lr=1e-2, weight_decay=1e-2)
+    _train(reference, torch.optim.AdamW(reference.parameters(), **kwargs), 5)
+    _train(model, InBackwardAdamW([*model.parameters(), unused], group_vectors=True, **kwargs), 5)
+    assert torch.equal(unused.detach(), torch.ones(3))  # no gradient: no update, no weight decay
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
