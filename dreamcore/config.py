@@ -158,8 +158,9 @@ class TrainConfig:
         "GroupNorm may copy it back and forth).", "Speed")
     compile_unet: bool = _field(
         False, "Compile the UNet for the training step with torch.compile (TorchInductor), which fuses norms, "
-        "activations and layout copies into fewer kernels. The first run on a machine compiles for a minute or more; "
-        "later runs reuse the cache. Samples and exports use the plain UNet. Needs Triton on a GPU.", "Speed")
+        "activations and layout copies into fewer kernels (H100: 23.7 -> 27.7 it/s). The first run on a machine "
+        "compiles for ~100 s; later runs reuse the cache (a few seconds). Samples and exports use the plain UNet. "
+        "Needs Triton on a GPU.", "Speed")
     cuda_graph: bool = _field(
         False, "Record the whole step (forward, backward, clipping, AdamW) as one CUDA graph after 3 eager steps "
         "and replay it: one launch a step instead of thousands. Needs fast_step, bf16, fused or in-backward AdamW "

@@ -45,7 +45,8 @@ COMPILE_BACKEND = "inductor"
 def compile_for_training(unet: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``unet`` compiled for the training step (compile_unet). It shares its weights with ``unet``; the
     in-backward AdamW's hooks still run per weight, after the compiled backward has produced all the UNet's
-    gradients (so they are all held at once: 2 bytes a weight in bf16, 1.7 GB for SD1.5)."""
+    gradients, so they are all held at once (2 bytes a weight in bf16); the fused activations make room for
+    most of them: the 16GB tier's peak rose by 0.2 GiB on an H100 (BENCHMARKS.md, run O)."""
     import importlib.util
 
     from dreamcore.training.setup import TrainingError
