@@ -150,6 +150,10 @@ class Trainer:
             self.step_unet = compile_for_training(self.wrapped["unet"], self.device)
             self.emit.log("compile_unet: the UNet compiles during the first training step (a minute or more on "
                           "a machine's first run; cached after).")
+        elif config.keep_channels_last:
+            from dreamcore.training.layout import keeping_channels_last
+
+            self.step_unet = keeping_channels_last(self.wrapped["unet"])
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward instead of keeping them (the step executor may adjust how)."""

@@ -215,12 +215,14 @@ def test_cuda_graph_records_the_8gb_in_backward_step_on_gpu(tiny_inputs, tmp_pat
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("tier, overrides", [("24GB", {}), ("12GB", {}), ("8GB", {}),
-                                             ("16GB", {"bf16_autocast": True}), ("16GB", {"compile_unet": True})])
+                                             ("16GB", {"bf16_autocast": True}), ("16GB", {"compile_unet": True}),
+                                             ("16GB", {"keep_channels_last": True})])
 def test_each_memory_tier_matches_the_plain_path_over_50_steps_on_gpu(tier: str, overrides: dict, tiny_inputs,
                                                                      tmp_path: Path) -> None:
     """Issue 7's check of the fast path, for what each tier runs (bf16 weights, fused in-backward AdamW with
     Kahan or stochastic rounding, checkpointing, the recorded step, no autocast) against fp32 AdamW at the
-    guide's lr; and the step under autocast (the tiers' setting before run J) and with the UNet compiled."""
+    guide's lr; and the step under autocast (the tiers' setting before run J), with the UNet compiled, and with
+    channels-last kept through diffusers' .contiguous() calls."""
     assert torch.cuda.is_available()
     from accelerate.state import AcceleratorState
 
