@@ -159,7 +159,7 @@ class TrainConfig:
     keep_channels_last: bool = _field(
         False, "With fast_step and channels_last: keep activations channels-last through diffusers' .contiguous() "
         "calls in the training step (transformer outputs, resnet shortcuts), which otherwise copy them to NCHW and "
-        "back. The same values without ~380 layout copies a step.", "Speed")
+        "back. The same values with fewer layout copies (GroupNorm's own copies stay).", "Speed")
     compile_unet: bool = _field(
         False, "Compile the UNet for the training step with torch.compile (TorchInductor), which fuses norms, "
         "activations and layout copies into fewer kernels (H100: 23.7 -> 27.7 it/s). The first run on a machine "

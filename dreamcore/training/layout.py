@@ -3,9 +3,10 @@
 Why: with a channels-last UNet (``channels_last``), diffusers still calls ``.contiguous()`` on 4-D activations
 in places written for the default layout - each transformer block's output before its 1x1 projection, each
 resnet's input before its shortcut convolution (30 calls a forward in SD1.5's UNet). On a channels-last tensor
-that is a full copy to NCHW, after which the next convolution converts back, forward and backward: the recorded
-step's profile has 380 layout copies (4.9 ms of 40.6, BENCHMARKS.md run Q). Those convolutions accept either
-layout, so returning the channels-last tensor as it is computes the same values with none of those copies.
+that is a full copy to NCHW, after which the next convolution converts back, forward and backward: part of the
+recorded step's 380 layout copies (4.9 ms of 40.6, BENCHMARKS.md run Q; most of the rest are GroupNorm's, whose
+CUDA kernel makes its input NCHW itself, 61 times a forward). Those convolutions accept either layout, so
+returning the channels-last tensor as it is computes the same values without these copies.
 
 Only argument-less ``.contiguous()`` on 4-D tensors already dense in channels-last order is changed; every
 other call, and every explicit memory format, runs as written.
