@@ -294,18 +294,29 @@ class VectorWeights:
             weight.grad = None
 
     def state_dict(self) -> dict:
+        """fp32 copies, moments and step counts (the lr is the outer group's: not saved here)."""
         if self.adamw is None:
             return {}
-        return {"masters": [m.detach().clone() for m in self.masters], "adamw": self.adamw.state_dict()}
+        return {"masters": [m.detach().clone() for m in self.masters],
+                "moments": [{key: self.adamw.state[m][key].detach().clone() for key in ("step", "exp_avg", "exp_avg_sq")}
+                            for m in self.masters]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()``, on this run's device (the saving run's may differ)."""
         if not state:
             self.masters = self.adamw = None
             return
         self._build()
-        for master, saved in zip(self.masters, state["masters"], strict=True):
-            master.copy_(saved)
-        self.adamw.load_state_dict(state["adamw"])
+        for master, saved_master, saved in zip(self.masters, state["masters"], state["moments"], strict=True):
+            master.copy_(saved_master)
+            self._set_moments(master, saved["step"], saved["exp_avg"], saved["exp_avg_sq"])
+
+    def _set_moments(self, master: torch.Tensor, step: torch.Tensor, exp_avg: torch.Tensor,
+                     exp_avg_sq: torch.Tensor) -> None:
+        # torch's fused AdamW keeps the step count as an fp32 scalar on the weight's device
+        self.adamw.state[master] = {"step": step.to(device=master.device, dtype=torch.float32).reshape(()),
+                                    "exp_avg": exp_avg.to(master.device, torch.float32),
+                                    "exp_avg_sq": exp_avg_sq.to(master.device, torch.float32)}
 
     def adopt_per_weight_state(self, per_weight: dict) -> None:
         """Start from the moments and step counts a state saved without grouping kept for each 1-D weight."""
@@ -315,10 +326,8 @@ class VectorWeights:
         for master, weight in zip(self.masters, self.weights):
             state = per_weight.pop(weight)
             if "compensation" in state:  # Kahan: the weight's exact value is the bf16 one plus the remainder
-                master.add_(state["compensation"].float())
-            self.adamw.state[master] = {
-                "step": state["step"].to(device=master.device, dtype=torch.float32).reshape(()),
-                "exp_avg": state["exp_avg"].float(), "exp_avg_sq": state["exp_avg_sq"].float()}
+                master.add_(state["compensation"].to(master.device, torch.float32))
+            self._set_moments(master, state["step"], state["exp_avg"], state["exp_avg_sq"])
 
     def release_state(self) -> None:
         self.masters = self.adamw = None

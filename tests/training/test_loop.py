@@ -125,6 +125,25 @@ def test_resume_reaches_the_same_weights(tiny_model_dir: Path, photo_dir: Path, 
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_resume_of_an_in_backward_run_reaches_the_same_weights(tiny_model_dir: Path, photo_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """The tiers' optimizer (AdamW inside backward, 1-D weights grouped at step()) saves and restores all of it."""
+    common = dict(max_train_steps=6, train_text_encoder=True, optimizer_in_backward=True, max_grad_norm=0.0,
+                  mixed_precision="no")
+    straight = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "straight", **common))
+    stop = StopRequest()
+    interrupted = tiny_config(tiny_model_dir, photo_dir, tmp_path / "resumed", **common)
+    first = train(interrupted, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 2 else None],
+                  stop=stop)
+    assert first.status == "stopped" and first.step == 3
+    resumed = train(interrupted.replace(resume_from_checkpoint="latest"))
+    assert resumed.status == "completed" and resumed.step == 6
+    assert first.losses + resumed.losses == pytest.approx(straight.losses, rel=1e-5)
+    a, b = unet_weights(Path(straight.outputs["diffusers"])), unet_weights(Path(resumed.outputs["diffusers"]))
+    for key in a:  # the biases and norm scales (grouped) as well as the matrices
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
 def test_nan_loss_stops_with_a_cause(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
     config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", learning_rate=1e30, max_train_steps=30,
                          max_grad_norm=0.0)
