@@ -104,44 +104,40 @@ def unet_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def test_resume_reaches_the_same_weights(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
-    common = dict(max_train_steps=8, train_text_encoder=True, gradient_accumulation_steps=2,
-                  lr_scheduler="cosine", lr_warmup_steps=2, train_batch_size=2)
-    straight = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "straight", **common))
-
+def assert_stop_and_resume_match_a_straight_run(model: Path, photos: Path, tmp_path: Path, stop_on: int,
+                                                **common) -> None:
+    """A run stopped at the progress of step ``stop_on`` and resumed ends as one that never stopped: same
+    losses, same UNet weights."""
+    straight = train(tiny_config(model, photos, tmp_path / "straight", **common))
     stop = StopRequest()
-    interrupted = tiny_config(tiny_model_dir, photo_dir, tmp_path / "resumed", **common)
-    first = train(interrupted, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 3 else None],
-                  stop=stop)
-    # The loop reads a step's loss while the next step runs (late_read.py), so a stop set on step 3's
-    # progress ends the run after step 4, the step already in flight.
-    assert first.status == "stopped" and first.step == 4
+    interrupted = tiny_config(model, photos, tmp_path / "resumed", **common)
+    first = train(interrupted, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == stop_on
+                                          else None], stop=stop)
+    # The loop reads a step's loss while the next step runs (late_read.py), so a stop set on a step's progress
+    # ends the run after the next step, the one already in flight.
+    assert first.status == "stopped" and first.step == stop_on + 1
     assert Path(first.outputs["single_file"]).is_file()  # a usable checkpoint at the stop
     resumed = train(interrupted.replace(resume_from_checkpoint="latest"))
-    assert resumed.status == "completed" and resumed.step == 8
+    assert resumed.status == "completed" and resumed.step == common["max_train_steps"]
     assert first.losses + resumed.losses == pytest.approx(straight.losses, rel=1e-5)
     a, b = unet_weights(Path(straight.outputs["diffusers"])), unet_weights(Path(resumed.outputs["diffusers"]))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_resume_reaches_the_same_weights(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    assert_stop_and_resume_match_a_straight_run(
+        tiny_model_dir, photo_dir, tmp_path, stop_on=3, max_train_steps=8, train_text_encoder=True,
+        gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=2, train_batch_size=2)
+
+
 def test_resume_of_an_in_backward_run_reaches_the_same_weights(tiny_model_dir: Path, photo_dir: Path,
                                                                tmp_path: Path) -> None:
-    """The tiers' optimizer (AdamW inside backward, 1-D weights grouped at step()) saves and restores all of it."""
-    common = dict(max_train_steps=6, train_text_encoder=True, optimizer_in_backward=True, max_grad_norm=0.0,
-                  mixed_precision="no")
-    straight = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "straight", **common))
-    stop = StopRequest()
-    interrupted = tiny_config(tiny_model_dir, photo_dir, tmp_path / "resumed", **common)
-    first = train(interrupted, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 2 else None],
-                  stop=stop)
-    assert first.status == "stopped" and first.step == 3
-    resumed = train(interrupted.replace(resume_from_checkpoint="latest"))
-    assert resumed.status == "completed" and resumed.step == 6
-    assert first.losses + resumed.losses == pytest.approx(straight.losses, rel=1e-5)
-    a, b = unet_weights(Path(straight.outputs["diffusers"])), unet_weights(Path(resumed.outputs["diffusers"]))
-    for key in a:  # the biases and norm scales (grouped) as well as the matrices
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    """The tiers' optimizer (AdamW inside backward, 1-D weights grouped at step()) saves and restores all of it:
+    the biases and norm scales match as well as the matrices."""
+    assert_stop_and_resume_match_a_straight_run(
+        tiny_model_dir, photo_dir, tmp_path, stop_on=2, max_train_steps=6, train_text_encoder=True,
+        optimizer_in_backward=True, max_grad_norm=0.0, mixed_precision="no")
 
 
 def test_nan_loss_stops_with_a_cause(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
