@@ -524,7 +524,7 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
                     # cast while moving: the full-precision copy of a module trained in half never reaches the GPU
                     getattr(trainer.models, name).to(trainer.device, dtype=low_precision.get(name))
                 pipeline = build_pipeline(trainer.models)
-                # Decode one image at a time: a batch of 512 px images through the VAE at once needs ~1 GB each.
+                # Decode one image at a time: 512 px images through the VAE at once need several hundred MB each.
                 pipeline.vae.enable_slicing()
             done = len(existing)
             # "n of N" before the first batch: the models are on the device and generation starts now.
