@@ -9,7 +9,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 # several processes hold gradients (presets.HOLDING_GRADIENTS["24GB"]); the one-GPU runs get the same settings
 H=optimizer_in_backward=false,pure_bf16=false,cuda_graph=false,max_grad_norm=1.0,bf16_rounding=stochastic
 H=$H,bf16_autocast=true,num_class_images=64
-if [ "${1:-}" = class-images-200 ]; then  # 200 class images; two GPUs first (cold), then one GPU (warm)
+if [ "${1:-}" = class-images-200 ]; then  # 200 class images on two GPUs and on one, after a run that warms both
+  BENCH_NAME=warm-up bash dev/gpu_bench.sh 12 10 --num-processes 2 --preset "24GB:${H/num_class_images=64/num_class_images=8}"
   H=${H/num_class_images=64/num_class_images=200}
   BENCH_NAME=cls2-200 bash dev/gpu_bench.sh 12 10 --num-processes 2 --preset "24GB:$H"
   BENCH_NAME=cls1-200 bash dev/gpu_bench.sh 12 10 --preset "24GB:$H"
