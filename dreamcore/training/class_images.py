@@ -11,9 +11,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from dreamcore.fileio import atomic_path
+from dreamcore.training.sampling import draw_in_batches
 from dreamcore.training.setup import usable_photos
 
 
@@ -55,22 +54,19 @@ def generate_class_images(pipeline, folder: Path, prompt: str, negative_prompt: 
     batch is on disk.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    if stop is not None and stop.is_set():
+        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dreamcore-class-images") as writer:
         written: Future | None = None  # the previous batch's writes
+        batches = draw_in_batches(pipeline, prompt, negative_prompt, indices, seed, guidance_scale, steps,
+                                  resolution, batch_size)
         try:
-            for start in range(0, len(indices), batch_size):
-                if stop is not None and stop.is_set():
-                    break
-                chunk = indices[start:start + batch_size]
-                generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
-                with torch.no_grad():
-                    images = pipeline(prompt=[prompt] * len(chunk),
-                                      negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
-                                      num_inference_steps=steps, guidance_scale=guidance_scale,
-                                      generator=generators, height=resolution, width=resolution).images
+            for chunk, images in batches:  # each batch is drawn only when the loop asks for it
                 if written is not None:
                     on_batch(written.result())
                 written = writer.submit(_write_batch, folder, prompt, chunk, images)
+                if stop is not None and stop.is_set():
+                    break
         finally:
             if written is not None:  # the last batch (also after a stop or an error): its writes end, or raise
                 on_batch(written.result())

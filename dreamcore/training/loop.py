@@ -683,12 +683,9 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
         done, late = launched
         values = late.values()
         micro_losses, micro_priors, learning_rate = values[:micro_steps], values[micro_steps:-1], values[-1]
-        accumulated = 0.0
-        for value in micro_losses:  # summed on the host in micro-step order, as one float64
-            accumulated += value / micro_steps
-        accumulated_prior = 0.0
-        for value in micro_priors:
-            accumulated_prior += value / micro_steps
+        # summed on the host in micro-step order, as Python floats (float64)
+        accumulated = sum(value / micro_steps for value in micro_losses)
+        accumulated_prior = sum(value / micro_steps for value in micro_priors)
         if not math.isfinite(accumulated):
             raise TrainingError(
                 f"the loss became {accumulated} at step {done}. Likely causes: fp16 overflow (use "

@@ -12,15 +12,17 @@ from dreamcore.training.class_images import class_image_name, generate_class_ima
 
 
 class FakePipeline:
-    """Returns one small image per prompt; records the seeds' first draws to show each image's generator."""
+    """Returns one small image an image asked for, coloured by call and position; can return an unwritable one."""
 
     def __init__(self, broken_at_call: int | None = None):
         self.calls = 0
         self.broken_at_call = broken_at_call
 
-    def __call__(self, prompt, negative_prompt, num_inference_steps, guidance_scale, generator, height, width):
+    def __call__(self, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
+                 num_images_per_prompt, height, width):
+        assert len(generator) == num_images_per_prompt  # one generator an image
         self.calls += 1
-        images = [Image.new("RGB", (width, height), (self.calls, i, 0)) for i in range(len(prompt))]
+        images = [Image.new("RGB", (width, height), (self.calls, i, 0)) for i in range(num_images_per_prompt)]
         if self.calls == self.broken_at_call:
             images[0] = UnwritableImage()
         return type("Output", (), {"images": images})()
@@ -72,3 +74,11 @@ def test_a_stop_keeps_the_batch_already_drawn(tmp_path: Path) -> None:
     counts = generate(tmp_path, FakePipeline(), list(range(6)), stop=stop, on_batch=lambda count: stop.set())
     assert counts == [2, 2]  # the first batch reported sets the stop while the second is drawn
     assert len(list(tmp_path.glob("class-*.png"))) == 4
+
+
+def test_a_stop_before_the_first_batch_draws_nothing(tmp_path: Path) -> None:
+    stop = threading.Event()
+    stop.set()
+    pipeline = FakePipeline()
+    assert generate(tmp_path, pipeline, list(range(4)), stop=stop) == []
+    assert pipeline.calls == 0 and not list(tmp_path.glob("class-*.png"))
