@@ -159,11 +159,16 @@ class TrainConfig:
     keep_channels_last: bool = _field(
         False, "With fast_step and channels_last: keep activations channels-last through diffusers' .contiguous() "
         "calls in the training step (transformer outputs, resnet shortcuts), which otherwise copy them to NCHW and "
-        "back. The same values with fewer layout copies (GroupNorm's own copies stay).", "Speed")
+        "back. The same values with fewer layout copies (GroupNorm's own copies stay; compile_unet fuses those).",
+        "Speed")
     compile_unet: bool = _field(
         False, "Compile the UNet for the training step with torch.compile (TorchInductor), which fuses norms, "
         "activations and layout copies into fewer kernels (H100: 23.7 -> 27.7 it/s). The first run on a machine "
         "compiles for ~100 s; later runs reuse the cache (a few seconds). Samples and exports use the plain UNet. "
+        "Needs Triton on a GPU.", "Speed")
+    compile_text_encoder: bool = _field(
+        False, "With train_text_encoder: compile the text encoder for the training step too (torch.compile), which "
+        "fuses its many small kernels. Compiles once like compile_unet; samples and exports use the plain encoder. "
         "Needs Triton on a GPU.", "Speed")
     cuda_graph: bool = _field(
         False, "Record the whole step (forward, backward, clipping, AdamW) as one CUDA graph after 3 eager steps "
@@ -543,9 +548,9 @@ def _speed_problems(config: "TrainConfig") -> list[str]:
     if config.keep_channels_last and not (config.fast_step and config.channels_last):
         problems.append("keep_channels_last: needs fast_step and channels_last (it keeps the channels-last "
                         "layout those give the UNet); turn them on or keep_channels_last off.")
-    if config.keep_channels_last and config.compile_unet:
-        problems.append("keep_channels_last: the compiled UNet chooses its layouts itself; turn compile_unet "
-                        "or keep_channels_last off.")
+    if config.compile_text_encoder and not config.train_text_encoder:
+        problems.append("compile_text_encoder: needs train_text_encoder (a frozen encoder runs once a prompt, "
+                        "before training); turn train_text_encoder on or compile_text_encoder off.")
     if config.pure_bf16 and not config.optimizer_in_backward:
         problems.append("pure_bf16: needs optimizer_in_backward (only that optimizer rounds bf16 weights "
                         "stochastically; plain AdamW updates of lr 1e-6 would round away to nothing).")

@@ -37,25 +37,27 @@ def apply_memory_layout(models: ModelComponents, config: TrainConfig, device: to
         models.unet.to(memory_format=torch.channels_last)
 
 
-# torch.compile's backend for compile_unet. Tests on the CPU use "aot_eager" (the same captured forward and
-# backward graphs, run by PyTorch instead of generated kernels), which needs no compiler and takes seconds.
+# torch.compile's backend for compile_unet and compile_text_encoder. Tests on the CPU use "aot_eager" (the same
+# captured forward and backward graphs, run by PyTorch instead of generated kernels), which needs no compiler
+# and takes seconds.
 COMPILE_BACKEND = "inductor"
 
 
-def compile_for_training(unet: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``unet`` compiled for the training step (compile_unet). It shares its weights with ``unet``; the
-    in-backward AdamW's hooks still run per weight, after the compiled backward has produced all the UNet's
-    gradients, so they are all held at once (2 bytes a weight in bf16); the fused activations make room for
-    most of them: the 16GB tier's peak rose by 0.2 GiB on an H100 (BENCHMARKS.md, run O)."""
+def compile_for_training(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` (the UNet or the text encoder) compiled for the training step. It shares its weights with
+    ``module``; the in-backward AdamW's hooks still run per weight, after the compiled backward has produced
+    all of its gradients, so they are all held at once (2 bytes a weight in bf16); the fused activations make
+    room for most of them: the 16GB tier's peak rose by 0.2 GiB on an H100 with the UNet compiled
+    (BENCHMARKS.md, run O)."""
     import importlib.util
 
     from dreamcore.training.setup import TrainingError
 
     if device.type == "cuda" and COMPILE_BACKEND == "inductor" and importlib.util.find_spec("triton") is None:
-        raise TrainingError("compile_unet: TorchInductor generates Triton kernels on a GPU and Triton is not "
-                            "installed (`pip install triton`; on Windows `pip install triton-windows`). "
-                            "Install it or set compile_unet false.")
-    return torch.compile(unet, backend=COMPILE_BACKEND)
+        raise TrainingError("compile_unet / compile_text_encoder: TorchInductor generates Triton kernels on a GPU "
+                            "and Triton is not installed (`pip install triton`; on Windows `pip install "
+                            "triton-windows`). Install it or set both false.")
+    return torch.compile(module, backend=COMPILE_BACKEND)
 
 
 class FastTrainer(Trainer):

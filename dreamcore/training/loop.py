@@ -143,17 +143,25 @@ class Trainer:
         prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
         self.wrapped = dict(zip(self.trained, prepared[:-1]))
         self.optimizer = prepared[-1]
-        self.step_unet = self.wrapped["unet"]  # what the training step calls (samples and saves use wrapped)
-        if config.compile_unet:
+        # what the training step calls (samples and saves use self.wrapped)
+        self.step_unet = self.wrapped["unet"]
+        self.step_text_encoder = self.wrapped.get("text_encoder")
+        if config.compile_unet or config.compile_text_encoder:
             from dreamcore.training.fast_step import compile_for_training
 
-            self.step_unet = compile_for_training(self.wrapped["unet"], self.device)
-            self.emit.log("compile_unet: the UNet compiles during the first training step (a minute or more on "
-                          "a machine's first run; cached after).")
-        elif config.keep_channels_last:
+            compiled = [name for name, on in (("UNet", config.compile_unet),
+                                              ("text encoder", config.compile_text_encoder)) if on]
+            if config.compile_unet:
+                self.step_unet = compile_for_training(self.wrapped["unet"], self.device)
+            if config.compile_text_encoder:
+                self.step_text_encoder = compile_for_training(self.wrapped["text_encoder"], self.device)
+            self.emit.log(f"compile: the {' and '.join(compiled)} compile during the first training step (a minute "
+                          "or more on a machine's first run; cached after).")
+        if config.keep_channels_last:
             from dreamcore.training.layout import keeping_channels_last
 
-            self.step_unet = keeping_channels_last(self.wrapped["unet"])
+            # around the compiled UNet too: the compiler traces the mode, so the copies never enter its graph
+            self.step_unet = keeping_channels_last(self.step_unet)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward instead of keeping them (the step executor may adjust how)."""
@@ -288,7 +296,7 @@ class Trainer:
             noisy_latents = noisy_latents.to(torch.bfloat16)
         with self.accelerator.autocast():
             encoder_states = batch.encoder_input if self.prompt_cache is not None else \
-                self.wrapped["text_encoder"](batch.encoder_input)[0]
+                self.step_text_encoder(batch.encoder_input)[0]
             if not self.step_autocast:
                 encoder_states = encoder_states.to(torch.bfloat16)  # cached or from a frozen encoder
             model_pred = self.step_unet(noisy_latents, batch.timesteps, encoder_states).sample

@@ -181,10 +181,11 @@ def test_a_compiled_unet_trains_as_the_plain_one(tiny_inputs, tmp_path: Path, mo
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     logs = []
-    compiled = train(tiny_recipe(model, photos, tmp_path / "compiled", **common, compile_unet=True),
+    compiled = train(tiny_recipe(model, photos, tmp_path / "compiled", **common, compile_unet=True,
+                                 compile_text_encoder=True, keep_channels_last=True),
                      callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the step ran through dynamo
-    assert any(m.startswith("compile_unet:") for m in logs), logs
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # UNet and text encoder ran through dynamo
+    assert any(m.startswith("compile: the UNet and text encoder compile") for m in logs), logs
     assert torch.allclose(torch.tensor(compiled.losses), torch.tensor(plain.losses), rtol=1e-2, atol=1e-3)
     assert Path(compiled.outputs["single_file"]).is_file() and list((tmp_path / "compiled" / "samples").rglob("*.png"))
     torch._dynamo.reset()
@@ -216,7 +217,9 @@ def test_cuda_graph_records_the_8gb_in_backward_step_on_gpu(tiny_inputs, tmp_pat
 @pytest.mark.gpu
 @pytest.mark.parametrize("tier, overrides", [("24GB", {}), ("12GB", {}), ("8GB", {}),
                                              ("16GB", {"bf16_autocast": True}), ("16GB", {"compile_unet": True}),
-                                             ("16GB", {"keep_channels_last": True})])
+                                             ("16GB", {"keep_channels_last": True}),
+                                             ("12GB", {"compile_unet": True, "keep_channels_last": True,
+                                                       "compile_text_encoder": True})])
 def test_each_memory_tier_matches_the_plain_path_over_50_steps_on_gpu(tier: str, overrides: dict, tiny_inputs,
                                                                      tmp_path: Path) -> None:
     """Issue 7's check of the fast path, for what each tier runs (bf16 weights, fused in-backward AdamW with

@@ -73,7 +73,34 @@ def test_the_config_says_what_keep_channels_last_needs(tmp_path) -> None:
     with pytest.raises(ConfigError) as error:
         TrainConfig(**base, fast_step=False).validate()
     assert "keep_channels_last: needs fast_step and channels_last" in str(error.value)
-    with pytest.raises(ConfigError) as error:
-        TrainConfig(**base, fast_step=True, compile_unet=True).validate()
-    assert "keep_channels_last: the compiled UNet chooses its layouts itself" in str(error.value)
-    assert not [p for p in TrainConfig(**base, fast_step=True).problems() if "keep_channels_last" in p]
+    for fine in (TrainConfig(**base, fast_step=True), TrainConfig(**base, fast_step=True, compile_unet=True)):
+        assert not [p for p in fine.problems() if "keep_channels_last" in p]
+
+
+def test_the_compiler_traces_the_mode_so_the_copies_never_enter_its_graph() -> None:
+    """With compile_unet, keep_channels_last wraps the compiled UNet: dynamo traces the mode and the captured
+    graph has no clone where diffusers calls .contiguous() (without the mode it has one per call)."""
+    import torch._dynamo
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def capture(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    unet = build_tiny_model().unet.to(memory_format=torch.channels_last)
+    inputs = (torch.randn(2, 4, 8, 8).to(memory_format=torch.channels_last), torch.tensor([10, 500]),
+              torch.randn(2, 77, 32))
+
+    def contiguous_calls(call) -> tuple[int, torch.Tensor]:
+        graphs.clear()
+        torch._dynamo.reset()
+        with torch.no_grad():
+            out = call(*inputs).sample
+        return sum(1 for g in graphs for node in g.graph.nodes if node.target == "contiguous"), out
+
+    plain_calls, plain_out = contiguous_calls(torch.compile(unet, backend=capture))
+    kept_calls, kept_out = contiguous_calls(keeping_channels_last(torch.compile(unet, backend=capture)))
+    torch._dynamo.reset()
+    assert plain_calls > 0 and kept_calls < plain_calls
+    assert torch.allclose(kept_out, plain_out, atol=1e-5, rtol=1e-4)
