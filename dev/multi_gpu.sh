@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
-#   bash dev/multi_gpu.sh [class-images | class-images-200]
+#   bash dev/multi_gpu.sh [class-images | class-images-200 | training]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-# several processes hold gradients (presets.HOLDING_GRADIENTS["24GB"]); the one-GPU runs get the same settings
+if [ "${1:-}" = training ]; then  # the 16GB tier at global batches 2 and 4: one GPU, then two (in-backward
+  # AdamW averaging each gradient across the processes, the step recorded with its all-reduces), then two eager
+  RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=train1 bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 --preset 16GB:train_batch_size=4
+  BENCH_NAME=train2 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB:train_batch_size=1 \
+    --preset 16GB:train_batch_size=2 --preset 16GB:train_batch_size=1,cuda_graph=false
+  exit 0
+fi
+# class images with the settings several processes used until session 6 (gradients held, DistributedDataParallel);
+# the one-GPU runs get the same settings
 H=optimizer_in_backward=false,pure_bf16=false,cuda_graph=false,max_grad_norm=1.0,bf16_rounding=stochastic
 H=$H,bf16_autocast=true,num_class_images=64
 if [ "${1:-}" = class-images-200 ]; then  # 200 class images on two GPUs and on one, after a run that warms both

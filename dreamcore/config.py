@@ -174,7 +174,7 @@ class TrainConfig:
         False, "Record the whole step (forward, backward, clipping, AdamW) as one CUDA graph after 3 eager steps "
         "and replay it: one launch a step instead of thousands. Needs fast_step, bf16, fused or in-backward AdamW "
         "(not 8-bit), gradient_accumulation_steps 1; runs eagerly, with a warning, on a CPU or with several "
-        "processes.",
+        "processes that hold gradients (without optimizer_in_backward).",
         "Speed")
     pure_bf16: bool = _field(
         False, "Keep the trained weights in bf16 (updated with stochastic rounding); needs optimizer_in_backward.",

@@ -70,9 +70,10 @@ def apply_preset(name: str, config: TrainConfig | None = None) -> TrainConfig:
 _FAST = {"fast_step": True, "mixed_precision": "bf16", "allow_tf32": True}
 # bf16 weights, AdamW applied inside backward by one fused kernel a weight (no gradients held, bf16 moments),
 # the step in bf16 without autocast (no fp32 copies of activations around the norms: run J, 20.3 -> 22.4 it/s)
-# and the whole step recorded as one CUDA graph and replayed (training/graph_step.py).
+# and the whole step recorded as one CUDA graph and replayed (training/graph_step.py); activations kept
+# channels-last through diffusers' .contiguous() calls (run T: 16GB 23.69 -> 24.54 it/s, the same memory).
 _BF16_IN_BACKWARD = {**_FAST, "pure_bf16": True, "optimizer_in_backward": True, "use_8bit_adam": False,
-                     "max_grad_norm": 0.0, "cuda_graph": True, "bf16_autocast": False}
+                     "max_grad_norm": 0.0, "cuda_graph": True, "bf16_autocast": False, "keep_channels_last": True}
 # The fastest settings on any card with room for them: Kahan-compensated bf16 weights (updates add up as in
 # fp32; 8 bytes a weight). Measured: BENCHMARKS.md. Until session 3 the 24GB tier kept fp32 weights with fused
 # AdamW (16 it/s) and the 16GB tier 8-bit AdamW; the fused bf16 optimizer beats both in less memory.
@@ -94,9 +95,10 @@ SAME_AS = {"24GB": "16GB"}
 # whole run alike: 16GB 10.57 GiB, 12GB 8.75 GiB, 8GB 7.31 GiB (run K).
 NEEDS_GIB: dict[str, float] = {"24GB": 11.6, "16GB": 11.6, "12GB": 9.6, "8GB": 8.1}
 
-# Where gradients must be held - several processes average them, gradient accumulation sums them - AdamW
-# cannot run inside backward. The 24GB and 16GB tiers then run these settings (the tiers of session 2,
-# measured: 20.0 and 13.1 GiB); 12GB and 8GB cannot hold full gradients, and the config says so.
+# Where gradients must be held - gradient accumulation sums them over micro-batches - AdamW cannot run inside
+# backward. The 24GB and 16GB tiers then run these settings (the tiers of session 2, measured: 20.0 and
+# 13.1 GiB); 12GB and 8GB cannot hold full gradients, and the config says so. (Several processes keep the
+# in-backward tiers: each gradient is averaged across them inside backward, gradient_average.py.)
 HOLDING_GRADIENTS: dict[str, dict[str, Any]] = {
     "24GB": {**_FAST, "use_8bit_adam": False, "gradient_checkpointing": False, "pure_bf16": False,
              "optimizer_in_backward": False, "cuda_graph": False, "bf16_rounding": "stochastic",
@@ -141,17 +143,16 @@ def settings_given_by_user(config: TrainConfig) -> list[str]:
     return [key for key in tier_fields if getattr(config, key) != defaults[key]]
 
 
-def apply_memory_preset(config: TrainConfig, free_bytes: int | None,
-                        num_processes: int = 1) -> tuple[TrainConfig, str]:
+def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[TrainConfig, str]:
     """``config`` with its memory preset applied, and a line saying what was picked and changed ("" if none).
 
     "none" keeps the config as given; "auto" picks from ``free_bytes`` (None = no CUDA GPU, or a LoRA run:
     nothing is changed); a tier name is applied wherever training runs. The returned config names the tier applied,
-    so train_config.json records it. With several processes or gradient accumulation the 24GB and 16GB tiers
-    hold gradients (``HOLDING_GRADIENTS``).
+    so train_config.json records it. With gradient accumulation the 24GB and 16GB tiers hold gradients
+    (``HOLDING_GRADIENTS``).
     """
     requested = config.memory_preset
-    holding_gradients = num_processes > 1 or config.gradient_accumulation_steps != 1
+    holding_gradients = config.gradient_accumulation_steps != 1
     if requested == "none" or (requested == "auto" and (free_bytes is None or config.use_lora)):
         return config, ""  # LoRA runs keep their own settings: the tiers are for full fine-tuning
     if requested == "auto":
@@ -167,8 +168,7 @@ def apply_memory_preset(config: TrainConfig, free_bytes: int | None,
     why = ""
     if holding_gradients and name in HOLDING_GRADIENTS:
         overrides, needs = dict(HOLDING_GRADIENTS[name]), NEEDS_GIB_HOLDING_GRADIENTS[name]
-        why = (" - gradients are held for " + ("several processes" if num_processes > 1 else
-                                              "gradient accumulation") + ", so AdamW runs after backward")
+        why = " - gradients are held for gradient accumulation, so AdamW runs after backward"
     changed = {key: value for key, value in overrides.items() if getattr(config, key) != value}
     resolved = config.replace(**overrides, memory_preset=name)
     how = (f"picked from {free_bytes / 2**30:.1f} GiB free GPU memory" if requested == "auto"

@@ -171,7 +171,7 @@ def _run_child(preset, args: argparse.Namespace) -> int:
     output = args.work / "runs" / _folder_name(preset.spec())
     config = recipe_config(preset, args.work / f"model-{args.model_size}",
                            args.work / f"photos-{MODEL_SIZES[args.model_size]}", output, args.steps,
-                           MODEL_SIZES[args.model_size], num_processes=int(os.environ.get("WORLD_SIZE", "1")))
+                           MODEL_SIZES[args.model_size])
 
     def show_logs(event) -> None:
         if event.kind == "log":

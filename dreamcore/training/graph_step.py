@@ -11,8 +11,9 @@ What must hold for the replay to compute the eager step (each is arranged here o
 - Nothing inside the step talks to the host: bf16 autocast (fp16's GradScaler checks for inf on the host),
   fused AdamW with ``capturable=True`` (its step count on the GPU) or the in-backward AdamW in its capturable
   form, a learning rate held in a GPU tensor that the schedule overwrites in place (optim.py), clipping with
-  foreach kernels, gradient checkpointing without host-side RNG bookkeeping, one process (the gradient
-  all-reduce of several processes is left eager), no gradient accumulation.
+  foreach kernels, gradient checkpointing without host-side RNG bookkeeping, no gradient accumulation. With
+  several processes only the in-backward AdamW's step is recorded: its per-weight all-reduces are NCCL calls
+  the graph captures (gradient_average.py); DistributedDataParallel's bucket logic runs on the host.
 - Lazily created state exists before recording: the first ``EAGER_STEPS`` steps run eagerly on a side stream
   (cuBLAS workspaces, the optimizer's moments), as PyTorch's CUDA-graph notes prescribe.
 - Gradients are allocated by the recorded backward and never set to None afterwards (the optimizer step
@@ -43,8 +44,9 @@ def cuda_graph_problem(config: TrainConfig, num_processes: int) -> str | None:
     built: where it says no, the run trains eagerly with ``cuda_graph`` off (train_config.json records that)."""
     if not torch.cuda.is_available():
         return "CUDA graphs need a CUDA GPU; training runs on the CPU"
-    if num_processes > 1:
-        return f"{num_processes} processes average gradients between steps (the step is recorded in one process only)"
+    if num_processes > 1 and not config.optimizer_in_backward:
+        return (f"{num_processes} processes average gradients through DistributedDataParallel, whose buckets the "
+                "host manages (with optimizer_in_backward the step, all-reduces included, is recorded)")
     version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
     if version < OLDEST_TORCH:
         return (f"torch {torch.__version__} is older than {'.'.join(map(str, OLDEST_TORCH))}, whose AdamW can be "
@@ -106,8 +108,12 @@ class GraphTrainer(FastTrainer):
         else:
             self._copy_into_inputs(batch)
         self.graph.replay()
+        loss = self.recorded_loss.detach().clone()
         prior = None if self.recorded_prior_loss is None else self.recorded_prior_loss.detach().clone()
-        return self.recorded_loss.detach().clone(), prior
+        if self.accelerator.num_processes > 1:  # report the global batch's loss, as one process would
+            loss = self.accelerator.reduce(loss, reduction="mean")
+            prior = None if prior is None else self.accelerator.reduce(prior, reduction="mean")
+        return loss, prior
 
     def optimizer_step(self) -> None:
         if self.graph is None:  # an eager warm-up step

@@ -19,15 +19,20 @@ elements) are not updated one by one in backward: their gradients are kept (a fe
 them all at once from fp32 copies with PyTorch's multi-tensor fused AdamW (``VectorWeights``). One kernel a
 tiny tensor cost more in launches than in work: grouped, AdamW's share of the recorded step fell from 7.2 to
 5.9 ms in 356 launches instead of 882 (BENCHMARKS.md, run Q).
+
+With several processes (``average``) each gradient is averaged across them before its update: its all-reduce
+starts when backward has finished it, and the update runs a few gradients later (gradient_average.py).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Iterable, Iterator
 
 import torch
 
 from dreamcore.training.fused_adamw_kernel import fused_adamw_update, same_flat_layout
+from dreamcore.training.gradient_average import IN_FLIGHT, ProcessAverage
 
 _BF16_DROPPED_BITS = 16  # bf16 is the top 16 bits of an fp32
 _CHUNK = 1 << 22  # elements the PyTorch form updates at a time (16 MB fp32 temporaries)
@@ -71,7 +76,7 @@ class InBackwardAdamW(torch.optim.Optimizer):
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float | torch.Tensor = 1e-6,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  seed: int = 0, capturable: bool = False, fused: bool = False, kahan: bool = False,
-                 group_vectors: bool = False):
+                 group_vectors: bool = False, average: ProcessAverage | None = None):
         # capturable: the step count lives on the parameter's device and the learning rate may be a device
         # tensor, so no update reads a value from the host and a CUDA graph can record the whole backward.
         # fused: each update is one Triton kernel (fused_adamw_kernel.py); it keeps the step count on the
@@ -79,6 +84,7 @@ class InBackwardAdamW(torch.optim.Optimizer):
         # kahan: bf16 weights are stored to the nearest bf16 and a bf16 "compensation" state keeps the
         # remainder, added back before the next update (near-fp32 accumulation for 2 more bytes a weight).
         # group_vectors: 1-D weights are updated together at step() (VectorWeights), from fp32 copies.
+        # average: several processes; each gradient is averaged across them before its update.
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       capturable=capturable or fused))
         self._seed = seed
@@ -89,13 +95,16 @@ class InBackwardAdamW(torch.optim.Optimizer):
         self._counter_base: dict[torch.Tensor, int] = {}  # a weight's first element's index in the model
         self._uncounted: dict[torch.Tensor, None] = {}  # weights updated since step(), in update order
         self._hooks = []
+        self._average = average
+        self._averaging: deque = deque()  # (parameter, group, PendingAverage) in backward's order
         # per parameter group (each has its own lr) and dtype, keyed "group index:dtype" (saved with the state)
         self._vectors: dict[str, VectorWeights] = {}
         elements = 0
         for index, group in enumerate(self.param_groups):
             vectors = [p for p in group["params"] if p.requires_grad and p.dim() == 1] if group_vectors else []
             for dtype in dict.fromkeys(p.dtype for p in vectors):
-                self._vectors[f"{index}:{dtype}"] = VectorWeights([p for p in vectors if p.dtype == dtype], group)
+                self._vectors[f"{index}:{dtype}"] = VectorWeights([p for p in vectors if p.dtype == dtype], group,
+                                                                  average)
             grouped = set(vectors)
             for parameter in group["params"]:
                 if parameter.requires_grad and parameter not in grouped:
@@ -107,11 +116,25 @@ class InBackwardAdamW(torch.optim.Optimizer):
 
     def _make_hook(self, group: dict):
         def hook(parameter: torch.Tensor) -> None:
-            with torch.no_grad():
-                self._update(parameter, group)
-            parameter.grad = None  # the point of this optimizer: no gradient outlives its update
+            if self._average is None:
+                self._update_and_free(parameter, group)
+                return
+            if parameter.grad is not None:
+                self._averaging.append((parameter, group, self._average.start(parameter.grad)))
+            while len(self._averaging) > IN_FLIGHT:
+                self._finish_oldest_average()
 
         return hook
+
+    @torch.no_grad()
+    def _update_and_free(self, parameter: torch.Tensor, group: dict) -> None:
+        self._update(parameter, group)
+        parameter.grad = None  # the point of this optimizer: no gradient outlives its update
+
+    def _finish_oldest_average(self) -> None:
+        parameter, group, pending = self._averaging.popleft()
+        self._average.finish(pending)
+        self._update_and_free(parameter, group)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -225,6 +248,8 @@ class InBackwardAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         """The updates ran inside backward; count them (one foreach kernel per device)."""
         loss = closure() if closure is not None else None
+        while self._averaging:  # the last gradients of backward, still being averaged
+            self._finish_oldest_average()
         counts: dict[torch.device, list[torch.Tensor]] = {}
         for parameter in self._uncounted:
             state = self.state.get(parameter)
@@ -254,9 +279,10 @@ class VectorWeights:
     casts, then AdamW's multi-tensor kernels.
     """
 
-    def __init__(self, weights: list[torch.Tensor], group: dict):
+    def __init__(self, weights: list[torch.Tensor], group: dict, average: ProcessAverage | None = None):
         self.weights = weights
         self.group = group
+        self.average = average  # several processes: one all-reduce of all the gradients together
         self.masters: list[torch.Tensor] | None = None
         self.adamw: torch.optim.AdamW | None = None
 
@@ -283,6 +309,8 @@ class VectorWeights:
         sizes = [w.numel() for w in weights]
         # fp32 gradients as views into one buffer: one concatenation and one cast instead of a cast a weight
         flat_grads = torch.cat([w.grad for w in weights]).float()
+        if self.average is not None:
+            self.average.now(flat_grads)
         for master, grad in zip(masters, flat_grads.split(sizes)):
             master.grad = grad
         self.adamw.param_groups[0]["lr"] = self.group["lr"]  # the schedule moves the outer group's lr

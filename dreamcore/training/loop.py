@@ -140,9 +140,20 @@ class Trainer:
         self.optimizer = build_optimizer(dataclasses.replace(config, learning_rate=learning_rate), parameters,
                                          self.device, lambda m: self.emit.log(m, "warning"))
         self.lr_scheduler = build_lr_scheduler(config, self.optimizer, self.plan.total_steps)
-        prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
-        self.wrapped = dict(zip(self.trained, prepared[:-1]))
-        self.optimizer = prepared[-1]
+        if config.optimizer_in_backward and self.accelerator.num_processes > 1:
+            # No DistributedDataParallel: the in-backward AdamW averages each gradient across the processes
+            # itself (gradient_average.py); the models stay as they are, on this process's device.
+            from dreamcore.training.gradient_average import broadcast_weights
+
+            for module in self.trained.values():
+                module.to(self.device)
+            broadcast_weights(list(self.trained.values()))
+            self.wrapped = dict(self.trained)
+            self.optimizer = self.accelerator.prepare(self.optimizer)
+        else:
+            prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
+            self.wrapped = dict(zip(self.trained, prepared[:-1]))
+            self.optimizer = prepared[-1]
         # what the training step calls (samples and saves use self.wrapped)
         self.step_unet = self.wrapped["unet"]
         self.step_text_encoder = self.wrapped.get("text_encoder")
@@ -561,11 +572,11 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
     return result
 
 
-def _with_memory_preset(plan: RunPlan, num_processes: int, emit: Emitter) -> RunPlan:
+def _with_memory_preset(plan: RunPlan, emit: Emitter) -> RunPlan:
     """The plan with its memory preset applied (picked from the GPU's free memory for "auto")."""
     from dreamcore.presets import apply_memory_preset, cuda_free_bytes
 
-    config, message = apply_memory_preset(plan.config, cuda_free_bytes(), num_processes)
+    config, message = apply_memory_preset(plan.config, cuda_free_bytes())
     if message:
         emit.log(message)
     return dataclasses.replace(plan, config=config.validate())
@@ -657,7 +668,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     emit = Emitter(callbacks if is_main else [])
     emit(Stage("validate"))
     plan = plan_run(config, warn=lambda m: emit.log(m, "warning"))
-    plan = _with_memory_preset(plan, PartialState().num_processes, emit)
+    plan = _with_memory_preset(plan, emit)
     plan = _with_runnable_cuda_graph(plan, PartialState().num_processes, emit)
     config = plan.config
     use_expandable_segments(config, emit.log)

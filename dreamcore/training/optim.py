@@ -53,12 +53,10 @@ def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]
                        device: torch.device, warn) -> torch.optim.Optimizer:
     from dreamcore.training.fused_adamw_kernel import fused_kernel_problem
     from dreamcore.training.in_backward_adamw import InBackwardAdamW
-    from dreamcore.training.setup import TrainingError
+    from dreamcore.training.gradient_average import ProcessAverage
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and \
-            torch.distributed.get_world_size() > 1:
-        raise TrainingError("optimizer_in_backward runs in one process only: each weight is updated before the "
-                            "processes could average its gradient. Use memory_preset 16GB/24GB with several GPUs.")
+    several = torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
     recordable = config.cuda_graph and device.type == "cuda"  # see the fused AdamW above
     lr = torch.tensor(config.learning_rate, dtype=torch.float32, device=device) if recordable else config.learning_rate
     # One Triton kernel an update where it can run; the same maths as ~25 PyTorch kernels (a few times faster).
@@ -68,7 +66,8 @@ def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]
              "one fused kernel: the same maths, several times slower.")
     return InBackwardAdamW(parameters, lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
                            weight_decay=config.adam_weight_decay, seed=config.seed, capturable=recordable,
-                           fused=problem is None, kahan=config.bf16_rounding == "kahan", group_vectors=True)
+                           fused=problem is None, kahan=config.bf16_rounding == "kahan", group_vectors=True,
+                           average=ProcessAverage() if several else None)
 
 
 def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):

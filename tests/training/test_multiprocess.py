@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def launch(config: TrainConfig, num_processes: int, tmp_path: Path) -> subprocess.CompletedProcess:
     config_file = config.save(tmp_path / f"config-{num_processes}.json")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=python_path, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "dreamcore", "train", "--config", str(config_file),
                            "--num_processes", str(num_processes)], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=600)
@@ -72,3 +74,45 @@ def test_resume_with_a_different_process_count(tiny_model_dir: Path, photo_dir: 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout and "Training completed at step 4" in result.stdout
     assert (tmp_path / "run" / "run.safetensors").is_file()
+
+
+def test_in_backward_adamw_averages_each_gradient_across_processes(tiny_model_dir: Path, photo_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """The in-backward tiers with 2 processes: no DistributedDataParallel, each gradient all-reduced inside
+    backward (gradient_average.py), the same weights as 1 process at the same global batch, on every process."""
+    from dreamcore.presets import MEMORY_PRESETS
+
+    tier = dict(MEMORY_PRESETS["16GB"], memory_preset="none", use_8bit_adam=False)  # Kahan: no rounding noise
+    single = train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2, **tier))
+    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, **tier), 2, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes" in result.stdout
+    for component in ("unet", "text_encoder"):
+        base = weights(tiny_model_dir, component)
+        one = weights(Path(single.outputs["diffusers"]), component)
+        two = weights(tmp_path / "two" / "diffusers", component)
+        update = sum((one[k].float() - base[k].float()).abs().sum() for k in base)
+        difference = sum((one[k].float() - two[k].float()).abs().sum() for k in base)
+        assert update > 0 and difference < 0.1 * update, (component, float(difference), float(update))
+
+
+@pytest.mark.gpu
+def test_two_gpus_record_the_step_with_its_all_reduces(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    """On 2 GPUs the 16GB tier records its step, NCCL all-reduces included, and replays it: the weights match one
+    GPU's at the same global batch."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    from dreamcore.presets import MEMORY_PRESETS
+
+    tier = dict(MEMORY_PRESETS["16GB"], memory_preset="none", max_train_steps=8)
+    single = train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2, **tier))
+    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, **tier), 2, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "recorded the training step" in result.stdout + result.stderr
+    for component in ("unet", "text_encoder"):
+        base = weights(tiny_model_dir, component)
+        one = weights(Path(single.outputs["diffusers"]), component)
+        two = weights(tmp_path / "two" / "diffusers", component)
+        update = sum((one[k].float() - base[k].float()).abs().sum() for k in base)
+        difference = sum((one[k].float() - two[k].float()).abs().sum() for k in base)
+        assert update > 0 and difference < 0.1 * update, (component, float(difference), float(update))
