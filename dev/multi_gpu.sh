@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
-#   bash dev/multi_gpu.sh [class-images | class-images-200 | training]
+#   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -11,6 +11,11 @@ if [ "${1:-}" = training ]; then  # the 16GB tier at global batches 2 and 4: one
   RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=train1 bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 --preset 16GB:train_batch_size=4
   BENCH_NAME=train2 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB:train_batch_size=1 \
     --preset 16GB:train_batch_size=2 --preset 16GB:train_batch_size=1,cuda_graph=false
+  exit 0
+fi
+if [ "${1:-}" = training-batch1 ]; then  # one GPU at batch 1 against two at batch 1 each, the latter profiled
+  BENCH_NAME=train1-b1 bash dev/gpu_bench.sh 60 15 --preset 16GB
+  BENCH_NAME=train2-prof bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB
   exit 0
 fi
 # class images with the settings several processes used until session 6 (gradients held, DistributedDataParallel);
