@@ -27,6 +27,7 @@ Where the graph cannot run (no CUDA, several processes, a torch or accelerate to
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -47,6 +48,12 @@ def cuda_graph_problem(config: TrainConfig, num_processes: int) -> str | None:
     if num_processes > 1 and not config.optimizer_in_backward:
         return (f"{num_processes} processes average gradients through DistributedDataParallel, whose buckets the "
                 "host manages (with optimizer_in_backward the step, all-reduces included, is recorded)")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+    if num_processes > local:
+        # NCCL collectives between machines may go through host memory (no GPUDirect RDMA), which a graph
+        # cannot capture; only one machine's processes were measured (BENCHMARKS.md, run V).
+        return (f"the {num_processes} processes span several machines ({local} on this one), and all-reduces "
+                "between machines are not recorded")
     version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
     if version < OLDEST_TORCH:
         return (f"torch {torch.__version__} is older than {'.'.join(map(str, OLDEST_TORCH))}, whose AdamW can be "

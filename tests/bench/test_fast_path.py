@@ -253,7 +253,12 @@ def test_cuda_graph_problem_names_what_this_machine_lacks(monkeypatch) -> None:
     config = TrainConfig(cuda_graph=True, fast_step=True, use_8bit_adam=False, mixed_precision="bf16")
     assert "need a CUDA GPU" in cuda_graph_problem(config, 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine, from here on
-    assert "2 processes" in cuda_graph_problem(config, 2)
+    assert "2 processes average gradients through DistributedDataParallel" in cuda_graph_problem(config, 2)
+    in_backward = config.replace(optimizer_in_backward=True, pure_bf16=True, max_grad_norm=0.0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "register_generator_state", lambda *args: None, raising=False)
+    assert cuda_graph_problem(in_backward, 2) is None  # its all-reduces are recorded with the step
+    assert "span several machines (2 on this one)" in cuda_graph_problem(in_backward, 4)
     monkeypatch.setattr(torch, "__version__", "2.1.2+cu121")  # A1111 1.10's torch
     assert "torch 2.1.2+cu121 is older than 2.4" in cuda_graph_problem(config, 1)
     monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
