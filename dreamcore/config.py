@@ -163,8 +163,8 @@ class TrainConfig:
         "Speed")
     compile_unet: bool = _field(
         False, "Compile the UNet for the training step with torch.compile (TorchInductor), which fuses norms, "
-        "activations and layout copies into fewer kernels (H100: 23.7 -> 27.7 it/s). The first run on a machine "
-        "compiles for ~100 s; later runs reuse the cache (a few seconds). Samples and exports use the plain UNet. "
+        "activations and layout copies into fewer kernels (H100, 16GB tier: 24.5 -> 30.3 it/s). The first run on a "
+        "machine compiles for ~2 minutes; later runs reuse the cache (~12 s). Samples and exports use the plain UNet. "
         "Needs Triton on a GPU.", "Speed")
     compile_text_encoder: bool = _field(
         False, "With train_text_encoder: compile the text encoder for the training step too (torch.compile), which "
