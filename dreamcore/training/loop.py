@@ -140,9 +140,14 @@ class Trainer:
         self.optimizer = build_optimizer(dataclasses.replace(config, learning_rate=learning_rate), parameters,
                                          self.device, lambda m: self.emit.log(m, "warning"))
         self.lr_scheduler = build_lr_scheduler(config, self.optimizer, self.plan.total_steps)
-        if config.optimizer_in_backward and self.accelerator.num_processes > 1:
-            # No DistributedDataParallel: the in-backward AdamW averages each gradient across the processes
-            # itself (gradient_average.py); the models stay as they are, on this process's device.
+        self.wrap_for_processes()
+        self.choose_step_modules()
+
+    def wrap_for_processes(self) -> None:
+        """``self.wrapped`` and the optimizer as accelerate prepares them (DistributedDataParallel with several
+        processes), except for the in-backward AdamW, which averages each gradient across the processes itself
+        (gradient_average.py): its models stay as they are, on this process's device."""
+        if self.config.optimizer_in_backward and self.accelerator.num_processes > 1:
             from dreamcore.training.gradient_average import broadcast_weights
 
             for module in self.trained.values():
@@ -150,24 +155,28 @@ class Trainer:
             broadcast_weights(list(self.trained.values()))
             self.wrapped = dict(self.trained)
             self.optimizer = self.accelerator.prepare(self.optimizer)
-        else:
-            prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
-            self.wrapped = dict(zip(self.trained, prepared[:-1]))
-            self.optimizer = prepared[-1]
-        # what the training step calls (samples and saves use self.wrapped)
+            return
+        prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
+        self.wrapped = dict(zip(self.trained, prepared[:-1]))
+        self.optimizer = prepared[-1]
+
+    def choose_step_modules(self) -> None:
+        """What the training step calls: the wrapped models, compiled or under KeepChannelsLast as the config
+        asks (samples and saves use ``self.wrapped``)."""
+        config = self.config
         self.step_unet = self.wrapped["unet"]
         self.step_text_encoder = self.wrapped.get("text_encoder")
         if config.compile_unet or config.compile_text_encoder:
             from dreamcore.training.fast_step import compile_for_training
 
-            compiled = [name for name, on in (("UNet", config.compile_unet),
-                                              ("text encoder", config.compile_text_encoder)) if on]
+            compiled = [name for name, on in (("the UNet", config.compile_unet),
+                                              ("the text encoder", config.compile_text_encoder)) if on]
             if config.compile_unet:
                 self.step_unet = compile_for_training(self.wrapped["unet"], self.device)
             if config.compile_text_encoder:
                 self.step_text_encoder = compile_for_training(self.wrapped["text_encoder"], self.device)
-            self.emit.log(f"compile: the {' and '.join(compiled)} compile during the first training step (a minute "
-                          "or more on a machine's first run; cached after).")
+            self.emit.log(f"compile: {' and '.join(compiled)} will be compiled during the first training step (a "
+                          "minute or more on a machine's first run; cached after).")
         if config.keep_channels_last:
             from dreamcore.training.layout import keeping_channels_last
 
