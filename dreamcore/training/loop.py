@@ -167,7 +167,7 @@ class Trainer:
         self.step_unet = self.wrapped["unet"]
         self.step_text_encoder = self.wrapped.get("text_encoder")
         if config.compile_unet or config.compile_text_encoder:
-            from dreamcore.training.fast_step import compile_for_training
+            from dreamcore.training.fast_step import compile_for_training, keep_compiled_kernels
 
             compiled = [name for name, on in (("the UNet", config.compile_unet),
                                               ("the text encoder", config.compile_text_encoder)) if on]
@@ -176,7 +176,8 @@ class Trainer:
             if config.compile_text_encoder:
                 self.step_text_encoder = compile_for_training(self.wrapped["text_encoder"], self.device)
             self.emit.log(f"compile: {' and '.join(compiled)} will be compiled during the first training step (a "
-                          "minute or more on a machine's first run; cached after).")
+                          f"minute or more on a machine's first run; kept in {keep_compiled_kernels()} for the "
+                          "next runs).")
         if config.keep_channels_last:
             from dreamcore.training.layout import keeping_channels_last
 

@@ -8,6 +8,7 @@ fast path's first 50 losses match the plain path's within bf16 tolerance.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,8 @@ def test_a_compiled_unet_trains_as_the_plain_one(tiny_inputs, tmp_path: Path, mo
     from dreamcore.training import fast_step
 
     monkeypatch.setattr(fast_step, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
     model, photos = tiny_inputs
     common = dict(MEMORY_PRESETS["12GB"], memory_preset="none", max_train_steps=3, learning_rate=1e-4)
     plain = train(tiny_recipe(model, photos, tmp_path / "plain", **common))
@@ -185,10 +188,23 @@ def test_a_compiled_unet_trains_as_the_plain_one(tiny_inputs, tmp_path: Path, mo
                                  compile_text_encoder=True),
                      callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # UNet and text encoder ran through dynamo
-    assert any(m.startswith("compile: the UNet and the text encoder will be compiled") for m in logs), logs
+    assert any(m.startswith("compile: the UNet and the text encoder will be compiled") and "torchinductor" in m
+               for m in logs), logs
     assert torch.allclose(torch.tensor(compiled.losses), torch.tensor(plain.losses), rtol=1e-2, atol=1e-3)
     assert Path(compiled.outputs["single_file"]).is_file() and list((tmp_path / "compiled" / "samples").rglob("*.png"))
     torch._dynamo.reset()
+
+
+def test_compiled_kernels_are_kept_in_dreamcores_cache_unless_the_user_chose_a_folder(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    from dreamcore.training.fast_step import keep_compiled_kernels
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # unset (monkeypatch restores the real value after)
+    assert keep_compiled_kernels() == str(tmp_path / "cache" / "dreamcore" / "torchinductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "dreamcore" / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert keep_compiled_kernels() == str(tmp_path / "mine")
 
 
 @pytest.mark.gpu
