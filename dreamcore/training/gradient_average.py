@@ -9,8 +9,9 @@ is done: the communication overlaps the rest of backward, only a few gradients a
 whole step, all-reduces included, can be recorded and replayed (NCCL collectives can be captured in a graph).
 
 Every process then holds the same averaged gradients and applies the same update with the same rounding noise
-(the noise is a function of the seed, the step and the element), so the weights stay identical across processes
-without ever being sent again.
+(the fused kernel's noise is a function of the seed, the step and the element; the PyTorch form's generator is
+seeded alike everywhere and drawn in the same order), so the weights stay identical across processes without
+ever being sent again.
 """
 
 from __future__ import annotations
