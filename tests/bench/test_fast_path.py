@@ -195,6 +195,13 @@ def test_a_compiled_unet_trains_as_the_plain_one(tiny_inputs, tmp_path: Path, mo
     torch._dynamo.reset()
 
 
+def test_compiling_the_text_encoder_needs_it_trained() -> None:
+    problems = TrainConfig(compile_text_encoder=True, train_text_encoder=False).problems()
+    assert any(p.startswith("compile_text_encoder: needs train_text_encoder") for p in problems), problems
+    assert not [p for p in TrainConfig(compile_text_encoder=True, train_text_encoder=True).problems()
+                if p.startswith("compile_text_encoder")]
+
+
 def test_compiled_kernels_are_kept_in_dreamcores_cache_unless_the_user_chose_a_folder(tmp_path: Path,
                                                                                        monkeypatch) -> None:
     from dreamcore.training.fast_step import keep_compiled_kernels
