@@ -32,6 +32,19 @@ def weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
     return load_file(str(folder / component / name))
 
 
+def assert_same_training(base_model: Path, one_process: Path, two_processes: Path) -> None:
+    """The two runs' diffusers folders hold the same trained weights: they differ by far less than training
+    moved them. Adam's first steps divide by sqrt(v) ~ |g|, so all-reduce rounding (sum/2 vs a mean over 2) shows
+    up in the weights at the 1e-4 level; a different batch or order would differ as much as the update."""
+    for component in ("unet", "text_encoder"):
+        base = weights(base_model, component)
+        one = weights(one_process, component)
+        two = weights(two_processes, component)
+        update = sum((one[k].float() - base[k].float()).abs().sum() for k in base)
+        difference = sum((one[k].float() - two[k].float()).abs().sum() for k in base)
+        assert update > 0 and difference < 0.1 * update, (component, float(difference), float(update))
+
+
 def config_for(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig:
     values = dict(pretrained_model_name_or_path=str(model), instance_data_dir=str(photos),
                   instance_prompt="photo of sks person", output_dir=str(out), resolution=64, max_train_steps=3,
@@ -53,15 +66,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tiny_model_dir: Path, 
     # Samples are split across the processes (0 and 2 on one, 1 on the other) and written by the main one.
     samples = sorted(p.name for p in (tmp_path / "two" / "samples" / "step-000003").iterdir())
     assert samples == ["sample-00-seed11.png", "sample-01-seed12.png", "sample-02-seed13.png"]
-    for component in ("unet", "text_encoder"):
-        base = weights(tiny_model_dir, component)
-        one = weights(Path(single.outputs["diffusers"]), component)
-        two = weights(tmp_path / "two" / "diffusers", component)
-        update = sum((one[k].float() - base[k].float()).abs().sum() for k in base)
-        difference = sum((one[k].float() - two[k].float()).abs().sum() for k in base)
-        # Adam's first steps divide by sqrt(v) ~ |g|, so all-reduce rounding (sum/2 vs a mean over 2) shows up
-        # in the weights at the 1e-4 level; a different batch or order would differ as much as the update.
-        assert difference < 0.1 * update, (component, float(difference), float(update))
+    assert_same_training(tiny_model_dir, Path(single.outputs["diffusers"]), tmp_path / "two" / "diffusers")
 
 
 def test_resume_with_a_different_process_count(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
@@ -87,13 +92,7 @@ def test_in_backward_adamw_averages_each_gradient_across_processes(tiny_model_di
     result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, **tier), 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
-    for component in ("unet", "text_encoder"):
-        base = weights(tiny_model_dir, component)
-        one = weights(Path(single.outputs["diffusers"]), component)
-        two = weights(tmp_path / "two" / "diffusers", component)
-        update = sum((one[k].float() - base[k].float()).abs().sum() for k in base)
-        difference = sum((one[k].float() - two[k].float()).abs().sum() for k in base)
-        assert update > 0 and difference < 0.1 * update, (component, float(difference), float(update))
+    assert_same_training(tiny_model_dir, Path(single.outputs["diffusers"]), tmp_path / "two" / "diffusers")
 
 
 @pytest.mark.gpu
@@ -109,10 +108,4 @@ def test_two_gpus_record_the_step_with_its_all_reduces(tiny_model_dir: Path, pho
     result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, **tier), 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "recorded the training step" in result.stdout + result.stderr
-    for component in ("unet", "text_encoder"):
-        base = weights(tiny_model_dir, component)
-        one = weights(Path(single.outputs["diffusers"]), component)
-        two = weights(tmp_path / "two" / "diffusers", component)
-        update = sum((one[k].float() - base[k].float()).abs().sum() for k in base)
-        difference = sum((one[k].float() - two[k].float()).abs().sum() for k in base)
-        assert update > 0 and difference < 0.1 * update, (component, float(difference), float(update))
+    assert_same_training(tiny_model_dir, Path(single.outputs["diffusers"]), tmp_path / "two" / "diffusers")
