@@ -20,7 +20,8 @@ What must hold for the replay to compute the eager step (each is arranged here o
   inside the graph reads them at the recorded addresses); backward writes them afresh each replay.
 - Autocast does not cache its weight casts (a cached cast made outside the recording would be read stale).
 
-Where the graph cannot run (no CUDA, several processes, a torch or accelerate too old: ``cuda_graph_problem``)
+Where the graph cannot run (no CUDA, several processes holding gradients or spanning machines, a torch or
+accelerate too old: ``cuda_graph_problem``)
 ``train()`` turns ``cuda_graph`` off before anything is built and says why: the same maths, only slower.
 """
 
@@ -115,12 +116,8 @@ class GraphTrainer(FastTrainer):
         else:
             self._copy_into_inputs(batch)
         self.graph.replay()
-        loss = self.recorded_loss.detach().clone()
         prior = None if self.recorded_prior_loss is None else self.recorded_prior_loss.detach().clone()
-        if self.accelerator.num_processes > 1:  # report the global batch's loss, as one process would
-            loss = self.accelerator.reduce(loss, reduction="mean")
-            prior = None if prior is None else self.accelerator.reduce(prior, reduction="mean")
-        return loss, prior
+        return self.global_losses(self.recorded_loss.detach().clone(), prior)
 
     def optimizer_step(self) -> None:
         if self.graph is None:  # an eager warm-up step

@@ -330,8 +330,12 @@ class Trainer:
     def micro_step(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward and backward of micro-batch ``index``; returns (loss, prior loss), detached."""
         loss, prior_loss = self.forward_backward(self.draw_batch(index))
-        loss, prior_loss = loss.detach(), None if prior_loss is None else prior_loss.detach()
-        if self.accelerator.num_processes > 1:  # report the global batch's loss, as one process would
+        return self.global_losses(loss.detach(), None if prior_loss is None else prior_loss.detach())
+
+    def global_losses(self, loss: torch.Tensor, prior_loss: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's losses averaged over the processes: the global batch's, as one process reports them."""
+        if self.accelerator.num_processes > 1:
             loss = self.accelerator.reduce(loss, reduction="mean")
             prior_loss = None if prior_loss is None else self.accelerator.reduce(prior_loss, reduction="mean")
         return loss, prior_loss
