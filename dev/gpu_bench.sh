@@ -4,13 +4,13 @@
 # BENCH_NAME names the output files ($OUT/NAME.json, NAME.log; default bench), so one command can run several.
 # Installs the carried diffusers/bitsandbytes wheels, prints the card, runs `dreamcore bench` and, with
 # RUN_ACCELERATE=1, issue 10's single-GPU run of the multi-process path; with RUN_GPU_TESTS=1 the gpu tests
-# (GPU_TESTS_K: a pytest -k filter).
+# (GPU_TESTS_K: a pytest -k filter). EXTRA_PYTHONPATH goes first on PYTHONPATH (dev/allreduce_variant).
 set -uo pipefail
 STEPS=${1:-120}; WARMUP=${2:-20}; shift 2 || true
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 NAME=${BENCH_NAME:-bench}
 [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-bench/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=${EXTRA_PYTHONPATH:+$EXTRA_PYTHONPATH:}/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Keep compiled bytecode as a user's installation does (the lent machine sets PYTHONDONTWRITEBYTECODE, so every
 # process compiled ~2,800 modules again: ~6 s of each run's start-up in run K), and compile what training imports
 # once before anything is timed.

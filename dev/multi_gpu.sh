@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
-#   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1]
+#   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -16,6 +16,18 @@ fi
 if [ "${1:-}" = training-batch1 ]; then  # one GPU at batch 1 against two at batch 1 each, the latter profiled
   BENCH_NAME=train1-b1 bash dev/gpu_bench.sh 60 15 --preset 16GB
   BENCH_NAME=train2-prof bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB
+  exit 0
+fi
+if [ "${1:-}" = allreduce ]; then  # one GPU at batch 1, then two at batch 1 each with several bucket and
+  # in-flight sizes for the gradients' all-reduces (MB; the first pair is the shipped one), then that one profiled
+  BENCH_NAME=train1-b1 bash dev/gpu_bench.sh 60 15 --preset 16GB
+  for sizes in 8,128 0,128 8,16 32,512 2,128; do
+    DREAMCORE_ALLREDUCE=$sizes EXTRA_PYTHONPATH=$PWD/dev/allreduce_variant BENCH_NAME=ar-${sizes/,/-} \
+      bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
+    grep -m1 "allreduce variant" "$OUT/ar-${sizes/,/-}.log"
+  done
+  BENCH_NAME=ar-prof bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB
+  (cd "$OUT" && mv profile-*.txt ar-profile.txt; tar czf /tmp/allreduce.tgz ./* && rm -f ./* && mv /tmp/allreduce.tgz .)
   exit 0
 fi
 # class images with the settings several processes used until session 6 (gradients held, DistributedDataParallel);

@@ -21,18 +21,18 @@ tiny tensor cost more in launches than in work: grouped, AdamW's share of the re
 5.9 ms in 356 launches instead of 882 (BENCHMARKS.md, run Q).
 
 With several processes (``average``) each gradient is averaged across them before its update: its all-reduce
-starts when backward has finished it, and the update runs a few gradients later (gradient_average.py).
+starts when backward has finished it (small ones together), and the update runs once it is done, while backward
+goes on (gradient_average.py).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Iterable, Iterator
 
 import torch
 
 from dreamcore.training.fused_adamw_kernel import fused_adamw_update, same_flat_layout
-from dreamcore.training.gradient_average import IN_FLIGHT, ProcessAverage
+from dreamcore.training.gradient_average import GradientQueue, ProcessAverage
 
 _BF16_DROPPED_BITS = 16  # bf16 is the top 16 bits of an fp32
 _CHUNK = 1 << 22  # elements the PyTorch form updates at a time (16 MB fp32 temporaries)
@@ -95,8 +95,8 @@ class InBackwardAdamW(torch.optim.Optimizer):
         self._counter_base: dict[torch.Tensor, int] = {}  # a weight's first element's index in the model
         self._uncounted: dict[torch.Tensor, None] = {}  # weights updated since step(), in update order
         self._hooks = []
-        self._average = average
-        self._averaging: deque = deque()  # (parameter, group, PendingAverage) in backward's order
+        self._averaging = GradientQueue(average) if average is not None else None
+        self._group_of: dict[torch.Tensor, dict] = {}
         # per parameter group (each has its own lr) and dtype, keyed "group index:dtype" (saved with the state)
         self._vectors: dict[str, VectorWeights] = {}
         elements = 0
@@ -109,6 +109,7 @@ class InBackwardAdamW(torch.optim.Optimizer):
             for parameter in group["params"]:
                 if parameter.requires_grad and parameter not in grouped:
                     self._hooks.append(parameter.register_post_accumulate_grad_hook(self._make_hook(group)))
+                    self._group_of[parameter] = group
                     self._counter_base[parameter] = elements
                     elements += parameter.numel()
         if fused and elements >= 1 << 32:
@@ -116,13 +117,11 @@ class InBackwardAdamW(torch.optim.Optimizer):
 
     def _make_hook(self, group: dict):
         def hook(parameter: torch.Tensor) -> None:
-            if self._average is None:
+            if self._averaging is None:
                 self._update_and_free(parameter, group)
                 return
-            if parameter.grad is not None:
-                self._averaging.append((parameter, group, self._average.start(parameter.grad)))
-            while len(self._averaging) > IN_FLIGHT:
-                self._finish_oldest_average()
+            for averaged in self._averaging.put(parameter):
+                self._update_and_free(averaged, self._group_of[averaged])
 
         return hook
 
@@ -130,11 +129,6 @@ class InBackwardAdamW(torch.optim.Optimizer):
     def _update_and_free(self, parameter: torch.Tensor, group: dict) -> None:
         self._update(parameter, group)
         parameter.grad = None  # the point of this optimizer: no gradient outlives its update
-
-    def _finish_oldest_average(self) -> None:
-        parameter, group, pending = self._averaging.popleft()
-        self._average.finish(pending)
-        self._update_and_free(parameter, group)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -248,8 +242,9 @@ class InBackwardAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         """The updates ran inside backward; count them (one foreach kernel per device)."""
         loss = closure() if closure is not None else None
-        while self._averaging:  # the last gradients of backward, still being averaged
-            self._finish_oldest_average()
+        if self._averaging is not None:  # the last gradients of backward, still being averaged
+            for averaged in self._averaging.drain():
+                self._update_and_free(averaged, self._group_of[averaged])
         counts: dict[torch.device, list[torch.Tensor]] = {}
         for parameter in self._uncounted:
             state = self.state.get(parameter)

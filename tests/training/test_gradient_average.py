@@ -1,0 +1,95 @@
+"""GradientQueue (gradient_average.py) in 2 CPU processes (gloo): every gradient comes back averaged over the
+processes, in the order it went in, small ones sent together and the in-flight limit kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WORKER = r'''
+import json, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dreamcore.training import gradient_average
+from dreamcore.training.gradient_average import GradientQueue, ProcessAverage
+
+# (shape, dtype, layout): element counts chosen around the 64-byte bucket of the test
+WEIGHTS = [((4,), torch.float32, "plain"),            # 16 bytes: bucketed
+           ((2, 3), torch.float32, "plain"),          # 24: bucketed (40)
+           ((5, 5), torch.float32, "plain"),          # 100: the bucket is sent, then this alone
+           ((2, 2, 2, 2), torch.float32, "channels_last"),  # 64: alone, in place
+           ((3,), torch.bfloat16, "plain"),           # 6, bf16: a bucket of its own
+           ((6,), torch.float32, "plain"),            # 24, fp32: the bf16 bucket is sent, a new one begun
+           ((3, 4), torch.float32, "transposed"),     # 48, not one dense block: the bucket is sent, then a copy
+           ((10,), torch.float32, "plain"),           # 40: bucketed
+           ((6,), torch.float32, "plain"),            # 24: the bucket reaches 64 and is sent
+           ((2,), torch.float32, "plain")]            # 8: in the bucket until drain()
+
+
+def gradient(index, shape, dtype, layout, rank):
+    count = torch.Size(shape).numel()
+    # small integers and halves: exact in bf16, so the average can be compared exactly
+    values = (torch.arange(count, dtype=torch.float32) + 10 * index + 3 * rank).reshape(shape).to(dtype)
+    if layout == "channels_last":
+        return values.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        return values.t().contiguous().t()
+    return values
+
+
+def worker(rank, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    sends = []
+
+    class CountingAverage(ProcessAverage):
+        def start(self, tensor):
+            sends.append(tensor.numel())
+            return super().start(tensor)
+
+    queue = GradientQueue(CountingAverage(bucket_bytes=64, in_flight_bytes=100))
+    weights, order, most_in_flight = [], [], 0
+    for index, (shape, dtype, layout) in enumerate(WEIGHTS):
+        weight = torch.zeros(shape, dtype=dtype, requires_grad=True)
+        weight.grad = gradient(index, shape, dtype, layout, rank)
+        weights.append(weight)
+        order += queue.put(weight)
+        most_in_flight = max(most_in_flight, queue._in_flight_bytes)
+    order += queue.drain()
+    exact = all(torch.equal(w.grad, (gradient(i, *spec, 0).float() + 1.5).to(w.dtype))
+                for i, (w, spec) in enumerate(zip(weights, WEIGHTS)))
+    layouts_kept = [w.grad.stride() == gradient(i, *spec, 0).stride() for i, (w, spec) in enumerate(zip(weights, WEIGHTS))]
+    if rank == 0:
+        json.dump(dict(order=[[id(x) for x in weights].index(id(w)) for w in order], sends=sends, exact=exact, left=len(queue),
+                       layouts_kept=layouts_kept, most_in_flight=most_in_flight), open(result_file, "w"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+'''
+
+
+def test_gradient_queue_averages_every_gradient_in_order(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    result_file = tmp_path / "result.json"
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "init"), str(result_file)],
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=python_path, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(result_file.read_text())
+    assert result["exact"]  # each gradient is the mean of the two processes' (rank 1's are 3 higher)
+    assert all(result["layouts_kept"])
+    assert result["order"] == list(range(10))  # given back in the order backward finished them
+    assert result["left"] == 0
+    # the all-reduces, by elements: small gradients together, large ones alone, a bucket never mixing dtypes
+    assert result["sends"] == [4 + 6, 25, 16, 3, 6, 12, 10 + 6, 2]
+    assert result["most_in_flight"] <= 100  # the limit held (nothing larger than it was sent)
