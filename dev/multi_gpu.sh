@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
-#   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce]
+#   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto | scaling]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -16,6 +16,23 @@ fi
 if [ "${1:-}" = training-batch1 ]; then  # one GPU at batch 1 against two at batch 1 each, the latter profiled
   BENCH_NAME=train1-b1 bash dev/gpu_bench.sh 60 15 --preset 16GB
   BENCH_NAME=train2-prof bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB
+  exit 0
+fi
+if [ "${1:-}" = scaling ]; then  # the 16GB tier at global batches 2, 4 and 8: one GPU, then two
+  BENCH_NAME=scale1 bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 --preset 16GB:train_batch_size=4 \
+    --preset 16GB:train_batch_size=8
+  BENCH_NAME=scale2 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB:train_batch_size=1 \
+    --preset 16GB:train_batch_size=2 --preset 16GB:train_batch_size=4
+  exit 0
+fi
+if [ "${1:-}" = nccl-proto ]; then  # two GPUs at batch 1 each: NCCL's own protocol choice (run Y's profile: every
+  # all-reduce ran RING_LL), then each protocol forced
+  BENCH_NAME=proto-auto bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
+  for proto in Simple LL128; do
+    NCCL_PROTO=$proto BENCH_NAME=proto-$proto bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
+  done
+  NCCL_PROTO=Simple BENCH_NAME=proto-prof bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB
+  (cd "$OUT" && mv profile-*.txt proto-profile.txt; tar czf /tmp/proto.tgz ./* && rm -f ./* && mv /tmp/proto.tgz .)
   exit 0
 fi
 if [ "${1:-}" = allreduce ]; then  # one GPU at batch 1, then two at batch 1 each with several bucket and
