@@ -23,6 +23,8 @@ if [ "${1:-}" = scaling ]; then  # the 16GB tier at global batches 2, 4 and 8: o
     --preset 16GB:train_batch_size=8
   BENCH_NAME=scale2 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB:train_batch_size=1 \
     --preset 16GB:train_batch_size=2 --preset 16GB:train_batch_size=4
+  # fewer NCCL channels (SMs) for the all-reduces that run beside backward's kernels
+  NCCL_MAX_NCHANNELS=4 BENCH_NAME=scale2-ch4 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
   exit 0
 fi
 if [ "${1:-}" = nccl-proto ]; then  # two GPUs at batch 1 each: NCCL's own protocol choice (run Y's profile: every
