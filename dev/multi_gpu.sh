@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
-#   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto | scaling]
+#   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto | nccl-channels | scaling]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -35,6 +35,12 @@ if [ "${1:-}" = nccl-proto ]; then  # two GPUs at batch 1 each: NCCL's own proto
   done
   NCCL_PROTO=Simple BENCH_NAME=proto-prof bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB
   (cd "$OUT" && mv profile-*.txt proto-profile.txt; tar czf /tmp/proto.tgz ./* && rm -f ./* && mv /tmp/proto.tgz .)
+  exit 0
+fi
+if [ "${1:-}" = nccl-channels ]; then  # two GPUs at batch 1 each: NCCL's channel count logged, then at least 32
+  NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT BENCH_NAME=ch-auto bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
+  grep -h "nChannels\|channels" "$OUT/ch-auto.log" | sort | uniq -c | head -8
+  NCCL_MIN_NCHANNELS=32 BENCH_NAME=ch-32 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
   exit 0
 fi
 if [ "${1:-}" = allreduce ]; then  # one GPU at batch 1, then two at batch 1 each with several bucket and
