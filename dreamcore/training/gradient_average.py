@@ -167,3 +167,27 @@ def broadcast_weights(modules: list[torch.nn.Module]) -> None:
         for module in modules:
             for tensor in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(tensor.data, src=0)
+
+
+def first_weight_differing_across_processes(modules: dict[str, torch.nn.Module]) -> str | None:
+    """The name ("unet.conv_in.weight") of the first weight some process holds differently from the main process,
+    or None when all hold the main process's weights bit for bit. The in-backward AdamW never sends weights, so
+    this checks its premise (same averaged gradients, same rounding noise: same weights) once, after training:
+    one broadcast of the weights and one small all-reduce."""
+    names: list[str] = []
+    differs: list[torch.Tensor] = []
+    with torch.no_grad():
+        for module_name, module in modules.items():
+            for name, weight in module.named_parameters():
+                mine = weight.detach()
+                main = mine.clone()
+                dist.broadcast(main, src=0)
+                # NaN == NaN here: a NaN in every process is the same weight
+                differs.append((main.ne(mine) & ~(main.isnan() & mine.isnan())).any())
+                names.append(f"{module_name}.{name}")
+        if not differs:
+            return None
+        flags = torch.stack(differs).to(torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        differing = flags.nonzero()
+    return names[int(differing[0])] if len(differing) else None

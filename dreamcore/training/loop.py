@@ -404,6 +404,19 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def check_weights_across_processes(self, step: int) -> None:
+        """With the in-backward AdamW every process updates its own copy of the weights (nothing is sent after
+        the start): say so loudly if they have come apart, since only the main process's are saved."""
+        if not (self.config.optimizer_in_backward and self.accelerator.num_processes > 1):
+            return
+        from dreamcore.training.gradient_average import first_weight_differing_across_processes
+
+        differing = first_weight_differing_across_processes(self.trained)
+        if differing is not None:
+            self.emit.log(f"the processes' weights differ after step {step} (first: {differing}): their updates "
+                          "diverged, so the run was not the data-parallel training it should be. The main "
+                          "process's weights are saved; please report this with the run's config.json.", "error")
+
     def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
         """Samples plus the single-file model (and, at the end, the diffusers folder)."""
         from dreamcore.convert import save_single_file
@@ -413,6 +426,7 @@ class Trainer:
         outputs: dict[str, str] = {}
         if final:  # no step follows: the optimizer's moments (4-8 bytes a weight) make room for the samples
             self.release_optimizer_memory()
+            self.check_weights_across_processes(step)
         components = self.live_components()
         for module in self.wrapped.values():
             module.eval()

@@ -1,5 +1,6 @@
-"""GradientQueue (gradient_average.py) in 2 CPU processes (gloo): every gradient comes back averaged over the
-processes, in the order it went in, small ones sent together and the in-flight limit kept."""
+"""gradient_average.py in 2 CPU processes (gloo): GradientQueue gives every gradient back averaged over the
+processes, in the order it went in, small ones sent together and the in-flight limit kept; the weight check finds
+a weight that differs between processes."""
 
 from __future__ import annotations
 
@@ -93,3 +94,47 @@ def test_gradient_queue_averages_every_gradient_in_order(tmp_path: Path) -> None
     # the all-reduces, by elements: small gradients together, large ones alone, a bucket never mixing dtypes
     assert result["sends"] == [4 + 6, 25, 16, 3, 6, 12, 10 + 6, 2]
     assert result["most_in_flight"] <= 100  # the limit held (nothing larger than it was sent)
+
+
+CHECK_WORKER = r'''
+import json, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dreamcore.training.gradient_average import first_weight_differing_across_processes
+
+
+def worker(rank, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)  # the same weights in both processes
+    modules = {"unet": torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)),
+               "text_encoder": torch.nn.Linear(2, 2)}
+    with torch.no_grad():
+        modules["unet"][0].bias[1] = float("nan")  # NaN in both: the same weight
+    same = first_weight_differing_across_processes(modules)
+    if rank == 1:
+        with torch.no_grad():
+            modules["unet"][1].weight[0, 0] += 1e-3
+            modules["text_encoder"].bias[0] += 1.0
+    differing = first_weight_differing_across_processes(modules)
+    json.dump(dict(same=same, differing=differing), open(f"{result_file}-{rank}", "w"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+'''
+
+
+def test_the_weight_check_names_the_first_weight_that_differs_between_processes(tmp_path: Path) -> None:
+    script = tmp_path / "check.py"
+    script.write_text(CHECK_WORKER)
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "init"), str(tmp_path / "result")],
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=python_path, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in (0, 1):  # both processes learn the answer
+        result = json.loads((tmp_path / f"result-{rank}").read_text())
+        assert result == {"same": None, "differing": "unet.1.weight"}

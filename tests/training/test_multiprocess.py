@@ -92,7 +92,24 @@ def test_in_backward_adamw_averages_each_gradient_across_processes(tiny_model_di
     result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, **tier), 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
+    assert "weights differ" not in result.stdout + result.stderr
     assert_same_training(tiny_model_dir, Path(single.outputs["diffusers"]), tmp_path / "two" / "diffusers")
+
+
+def test_stochastic_rounding_keeps_the_processes_weights_identical(tiny_model_dir: Path, photo_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """The 12GB tier rounds every update at random (here the PyTorch form, one generator per process): both
+    processes must draw the same noise in the same order, or their weights come apart (the run's check after
+    training says so). Nothing is compared with one process: its noise falls on other values."""
+    from dreamcore.presets import MEMORY_PRESETS
+
+    tier = dict(MEMORY_PRESETS["12GB"], memory_preset="none")
+    assert tier["bf16_rounding"] == "stochastic"
+    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, **tier), 2, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes" in result.stdout
+    assert "weights differ" not in result.stdout + result.stderr
+    assert (tmp_path / "two" / "diffusers" / "unet").is_dir()
 
 
 @pytest.mark.gpu
