@@ -10,8 +10,9 @@ backward, only the gradients in flight are held, and the whole step, all-reduces
 replayed (NCCL collectives can be captured in a graph).
 
 Small gradients are all-reduced together: SD1.5's UNet and text encoder have ~320 weight matrices, most of
-them under a megabyte, and an all-reduce of a few hundred kilobytes costs NCCL about what one of several
-megabytes costs (a fixed latency each, run X: 356 all-reduces, 15.4 ms of NCCL kernels a step).
+them under a megabyte, and each all-reduce has a fixed cost. With 8 MB buckets NCCL runs 123 all-reduces a step
+instead of 356, in 11.7 ms of kernel time instead of 15.4; the step gained only 0.6 ms (BENCHMARKS.md, run Y).
+The in-flight limit matters more: at 16 MB the step was 3.7 ms slower than at 128 MB (no faster at 512 MB).
 
 Every process then holds the same averaged gradients and applies the same update with the same rounding noise
 (the fused kernel's noise is a function of the seed, the step and the element; the PyTorch form's generator is
@@ -31,8 +32,8 @@ import torch.distributed as dist
 # about this much; larger ones are all-reduced where they lie.
 BUCKET_BYTES = 8 << 20
 # Gradients whose all-reduce may be in flight while backward goes on: enough for NCCL to fall behind backward
-# for a while and catch up (the up blocks' convolutions finish 29 MB gradients in quick succession), little
-# beside the weights and Adam's moments (SD1.5 in bf16: 2 GB of gradients a step).
+# for a while and catch up (run Y: 16 MB cost 3.7 ms a step, 512 MB gained nothing over 128), little beside the
+# weights and Adam's moments (SD1.5 in bf16: 2 GB of gradients a step).
 IN_FLIGHT_BYTES = 128 << 20
 
 
