@@ -112,6 +112,45 @@ def test_stochastic_rounding_keeps_the_processes_weights_identical(tiny_model_di
     assert (tmp_path / "two" / "diffusers" / "unet").is_dir()
 
 
+def test_two_machines_launched_as_accelerate_launches_them(tiny_model_dir: Path, photo_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """Several machines: one torchrun agent per machine (what `accelerate launch` runs with a multi-machine
+    config), here two on this host with one process each, meeting at the main machine's address. The in-backward
+    tier trains across them and only the main process writes."""
+    from dreamcore.presets import MEMORY_PRESETS
+
+    tier = dict(MEMORY_PRESETS["16GB"], memory_preset="none", use_8bit_adam=False)
+    config_file = config_for(tiny_model_dir, photo_dir, tmp_path / "run", train_batch_size=1, **tier).save(
+        tmp_path / "config.json")
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=python_path, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    port = free_port()
+    logs = [(tmp_path / f"machine-{rank}.out", tmp_path / f"machine-{rank}.err") for rank in (0, 1)]
+    machines = []
+    for rank, (out, err) in enumerate(logs):  # files, not pipes: a full pipe would stall the collectives
+        with out.open("w") as stdout, err.open("w") as stderr:
+            machines.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                 "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                 "-m", "dreamcore", "train", "--config", str(config_file)],
+                stdout=stdout, stderr=stderr, env=env, cwd=ROOT))
+    codes = [machine.wait(timeout=600) for machine in machines]
+    (main_out, main_err), (other_out, other_err) = ((o.read_text(), e.read_text()) for o, e in logs)
+    assert codes == [0, 0], (main_err + other_err)[-3000:]
+    assert "x 2 processes" in main_out and "Training completed at step 3" in main_out
+    assert "Training completed" not in other_out  # the other machine's process reports nothing
+    assert "weights differ" not in main_out + main_err
+    assert (tmp_path / "run" / "run.safetensors").is_file()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.gpu
 def test_two_gpus_record_the_step_with_its_all_reduces(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
     """On 2 GPUs the 16GB tier records its step, NCCL all-reduces included, and replays it: the weights match one
