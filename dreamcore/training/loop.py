@@ -590,8 +590,10 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
             accelerator.wait_for_everyone()
         images = usable_class_images(concept_plan.class_dir, warn)
         if len(images) < config.num_class_images and not (stop is not None and stop.is_set()):
+            shared = (" Each process writes its share of them there: with several machines the folder must be on "
+                      "storage every machine sees." if accelerator.num_processes > 1 else "")
             raise TrainingError(f"class images: only {len(images)} of {config.num_class_images} usable in "
-                                f"{concept_plan.class_dir}; see the warnings above.")
+                                f"{concept_plan.class_dir}; see the warnings above.{shared}")
         result.append(sorted(images)[:config.num_class_images])
     if pipeline is not None and torch.cuda.is_available():
         # Sampling's activations stay in the allocator's cache; hand them back before training allocates.
