@@ -66,27 +66,36 @@ def worker(rank, init_file, result_file):
     exact = all(torch.equal(w.grad, (gradient(i, *spec, 0).float() + 1.5).to(w.dtype))
                 for i, (w, spec) in enumerate(zip(weights, WEIGHTS)))
     layouts_kept = [w.grad.stride() == gradient(i, *spec, 0).stride() for i, (w, spec) in enumerate(zip(weights, WEIGHTS))]
-    if rank == 0:
-        json.dump(dict(order=[[id(x) for x in weights].index(id(w)) for w in order], sends=sends, exact=exact, left=len(queue),
-                       layouts_kept=layouts_kept, most_in_flight=most_in_flight), open(result_file, "w"))
+    json.dump(dict(order=[[id(x) for x in weights].index(id(w)) for w in order], sends=sends, exact=exact,
+                   left=len(queue), layouts_kept=layouts_kept, most_in_flight=most_in_flight),
+              open(f"{result_file}-{rank}", "w"))
     dist.destroy_process_group()
 
-
-if __name__ == "__main__":
-    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
 '''
 
 
-def test_gradient_queue_averages_every_gradient_in_order(tmp_path: Path) -> None:
+def run_in_two_processes(worker_source: str, tmp_path: Path) -> list[dict]:
+    """Runs ``worker(rank, init_file, result_prefix)`` from ``worker_source`` in 2 gloo processes; returns what each
+    wrote to ``{result_prefix}-{rank}`` (JSON)."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    result_file = tmp_path / "result.json"
+    script.write_text(worker_source + SPAWN_TWO)
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    run = subprocess.run([sys.executable, str(script), str(tmp_path / "init"), str(result_file)],
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "init"), str(tmp_path / "result")],
                          capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=python_path, OMP_NUM_THREADS="1"))
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(result_file.read_text())
+    return [json.loads((tmp_path / f"result-{rank}").read_text()) for rank in (0, 1)]
+
+
+SPAWN_TWO = """
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+"""
+
+
+def test_gradient_queue_averages_every_gradient_in_order(tmp_path: Path) -> None:
+    result = run_in_two_processes(WORKER, tmp_path)[0]
     assert result["exact"]  # each gradient is the mean of the two processes' (rank 1's are 3 higher)
     assert all(result["layouts_kept"])
     assert result["order"] == list(range(10))  # given back in the order backward finished them
@@ -121,20 +130,9 @@ def worker(rank, init_file, result_file):
     json.dump(dict(same=same, differing=differing), open(f"{result_file}-{rank}", "w"))
     dist.destroy_process_group()
 
-
-if __name__ == "__main__":
-    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
 '''
 
 
 def test_the_weight_check_names_the_first_weight_that_differs_between_processes(tmp_path: Path) -> None:
-    script = tmp_path / "check.py"
-    script.write_text(CHECK_WORKER)
-    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    run = subprocess.run([sys.executable, str(script), str(tmp_path / "init"), str(tmp_path / "result")],
-                         capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONPATH=python_path, OMP_NUM_THREADS="1"))
-    assert run.returncode == 0, run.stderr[-3000:]
-    for rank in (0, 1):  # both processes learn the answer
-        result = json.loads((tmp_path / f"result-{rank}").read_text())
+    for result in run_in_two_processes(CHECK_WORKER, tmp_path):  # both processes learn the answer
         assert result == {"same": None, "differing": "unet.1.weight"}
