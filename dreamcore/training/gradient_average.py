@@ -96,7 +96,7 @@ class GradientQueue:
 
     def __init__(self, average: ProcessAverage) -> None:
         self.average = average
-        self._bucket: list[torch.Tensor] = []  # small gradients' weights, not sent yet
+        self._bucket: list[tuple[torch.Tensor, torch.Tensor]] = []  # (weight, its flat gradient), not sent yet
         self._bucket_bytes = 0
         self._in_flight: deque[_InFlight] = deque()
         self._in_flight_bytes = 0
@@ -114,10 +114,9 @@ class GradientQueue:
             self._send_bucket()
             self._send([weight], flat, size)  # in place, through a view (channels-last ones too)
         else:
-            if self._bucket and (self._bucket[0].grad.dtype, self._bucket[0].grad.device) != \
-                    (gradient.dtype, gradient.device):
+            if self._bucket and (self._bucket[0][1].dtype, self._bucket[0][1].device) != (flat.dtype, flat.device):
                 self._send_bucket()  # one buffer holds one dtype
-            self._bucket.append(weight)
+            self._bucket.append((weight, flat))
             self._bucket_bytes += size
             if self._bucket_bytes >= self.average.bucket_bytes:
                 self._send_bucket()
@@ -139,12 +138,12 @@ class GradientQueue:
     def _send_bucket(self) -> None:
         if not self._bucket:
             return
-        weights, size = self._bucket, self._bucket_bytes
+        weights, gradients = [w for w, _ in self._bucket], [g for _, g in self._bucket]
+        size = self._bucket_bytes
         self._bucket, self._bucket_bytes = [], 0
         if len(weights) == 1:
-            self._send(weights, _flat(weights[0].grad), size)
+            self._send(weights, gradients[0], size)  # in place
             return
-        gradients = [_flat(w.grad) for w in weights]
         self._send(weights, torch.cat(gradients), size, gradients)
 
     def _finish_while_over(self, limit: int) -> list[torch.Tensor]:
