@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dreamcore.training import gradient_average
 from dreamcore.training.gradient_average import GradientQueue, ProcessAverage
 
 # (shape, dtype, layout): element counts chosen around the 64-byte bucket of the test
@@ -65,7 +64,8 @@ def worker(rank, init_file, result_file):
     order += queue.drain()
     exact = all(torch.equal(w.grad, (gradient(i, *spec, 0).float() + 1.5).to(w.dtype))
                 for i, (w, spec) in enumerate(zip(weights, WEIGHTS)))
-    layouts_kept = [w.grad.stride() == gradient(i, *spec, 0).stride() for i, (w, spec) in enumerate(zip(weights, WEIGHTS))]
+    layouts_kept = [w.grad.stride() == gradient(i, *spec, 0).stride()
+                    for i, (w, spec) in enumerate(zip(weights, WEIGHTS))]
     json.dump(dict(order=[[id(x) for x in weights].index(id(w)) for w in order], sends=sends, exact=exact,
                    left=len(queue), layouts_kept=layouts_kept, most_in_flight=most_in_flight),
               open(f"{result_file}-{rank}", "w"))
