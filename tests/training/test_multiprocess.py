@@ -69,15 +69,24 @@ def test_two_processes_match_one_at_the_same_global_batch(tiny_model_dir: Path, 
     assert_same_training(tiny_model_dir, Path(single.outputs["diffusers"]), tmp_path / "two" / "diffusers")
 
 
-def test_resume_with_a_different_process_count(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tier", [None, "16GB"])
+def test_resume_with_a_different_process_count(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path,
+                                               tier: str | None) -> None:
+    """Saved by one process, resumed by two: with AdamW after backward (DistributedDataParallel) and with the
+    in-backward tier, whose per-weight state, grouped 1-D weights and rounding generators each process loads."""
+    from dreamcore.presets import MEMORY_PRESETS
+
+    settings = dict(MEMORY_PRESETS[tier], memory_preset="none", use_8bit_adam=False) if tier else {}
     stop = StopRequest()
-    config = config_for(tiny_model_dir, photo_dir, tmp_path / "run", max_train_steps=4, train_batch_size=1)
+    config = config_for(tiny_model_dir, photo_dir, tmp_path / "run", max_train_steps=4, train_batch_size=1,
+                        **settings)
     first = train(config, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 2 else None],
                   stop=stop)
     assert first.status == "stopped" and first.step == 3  # after the step in flight (late_read.py)
     result = launch(config.replace(resume_from_checkpoint="latest"), 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout and "Training completed at step 4" in result.stdout
+    assert "weights differ" not in result.stdout + result.stderr
     assert (tmp_path / "run" / "run.safetensors").is_file()
 
 
