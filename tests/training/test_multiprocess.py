@@ -18,12 +18,16 @@ from dreamcore.training import train
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a launched training: this checkout importable, offline, one thread a process."""
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=python_path, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+
+
 def launch(config: TrainConfig, num_processes: int, tmp_path: Path) -> subprocess.CompletedProcess:
     config_file = config.save(tmp_path / f"config-{num_processes}.json")
-    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=python_path, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "dreamcore", "train", "--config", str(config_file),
-                           "--num_processes", str(num_processes)], capture_output=True, text=True, env=env,
+                           "--num_processes", str(num_processes)], capture_output=True, text=True, env=child_env(),
                           cwd=ROOT, timeout=600)
 
 
@@ -131,8 +135,6 @@ def test_two_machines_launched_as_accelerate_launches_them(tiny_model_dir: Path,
     tier = dict(MEMORY_PRESETS["16GB"], memory_preset="none", use_8bit_adam=False)
     config_file = config_for(tiny_model_dir, photo_dir, tmp_path / "run", train_batch_size=1, **tier).save(
         tmp_path / "config.json")
-    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=python_path, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     port = free_port()
     logs = [(tmp_path / f"machine-{rank}.out", tmp_path / f"machine-{rank}.err") for rank in (0, 1)]
     machines = []
@@ -142,7 +144,7 @@ def test_two_machines_launched_as_accelerate_launches_them(tiny_model_dir: Path,
                 [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
                  "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
                  "-m", "dreamcore", "train", "--config", str(config_file)],
-                stdout=stdout, stderr=stderr, env=env, cwd=ROOT))
+                stdout=stdout, stderr=stderr, env=child_env(), cwd=ROOT))
     codes = [machine.wait(timeout=600) for machine in machines]
     (main_out, main_err), (other_out, other_err) = ((o.read_text(), e.read_text()) for o, e in logs)
     assert codes == [0, 0], (main_err + other_err)[-3000:]
