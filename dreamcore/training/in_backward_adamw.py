@@ -96,7 +96,7 @@ class InBackwardAdamW(torch.optim.Optimizer):
         self._uncounted: dict[torch.Tensor, None] = {}  # weights updated since step(), in update order
         self._hooks = []
         self._averaging = GradientQueue(average) if average is not None else None
-        self._group_of: dict[torch.Tensor, dict] = {}
+        self._group_of: dict[torch.Tensor, dict] = {}  # each hooked weight's parameter group (its lr, betas...)
         # per parameter group (each has its own lr) and dtype, keyed "group index:dtype" (saved with the state)
         self._vectors: dict[str, VectorWeights] = {}
         elements = 0
@@ -108,26 +108,25 @@ class InBackwardAdamW(torch.optim.Optimizer):
             grouped = set(vectors)
             for parameter in group["params"]:
                 if parameter.requires_grad and parameter not in grouped:
-                    self._hooks.append(parameter.register_post_accumulate_grad_hook(self._make_hook(group)))
+                    self._hooks.append(parameter.register_post_accumulate_grad_hook(self._on_gradient))
                     self._group_of[parameter] = group
                     self._counter_base[parameter] = elements
                     elements += parameter.numel()
         if fused and elements >= 1 << 32:
             raise ValueError(f"the fused AdamW kernel numbers elements in 32 bits; this model trains {elements}")
 
-    def _make_hook(self, group: dict):
-        def hook(parameter: torch.Tensor) -> None:
-            if self._averaging is None:
-                self._update_and_free(parameter, group)
-                return
-            for averaged in self._averaging.put(parameter):
-                self._update_and_free(averaged, self._group_of[averaged])
-
-        return hook
+    def _on_gradient(self, parameter: torch.Tensor) -> None:
+        """Backward has finished ``parameter``'s gradient: update it now, or, with several processes, once the
+        gradient is averaged (the queue gives back the weights whose averages are done)."""
+        if self._averaging is None:
+            self._update_and_free(parameter)
+            return
+        for averaged in self._averaging.put(parameter):
+            self._update_and_free(averaged)
 
     @torch.no_grad()
-    def _update_and_free(self, parameter: torch.Tensor, group: dict) -> None:
-        self._update(parameter, group)
+    def _update_and_free(self, parameter: torch.Tensor) -> None:
+        self._update(parameter, self._group_of[parameter])
         parameter.grad = None  # the point of this optimizer: no gradient outlives its update
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -244,7 +243,7 @@ class InBackwardAdamW(torch.optim.Optimizer):
         loss = closure() if closure is not None else None
         if self._averaging is not None:  # the last gradients of backward, still being averaged
             for averaged in self._averaging.drain():
-                self._update_and_free(averaged, self._group_of[averaged])
+                self._update_and_free(averaged)
         counts: dict[torch.device, list[torch.Tensor]] = {}
         for parameter in self._uncounted:
             state = self.state.get(parameter)

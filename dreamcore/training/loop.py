@@ -143,11 +143,17 @@ class Trainer:
         self.wrap_for_processes()
         self.choose_step_modules()
 
+    @property
+    def averaging_inside_backward(self) -> bool:
+        """Several processes with the in-backward AdamW: it averages each gradient itself (gradient_average.py),
+        with no DistributedDataParallel, and every process keeps its own copy of the weights."""
+        return self.config.optimizer_in_backward and self.accelerator.num_processes > 1
+
     def wrap_for_processes(self) -> None:
         """``self.wrapped`` and the optimizer as accelerate prepares them (DistributedDataParallel with several
         processes), except for the in-backward AdamW, which averages each gradient across the processes itself
         (gradient_average.py): its models stay as they are, on this process's device."""
-        if self.config.optimizer_in_backward and self.accelerator.num_processes > 1:
+        if self.averaging_inside_backward:
             from dreamcore.training.gradient_average import broadcast_weights
 
             for module in self.trained.values():
@@ -407,7 +413,7 @@ class Trainer:
     def check_weights_across_processes(self, step: int) -> None:
         """With the in-backward AdamW every process updates its own copy of the weights (nothing is sent after
         the start): say so loudly if they have come apart, since only the main process's are saved."""
-        if not (self.config.optimizer_in_backward and self.accelerator.num_processes > 1):
+        if not self.averaging_inside_backward:
             return
         from dreamcore.training.gradient_average import first_weight_differing_across_processes
 
