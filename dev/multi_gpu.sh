@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
-#   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto | nccl-channels | scaling]
+#   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto |
+#                           nccl-channels | scaling | sharded]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -25,6 +26,16 @@ if [ "${1:-}" = scaling ]; then  # the 16GB tier at global batches 2, 4 and 8: o
     --preset 16GB:train_batch_size=2 --preset 16GB:train_batch_size=4
   # fewer NCCL channels (SMs) for the all-reduces that run beside backward's kernels
   NCCL_MAX_NCHANNELS=4 BENCH_NAME=scale2-ch4 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
+  exit 0
+fi
+if [ "${1:-}" = sharded ]; then  # session 8: each weight updated by its owner only (SHARD_UPDATES, shipped) against
+  # every process updating every weight, two GPUs at batch 1 and 2 each, beside one GPU at 2 and 4; the 2-GPU tests
+  RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=one bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 \
+    --preset 16GB:train_batch_size=4
+  BENCH_NAME=sharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB --preset 16GB:train_batch_size=2
+  DREAMCORE_SHARD_UPDATES=0 EXTRA_PYTHONPATH=$PWD/dev/allreduce_variant BENCH_NAME=unsharded \
+    bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB --preset 16GB:train_batch_size=2
+  grep -m1 "allreduce variant" "$OUT/unsharded.log"
   exit 0
 fi
 if [ "${1:-}" = nccl-proto ]; then  # two GPUs at batch 1 each: NCCL's own protocol choice (run Y's profile: every

@@ -20,9 +20,11 @@ them all at once from fp32 copies with PyTorch's multi-tensor fused AdamW (``Vec
 tiny tensor cost more in launches than in work: grouped, AdamW's share of the recorded step fell from 7.2 to
 5.9 ms in 356 launches instead of 882 (BENCHMARKS.md, run Q).
 
-With several processes (``average``) each gradient is averaged across them before its update: its all-reduce
-starts when backward has finished it (small ones together), and the update runs once it is done, while backward
-goes on (gradient_average.py).
+With several processes (``average``) each gradient is averaged across them before its update: its reduce starts
+when backward has finished it (small ones together), and the update runs once it is done, while backward goes on,
+in the weight's owner only, which then sends the updated weight to the others and alone keeps its state
+(gradient_average.py). Saving gathers the whole state in the main process (``collect_state_on_main``); loading
+keeps each process's own part.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from typing import Iterable, Iterator
 import torch
 
 from dreamcore.training.fused_adamw_kernel import fused_adamw_update, same_flat_layout
-from dreamcore.training.gradient_average import GradientQueue, ProcessAverage
+import torch.distributed as dist
+
+from dreamcore.training.gradient_average import GradientQueue, ProcessAverage, owners_by_size
 
 _BF16_DROPPED_BITS = 16  # bf16 is the top 16 bits of an fp32
 _CHUNK = 1 << 22  # elements the PyTorch form updates at a time (16 MB fp32 temporaries)
@@ -95,7 +99,6 @@ class InBackwardAdamW(torch.optim.Optimizer):
         self._counter_base: dict[torch.Tensor, int] = {}  # a weight's first element's index in the model
         self._uncounted: dict[torch.Tensor, None] = {}  # weights updated since step(), in update order
         self._hooks = []
-        self._averaging = GradientQueue(average) if average is not None else None
         self._group_of: dict[torch.Tensor, dict] = {}  # each hooked weight's parameter group (its lr, betas...)
         # per parameter group (each has its own lr) and dtype, keyed "group index:dtype" (saved with the state)
         self._vectors: dict[str, VectorWeights] = {}
@@ -114,15 +117,21 @@ class InBackwardAdamW(torch.optim.Optimizer):
                     elements += parameter.numel()
         if fused and elements >= 1 << 32:
             raise ValueError(f"the fused AdamW kernel numbers elements in 32 bits; this model trains {elements}")
+        # several processes: the gradients averaged as backward finishes them; with shard_updates each weight
+        # updated, and its state kept, by its owner only (gradient_average.py)
+        self._rank = average.rank if average is not None else 0
+        self._owner_of = owners_by_size(list(self._group_of), average.world_size) \
+            if average is not None and average.shard_updates else None
+        self._averaging = GradientQueue(average, self._update_and_free, self._owner_of) \
+            if average is not None else None
 
     def _on_gradient(self, parameter: torch.Tensor) -> None:
         """Backward has finished ``parameter``'s gradient: update it now, or, with several processes, once the
-        gradient is averaged (the queue gives back the weights whose averages are done)."""
+        gradient is averaged (the queue updates the weights whose averages are done)."""
         if self._averaging is None:
             self._update_and_free(parameter)
-            return
-        for averaged in self._averaging.put(parameter):
-            self._update_and_free(averaged)
+        else:
+            self._averaging.put(parameter)
 
     @torch.no_grad()
     def _update_and_free(self, parameter: torch.Tensor) -> None:
@@ -230,6 +239,49 @@ class InBackwardAdamW(torch.optim.Optimizer):
                 vectors.load_state_dict(vector_states[key])
             else:  # a state saved without grouping: carry each 1-D weight's own moments over
                 vectors.adopt_per_weight_state(self.state)
+        self.keep_own_state_only()  # a state saved by any number of processes holds every weight's
+
+    def _owns(self, parameter: torch.Tensor) -> bool:
+        return self._owner_of is None or self._owner_of[parameter] == self._rank
+
+    def keep_own_state_only(self) -> None:
+        """Sharded across processes: drop the state of the weights other processes own."""
+        for parameter in [p for p in self.state if p in self._group_of and not self._owns(p)]:
+            del self.state[parameter]
+
+    @torch.no_grad()
+    def collect_state_on_main(self) -> None:
+        """Sharded across processes: bring every weight's state to the main process, so that its
+        ``state_dict()`` is the whole state, as one process's (every process must call this; saving does).
+        ``keep_own_state_only`` frees the copies again."""
+        if self._owner_of is None:
+            return
+        weights = list(self._owner_of)
+        device = weights[0].device  # the collectives' (NCCL: the GPU's; gloo: the host's)
+        has_state = torch.tensor([int(self._owner_of[w] == self._rank and bool(self.state.get(w))) for w in weights],
+                                 dtype=torch.int32, device=device)
+        dist.all_reduce(has_state)  # 1 where the weight's owner holds a state (0: never updated yet)
+        for weight, held in zip(weights, has_state.tolist()):
+            owner = self._owner_of[weight]
+            if not held or owner == 0:
+                continue
+            moment_dtype = torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float32
+            shapes = {"step": ((), torch.float32), "exp_avg": (weight.shape, moment_dtype),
+                      "exp_avg_sq": (weight.shape, moment_dtype)}
+            if self._kahan and weight.dtype == torch.bfloat16:
+                shapes["compensation"] = (weight.shape, weight.dtype)
+            state = self.state[weight] if self._rank == owner else {}
+            for key, (shape, dtype) in shapes.items():
+                if self._rank == owner:
+                    sent = state[key].to(device).contiguous()
+                else:
+                    sent = torch.empty(shape, dtype=dtype, device=device)
+                dist.broadcast(sent, src=owner)
+                if self._rank == 0:
+                    # the step count where this process's own updates keep it
+                    state[key] = sent if key != "step" or self._group_of[weight]["capturable"] else sent.cpu()
+            if self._rank == 0:
+                self.state[weight] = state
 
     def release_state(self) -> None:
         """Drop every weight's optimizer state (after the last step: room for the export)."""
@@ -241,9 +293,8 @@ class InBackwardAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         """The updates ran inside backward; count them (one foreach kernel per device)."""
         loss = closure() if closure is not None else None
-        if self._averaging is not None:  # the last gradients of backward, still being averaged
-            for averaged in self._averaging.drain():
-                self._update_and_free(averaged)
+        if self._averaging is not None:  # the last gradients of backward, still being averaged (and sent)
+            self._averaging.drain()
         counts: dict[torch.device, list[torch.Tensor]] = {}
         for parameter in self._uncounted:
             state = self.state.get(parameter)

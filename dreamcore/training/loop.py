@@ -374,14 +374,19 @@ class Trainer:
 
     def save_state(self, step: int) -> Path:
         folder = self.plan.output_dir / STATE_DIR_NAME
+        optimizer = self.raw_optimizer()
+        sharded = self.averaging_inside_backward  # each process holds its own weights' part of the state
+        if sharded:
+            optimizer.collect_state_on_main()
         if self.accelerator.is_main_process:
             scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
             save_training_state(folder, TrainingProgress(step, self.plan.total_steps, self.config.seed),
                                 {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()},
-                                self.raw_optimizer(),
-                                self.lr_scheduler, scaler, self.noise_generator,
+                                optimizer, self.lr_scheduler, scaler, self.noise_generator,
                                 json.dumps(self.config.to_dict(), indent=2) + "\n")
             self.emit(CheckpointSaved(step, str(folder), "state"))
+        if sharded:
+            optimizer.keep_own_state_only()
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -411,8 +416,8 @@ class Trainer:
             torch.cuda.empty_cache()
 
     def check_weights_across_processes(self, step: int) -> None:
-        """With the in-backward AdamW every process updates its own copy of the weights (nothing is sent after
-        the start): say so loudly if they have come apart, since only the main process's are saved."""
+        """With the in-backward AdamW every process keeps its own copy of the weights (updated there, or received
+        from the weight's owner): say so loudly if they have come apart, since only the main process's are saved."""
         if not self.averaging_inside_backward:
             return
         from dreamcore.training.gradient_average import first_weight_differing_across_processes

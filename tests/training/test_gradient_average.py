@@ -49,19 +49,20 @@ def worker(rank, init_file, result_file):
     sends = []
 
     class CountingAverage(ProcessAverage):
-        def start(self, tensor):
+        def start(self, tensor, owner=None):
             sends.append(tensor.numel())
-            return super().start(tensor)
+            return super().start(tensor, owner)
 
-    queue = GradientQueue(CountingAverage(bucket_bytes=64, in_flight_bytes=100))
-    weights, order, most_in_flight = [], [], 0
+    order = []
+    queue = GradientQueue(CountingAverage(bucket_bytes=64, in_flight_bytes=100, shard_updates=False), order.append)
+    weights, most_in_flight = [], 0
     for index, (shape, dtype, layout) in enumerate(WEIGHTS):
         weight = torch.zeros(shape, dtype=dtype, requires_grad=True)
         weight.grad = gradient(index, shape, dtype, layout, rank)
         weights.append(weight)
-        order += queue.put(weight)
+        queue.put(weight)
         most_in_flight = max(most_in_flight, queue._in_flight_bytes)
-    order += queue.drain()
+    queue.drain()
     exact = all(torch.equal(w.grad, (gradient(i, *spec, 0).float() + 1.5).to(w.dtype))
                 for i, (w, spec) in enumerate(zip(weights, WEIGHTS)))
     layouts_kept = [w.grad.stride() == gradient(i, *spec, 0).stride()
@@ -103,6 +104,67 @@ def test_gradient_queue_averages_every_gradient_in_order(tmp_path: Path) -> None
     # the all-reduces, by elements: small gradients together, large ones alone, a bucket never mixing dtypes
     assert result["sends"] == [4 + 6, 25, 16, 3, 6, 12, 10 + 6, 2]
     assert result["most_in_flight"] <= 100  # the limit held (nothing larger than it was sent)
+
+
+SHARDED_WORKER = WORKER.split("def worker(")[0] + r'''
+def worker(rank, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    from dreamcore.training.gradient_average import owners_by_size
+    reduces, updated = [], []
+
+    class CountingAverage(ProcessAverage):
+        def start(self, tensor, owner=None):
+            reduces.append([tensor.numel(), owner])
+            return super().start(tensor, owner)
+
+    weights = [torch.zeros(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+               if layout == "channels_last" else torch.zeros(shape, dtype=dtype) for shape, dtype, layout in WEIGHTS]
+    weights[6] = weights[6].t().contiguous().t()  # a weight that is not one dense block either
+    weights = [w.requires_grad_() for w in weights]
+    owners = owners_by_size(weights, 2)
+    exact = []
+
+    def update(weight):  # the owner's update: the averaged gradient, as the tests know it, plus 100
+        index = [id(w) for w in weights].index(id(weight))
+        exact.append(torch.equal(weight.grad, (gradient(index, *WEIGHTS[index], 0).float() + 1.5).to(weight.dtype)))
+        updated.append(index)
+        with torch.no_grad():
+            weight.copy_(weight.grad + 100)
+        weight.grad = None
+
+    queue = GradientQueue(CountingAverage(bucket_bytes=64, in_flight_bytes=100, shard_updates=True), update, owners)
+    for index, (shape, dtype, layout) in enumerate(WEIGHTS):
+        weights[index].grad = gradient(index, shape, dtype, layout, rank)
+        queue.put(weights[index])
+    queue.drain()
+    expected = [torch.equal(w.detach(), (gradient(i, *spec, 0).float() + 101.5).to(w.dtype))
+                for i, (w, spec) in enumerate(zip(weights, WEIGHTS))]
+    json.dump(dict(owners=[owners[w] for w in weights], updated=updated, exact=exact, expected=expected,
+                   grads_left=[i for i, w in enumerate(weights) if w.grad is not None], reduces=reduces,
+                   left=len(queue), strides_kept=[w.stride() for w in weights],
+                   elements=sum(w.numel() for w in weights)),
+              open(f"{result_file}-{rank}", "w"))
+    dist.destroy_process_group()
+
+'''
+
+
+def test_sharded_updates_run_in_the_owner_and_reach_every_process(tmp_path: Path) -> None:
+    """With owners, each gradient is reduced into its owner, only the owner updates the weight, and the other
+    process receives the updated weight, whatever its layout."""
+    results = run_in_two_processes(SHARDED_WORKER, tmp_path)
+    owners = results[0]["owners"]
+    assert owners == results[1]["owners"] and set(owners) == {0, 1}
+    for rank, result in enumerate(results):
+        assert sorted(result["updated"]) == [i for i, owner in enumerate(owners) if owner == rank]
+        assert result["exact"] and all(result["exact"])  # the owner saw the mean of both processes' gradients
+        assert all(result["expected"])  # every weight updated, in both processes (sent by its owner)
+        assert result["grads_left"] == [] and result["left"] == 0
+        assert result["reduces"] == results[0]["reduces"]  # the same collectives, in the same order
+    assert results[0]["strides_kept"] == results[1]["strides_kept"]
+    # every gradient reduced once, into one owner; buckets per owner
+    assert all(owner in (0, 1) for _, owner in results[0]["reduces"])
+    assert sum(n for n, _ in results[0]["reduces"]) == results[0]["elements"]
 
 
 CHECK_WORKER = r'''
