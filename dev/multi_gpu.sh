@@ -28,14 +28,14 @@ if [ "${1:-}" = scaling ]; then  # the 16GB tier at global batches 2, 4 and 8: o
   NCCL_MAX_NCHANNELS=4 BENCH_NAME=scale2-ch4 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
   exit 0
 fi
-if [ "${1:-}" = sharded ]; then  # session 8: each weight updated by its owner only (SHARD_UPDATES, shipped) against
-  # every process updating every weight, two GPUs at batch 1 and 2 each, beside one GPU at 2 and 4; the 2-GPU tests
+if [ "${1:-}" = sharded ]; then  # session 8: shard_optimizer (each process updates half of every weight and keeps
+  # that half's AdamW state) against the default, two GPUs at batch 1 and 2 each, beside one GPU at 2 and 4; the
+  # 2-GPU tests. (Runs AC and AD set the sharding through a variant of dev/allreduce_variant, now the config field.)
   RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=one bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 \
     --preset 16GB:train_batch_size=4
-  BENCH_NAME=sharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB --preset 16GB:train_batch_size=2
-  DREAMCORE_SHARD_UPDATES=0 EXTRA_PYTHONPATH=$PWD/dev/allreduce_variant BENCH_NAME=unsharded \
-    bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB --preset 16GB:train_batch_size=2
-  grep -m1 "allreduce variant" "$OUT/unsharded.log"
+  BENCH_NAME=sharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB:shard_optimizer=true \
+    --preset 16GB:train_batch_size=2,shard_optimizer=true
+  BENCH_NAME=unsharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB --preset 16GB:train_batch_size=2
   exit 0
 fi
 if [ "${1:-}" = nccl-proto ]; then  # two GPUs at batch 1 each: NCCL's own protocol choice (run Y's profile: every

@@ -14,12 +14,18 @@ them under a megabyte, and each all-reduce has a fixed cost. With 8 MB buckets N
 instead of 356, in 11.7 ms of kernel time instead of 15.4; the step gained only 0.6 ms (BENCHMARKS.md, run Y).
 The in-flight limit matters more: at 16 MB the step was 3.7 ms slower than at 128 MB (no faster at 512 MB).
 
-Each weight is updated by one process, its owner (``SHARD_UPDATES``, ZeRO stage 1): its gradient is reduced into
-the owner only, the owner runs the update and sends the updated weight to the others, which then hold it bit
-for bit. Each process runs 1/N of AdamW's updates (6.9 ms of SD1.5's step on one GPU) and keeps 1/N of its
-state; the bytes sent are those of an all-reduce. Without it every process updates every weight from the same
-averaged gradient with the same rounding noise (the fused kernel's noise is a function of the seed, the step
-and the element; the PyTorch form's generator is seeded alike everywhere and drawn in the same order).
+With ``shard_updates`` (TrainConfig.shard_optimizer; ZeRO stage 1) a gradient is reduce-scattered instead: each
+process gets the average of its part of the weight (1/N of its elements), updates that part, keeps AdamW's state
+for it only, and the updated parts are all-gathered into every process's weight (``ShardedGradientQueue``). An
+all-reduce is a reduce-scatter then an all-gather, so the same bytes cross between the GPUs, and each process
+holds 1/N of the state: 6.7 instead of 9.4 GiB a GPU for SD1.5's 16GB tier on 2 GPUs. It does not make the step
+faster although each GPU runs half of AdamW's 6.9 ms: 46.1 against 45.1 ms a step at batch 1 a GPU, 63.3
+against 62.9 at 2 (BENCHMARKS.md, run AD), so the updates are not what the step waits for; hence it is opt-in.
+(Reducing each whole weight into one owning process and broadcasting it back, tried first, gave the same times
+and memory: run AC.)
+Without it every process updates every weight from the same averaged gradient with the same rounding noise (the
+fused kernel's noise is a function of the seed, the step and the element; the PyTorch form's generator is
+seeded alike everywhere and drawn in the same order), so the weights stay identical without being sent.
 """
 
 from __future__ import annotations
@@ -38,24 +44,24 @@ BUCKET_BYTES = 8 << 20
 # for a while and catch up (run Y: 16 MB cost 3.7 ms a step, 512 MB gained nothing over 128), little beside the
 # weights and Adam's moments (SD1.5 in bf16: 2 GB of gradients a step).
 IN_FLIGHT_BYTES = 128 << 20
-# Each weight updated by one process only, its owner, which keeps its optimizer state and sends the updated
-# weight to the others (ZeRO stage 1): each process runs 1/N of AdamW's updates and holds 1/N of its state.
-SHARD_UPDATES = True
 
 
 @dataclass
 class PendingAverage:
     tensor: torch.Tensor
     work: "dist.Work"
-    owner: int | None = None  # a reduce to this process only (None: an all-reduce, every process gets the sum)
+
+
+# torch 2.13 renamed the single-tensor collectives (the old names warn); 2.11 has only the old ones
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 class ProcessAverage:
-    """Averages tensors over the processes of torch.distributed's default group: in every process (all-reduce),
-    or in one process, a weight's owner (reduce), which then sends the updated weight to the others."""
+    """Averages tensors over the processes of torch.distributed's default group."""
 
     def __init__(self, bucket_bytes: int | None = None, in_flight_bytes: int | None = None,
-                 shard_updates: bool | None = None) -> None:
+                 shard_updates: bool = False) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("ProcessAverage needs torch.distributed initialized (several processes)")
         self.world_size = dist.get_world_size()
@@ -63,55 +69,40 @@ class ProcessAverage:
         # read here rather than as default values, so a benchmark can set the module's constants first
         self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
         self.in_flight_bytes = IN_FLIGHT_BYTES if in_flight_bytes is None else in_flight_bytes
-        self.shard_updates = SHARD_UPDATES if shard_updates is None else shard_updates
+        # each process updates its part of every weight (ShardedGradientQueue; TrainConfig.shard_optimizer)
+        self.shard_updates = shard_updates
 
-    def start(self, tensor: torch.Tensor, owner: int | None = None) -> PendingAverage:
-        """Begin summing ``tensor`` over the processes, into every process or into ``owner``'s only
-        (asynchronous: ``finish`` waits for it)."""
+    def start(self, tensor: torch.Tensor) -> PendingAverage:
+        """Begin summing ``tensor`` over the processes (asynchronous: ``finish`` waits for it)."""
         # SUM then a division, not ReduceOp.AVG: gloo (CPU) has no AVG.
-        if owner is None:
-            return PendingAverage(tensor, dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True))
-        return PendingAverage(tensor, dist.reduce(tensor, dst=owner, op=dist.ReduceOp.SUM, async_op=True), owner)
+        return PendingAverage(tensor, dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True))
+
+    def start_part(self, whole: torch.Tensor, part: torch.Tensor) -> PendingAverage:
+        """Begin summing ``whole`` (1-D, world_size x part's length) over the processes into ``part``, this
+        process's consecutive part of the sum (reduce-scatter)."""
+        return PendingAverage(part, _reduce_scatter(part, whole, op=dist.ReduceOp.SUM, async_op=True))
 
     def finish(self, pending: PendingAverage) -> torch.Tensor:
-        """Wait for the sum (on the GPU: the current stream waits, not the host) and divide it into the mean (in a
-        process that does not own a reduced tensor, what is left in it means nothing)."""
+        """Wait for the sum (on the GPU: the current stream waits, not the host) and divide it into the mean."""
         pending.work.wait()
-        if pending.owner is not None and pending.owner != self.rank:
-            return pending.tensor
         return pending.tensor.div_(self.world_size)
 
     def now(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.finish(self.start(tensor))
 
-    def send_from(self, tensor: torch.Tensor, owner: int) -> "dist.Work":
-        """Begin copying ``owner``'s ``tensor`` into every other process's (asynchronous)."""
-        return dist.broadcast(tensor, src=owner, async_op=True)
-
-
-def owners_by_size(weights: list[torch.Tensor], world_size: int) -> dict[torch.Tensor, int]:
-    """Each weight's owner, the process that updates it and keeps its optimizer state: in the weights' order
-    (the same in every process), the process that owns the fewest elements so far. Each owns about
-    1/world_size of the elements, and weights that backward finishes one after another mostly alternate, so
-    every process has updates to run all through backward."""
-    owned = [0] * world_size
-    owners: dict[torch.Tensor, int] = {}
-    for weight in weights:
-        owner = min(range(world_size), key=owned.__getitem__)
-        owners[weight] = owner
-        owned[owner] += weight.numel()
-    return owners
+    def start_gather(self, whole: torch.Tensor, part: torch.Tensor) -> PendingAverage:
+        """Begin filling ``whole`` with every process's ``part``, in process order (all-gather; in place when
+        ``part`` is this process's piece of ``whole``)."""
+        return PendingAverage(whole, _all_gather(whole, part, async_op=True))
 
 
 @dataclass
 class _InFlight:
-    """One collective: the weights it is for, what is sent (an averaged gradient, or updated weights), the
-    process that owns them (None: every process updates them) and, when it sends a copy (a bucket, or a tensor
-    that is not one dense block), the tensors to copy the result back into."""
+    """One all-reduce: the weights whose gradients it averages and, when it averages a copy (a bucket, or a
+    gradient that is not one dense block), the gradients to copy the result back into."""
     weights: list[torch.Tensor]
     pending: PendingAverage
     bytes: int
-    owner: int | None = None
     copy_back_into: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -123,7 +114,7 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor | None:
 
 
 def _copy_pieces(buffer: torch.Tensor, targets: list[torch.Tensor]) -> None:
-    """Copy consecutive pieces of a 1-D ``buffer`` into ``targets`` (each 1-D, or read in logical order)."""
+    """Copy consecutive pieces of a 1-D ``buffer`` into ``targets``."""
     pieces = buffer.reshape(-1).split([t.numel() for t in targets])
     torch._foreach_copy_(targets, [piece.view(t.shape) for piece, t in zip(pieces, targets)])
 
@@ -134,122 +125,198 @@ class GradientQueue:
     ``put`` takes a weight whose ``.grad`` backward has just finished; once its gradient holds the average over
     the processes, the queue calls ``update(weight)`` (which uses and frees the gradient), the oldest first, as
     soon as more than ``in_flight_bytes`` of gradients are in flight; ``drain`` does the rest (end of backward).
-    Gradients under ``bucket_bytes`` wait in a bucket until it holds that much, then go as one collective.
-
-    With ``owner_of`` (each weight's owning process, ``owners_by_size``), a gradient is reduced into its owner
-    only, only the owner calls ``update``, and it then sends the updated weight to the others (the others free
-    the gradient). Each process runs 1/world_size of the updates and keeps the optimizer state of its own
-    weights only; the bytes sent are those of an all-reduce (a reduce, then a broadcast). ``drain`` returns once
-    every weight is updated in every process (on the GPU: once the stream waits for it).
+    Gradients under ``bucket_bytes`` wait in a bucket until it holds that much, then go as one all-reduce of
+    their copy.
     """
 
-    def __init__(self, average: ProcessAverage, update: Callable[[torch.Tensor], None],
-                 owner_of: dict[torch.Tensor, int] | None = None) -> None:
+    def __init__(self, average: ProcessAverage, update: Callable[[torch.Tensor], None]) -> None:
         self.average = average
         self.update = update
-        self.owner_of = owner_of
-        # per owner (None: not sharded), (weight, its flat gradient) not sent yet
-        self._buckets: dict[int | None, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._bucket_bytes: dict[int | None, int] = {}
-        self._in_flight: deque[_InFlight] = deque()  # gradients
+        self._bucket: list[tuple[torch.Tensor, torch.Tensor]] = []  # (weight, its flat gradient), not sent yet
+        self._bucket_bytes = 0
+        self._in_flight: deque[_InFlight] = deque()
         self._in_flight_bytes = 0
-        self._sending: deque[_InFlight] = deque()  # updated weights, from their owner
-        self._sending_bytes = 0
 
     def put(self, weight: torch.Tensor) -> None:
         gradient = weight.grad
         if gradient is None:
             return
-        owner = None if self.owner_of is None else self.owner_of[weight]
         size = gradient.numel() * gradient.element_size()
         flat = _flat(gradient)
-        if flat is None:  # a copy in one block (backends reduce dense tensors), averaged, copied back
-            self._send_bucket(owner)
-            self._send([weight], gradient.contiguous(), owner, [gradient])
+        if flat is None:  # a copy in one block (backends all-reduce dense tensors), averaged, copied back
+            self._send_bucket()
+            self._send([weight], gradient.contiguous(), size, [gradient])
         elif size >= self.average.bucket_bytes:
-            self._send_bucket(owner)
-            self._send([weight], flat, owner)  # in place, through a view (channels-last ones too)
+            self._send_bucket()
+            self._send([weight], flat, size)  # in place, through a view (channels-last ones too)
         else:
-            bucket = self._buckets.get(owner)
-            if bucket and (bucket[0][1].dtype, bucket[0][1].device) != (flat.dtype, flat.device):
-                self._send_bucket(owner)  # one buffer holds one dtype
-            self._buckets.setdefault(owner, []).append((weight, flat))
-            self._bucket_bytes[owner] = self._bucket_bytes.get(owner, 0) + size
-            if self._bucket_bytes[owner] >= self.average.bucket_bytes:
-                self._send_bucket(owner)
+            if self._bucket and (self._bucket[0][1].dtype, self._bucket[0][1].device) != (flat.dtype, flat.device):
+                self._send_bucket()  # one buffer holds one dtype
+            self._bucket.append((weight, flat))
+            self._bucket_bytes += size
+            if self._bucket_bytes >= self.average.bucket_bytes:
+                self._send_bucket()
         self._finish_while_over(self.average.in_flight_bytes)
 
     def drain(self) -> None:
-        for owner in list(self._buckets):  # in the order they were begun: the same in every process
-            self._send_bucket(owner)
+        self._send_bucket()
         self._finish_while_over(-1)
-        self._finish_sending_while_over(-1)
 
     def __len__(self) -> int:
         """Weights not updated yet."""
-        return sum(len(sent.weights) for sent in self._in_flight) + sum(map(len, self._buckets.values()))
+        return sum(len(sent.weights) for sent in self._in_flight) + len(self._bucket)
 
-    def _send(self, weights: list[torch.Tensor], tensor: torch.Tensor, owner: int | None,
+    def _send(self, weights: list[torch.Tensor], tensor: torch.Tensor, size: int,
               copy_back_into: list[torch.Tensor] | None = None) -> None:
-        size = tensor.numel() * tensor.element_size()
-        self._in_flight.append(_InFlight(weights, self.average.start(tensor, owner), size, owner,
-                                         copy_back_into or []))
+        self._in_flight.append(_InFlight(weights, self.average.start(tensor), size, copy_back_into or []))
         self._in_flight_bytes += size
 
-    def _send_bucket(self, owner: int | None) -> None:
-        bucket = self._buckets.pop(owner, [])
-        self._bucket_bytes.pop(owner, None)
-        if not bucket:
+    def _send_bucket(self) -> None:
+        if not self._bucket:
             return
-        weights, gradients = [w for w, _ in bucket], [g for _, g in bucket]
+        weights, gradients = [w for w, _ in self._bucket], [g for _, g in self._bucket]
+        size = self._bucket_bytes
+        self._bucket, self._bucket_bytes = [], 0
         if len(weights) == 1:
-            self._send(weights, gradients[0], owner)  # in place
+            self._send(weights, gradients[0], size)  # in place
             return
-        self._send(weights, torch.cat(gradients), owner, gradients)
+        self._send(weights, torch.cat(gradients), size, gradients)
 
     def _finish_while_over(self, limit: int) -> None:
         while self._in_flight and self._in_flight_bytes > limit:
             sent = self._in_flight.popleft()
             self._in_flight_bytes -= sent.bytes
             averaged = self.average.finish(sent.pending)
-            if sent.owner is None or sent.owner == self.average.rank:
-                if sent.copy_back_into:
-                    _copy_pieces(averaged, sent.copy_back_into)
-                for weight in sent.weights:
-                    self.update(weight)
-            else:
-                for weight in sent.weights:
-                    weight.grad = None  # its owner updates it
-            if sent.owner is not None:
-                self._send_weights(sent.weights, sent.owner)
-                self._finish_sending_while_over(self.average.in_flight_bytes)
-
-    def _send_weights(self, weights: list[torch.Tensor], owner: int) -> None:
-        """Begin sending the owner's updated ``weights`` to the other processes (in place where it can)."""
-        values = [w.detach() for w in weights]
-        flats = [_flat(v) for v in values]
-        if len(values) == 1 and flats[0] is not None:
-            tensor, copy_back_into = flats[0], []
-        else:  # one buffer: the owner's weights in it, the others' received into it and copied out
-            # (read in memory order where dense, else in logical order, alike on both sides)
-            targets = [f if f is not None else v for f, v in zip(flats, values)]
-            if owner == self.average.rank:
-                tensor, copy_back_into = torch.cat([t.reshape(-1) for t in targets]), []
-            else:
-                tensor = torch.empty(sum(v.numel() for v in values), dtype=values[0].dtype, device=values[0].device)
-                copy_back_into = targets
-        size = tensor.numel() * tensor.element_size()
-        work = self.average.send_from(tensor, owner)
-        self._sending.append(_InFlight(weights, PendingAverage(tensor, work, owner), size, owner, copy_back_into))
-        self._sending_bytes += size
-
-    def _finish_sending_while_over(self, limit: int) -> None:
-        while self._sending and self._sending_bytes > limit:
-            sent = self._sending.popleft()
-            self._sending_bytes -= sent.bytes
-            sent.pending.work.wait()
             if sent.copy_back_into:
-                _copy_pieces(sent.pending.tensor, sent.copy_back_into)
+                _copy_pieces(averaged, sent.copy_back_into)
+            for weight in sent.weights:
+                self.update(weight)
+
+
+@dataclass(frozen=True)
+class Part:
+    """This process's part of a weight: elements [start, start + length) of its values in ``flat_order``."""
+    start: int
+    length: int
+    padded: int  # every process's part is this long once the last is padded: the weight has padded x N elements
+
+
+def part_of(weight: torch.Tensor, rank: int, world_size: int) -> Part:
+    padded = -(-weight.numel() // world_size)
+    start = min(rank * padded, weight.numel())
+    return Part(start, min(padded, weight.numel() - start), padded)
+
+
+def flat_order(tensor: torch.Tensor) -> torch.Tensor:
+    """A weight's values (or a tensor laid out like it) as a 1-D view in memory order: the order the parts of a
+    sharded weight, its gradient and its AdamW state follow. Weights that are not one dense block have none."""
+    flat = _flat(tensor)
+    if flat is None:
+        raise ValueError(f"a weight of shape {tuple(tensor.shape)} and strides {tensor.stride()} is not one dense "
+                         "block; sharded updates need one")
+    return flat
+
+
+def in_layout_of(weight: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (shaped like ``weight``) laid out in memory as ``weight`` is: itself, or a copy."""
+    if tensor.stride() == weight.stride():
+        return tensor
+    return torch.empty_like(weight, dtype=tensor.dtype).copy_(tensor)
+
+
+@dataclass
+class _PartInFlight:
+    weight: torch.Tensor
+    pending: PendingAverage
+    bytes: int
+    whole: torch.Tensor  # the gradient sent (kept alive until its reduce-scatter is done)
+
+
+class ShardedGradientQueue:
+    """``GradientQueue``'s sharded form: each process updates its ``part_of`` each weight.
+
+    ``put`` starts the reduce-scatter of a weight's gradient (as soon as backward has finished it); once done,
+    ``update(weight, values, gradient, start)`` updates this process's part of the weight (``values``, a view of
+    its elements from ``start``) from the averaged ``gradient`` of that part, the weight's ``.grad`` is freed, and
+    the all-gather of the updated parts into every process's weight starts. ``drain`` (end of backward) returns
+    once every weight is whole again everywhere (on the GPU: once the stream waits for it). The same bytes cross
+    between the GPUs as with an all-reduce (an all-reduce is a reduce-scatter then an all-gather), while each
+    process runs 1/N of the updates and keeps 1/N of the state.
+    """
+
+    def __init__(self, average: ProcessAverage,
+                 update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], None]) -> None:
+        self.average = average
+        self.update = update
+        self._in_flight: deque[_PartInFlight] = deque()  # gradients being reduce-scattered
+        self._in_flight_bytes = 0
+        self._gathering: deque[tuple[PendingAverage, torch.Tensor | None, int]] = deque()  # (all-gather, copy to, bytes)
+        self._gathering_bytes = 0
+
+    def put(self, weight: torch.Tensor) -> None:
+        gradient = weight.grad
+        if gradient is None:
+            return
+        part = part_of(weight, self.average.rank, self.average.world_size)
+        whole = self._in_weight_order(weight, gradient, part.padded * self.average.world_size)
+        size = whole.numel() * whole.element_size()
+        averaged_part = torch.empty(part.padded, dtype=whole.dtype, device=whole.device)
+        self._in_flight.append(_PartInFlight(weight, self.average.start_part(whole, averaged_part), size, whole))
+        self._in_flight_bytes += size
+        self._finish_while_over(self.average.in_flight_bytes)
+
+    def drain(self) -> None:
+        self._finish_while_over(-1)
+        self._finish_gathering_while_over(-1)
+
+    def __len__(self) -> int:
+        """Weights not updated yet."""
+        return len(self._in_flight)
+
+    @staticmethod
+    def _in_weight_order(weight: torch.Tensor, gradient: torch.Tensor, padded_numel: int) -> torch.Tensor:
+        """The gradient as one 1-D block in the weight's memory order, ``padded_numel`` long (a view where it can
+        be: autograd lays gradients out as their weights)."""
+        if gradient.stride() == weight.stride() and gradient.numel() == padded_numel:
+            return flat_order(gradient)
+        whole = torch.zeros(padded_numel, dtype=gradient.dtype, device=gradient.device)
+        whole[:weight.numel()].copy_(flat_order(in_layout_of(weight, gradient)))
+        return whole
+
+    def _finish_while_over(self, limit: int) -> None:
+        rank, world_size = self.average.rank, self.average.world_size
+        while self._in_flight and self._in_flight_bytes > limit:
+            sent = self._in_flight.popleft()
+            self._in_flight_bytes -= sent.bytes
+            averaged = self.average.finish(sent.pending)
+            weight = sent.weight
+            weight.grad = None
+            part = part_of(weight, rank, world_size)
+            values = flat_order(weight.detach())
+            mine = values[part.start:part.start + part.length]
+            self.update(weight, mine, averaged[:part.length], part.start)
+            self._gather(values, mine, part)
+            self._finish_gathering_while_over(self.average.in_flight_bytes)
+
+    def _gather(self, values: torch.Tensor, mine: torch.Tensor, part: Part) -> None:
+        size = part.padded * self.average.world_size * values.element_size()
+        if part.padded * self.average.world_size == values.numel():  # in place: every part is a piece of the weight
+            pending, copy_to = self.average.start_gather(values, mine), None
+        else:  # the last part padded: gathered into a buffer, then copied into the weight
+            padded_mine = torch.zeros(part.padded, dtype=values.dtype, device=values.device)
+            padded_mine[:part.length].copy_(mine)
+            whole = torch.empty(part.padded * self.average.world_size, dtype=values.dtype, device=values.device)
+            pending, copy_to = self.average.start_gather(whole, padded_mine), values
+        self._gathering.append((pending, copy_to, size))
+        self._gathering_bytes += size
+
+    def _finish_gathering_while_over(self, limit: int) -> None:
+        while self._gathering and self._gathering_bytes > limit:
+            pending, copy_to, size = self._gathering.popleft()
+            self._gathering_bytes -= size
+            pending.work.wait()
+            if copy_to is not None:
+                copy_to.copy_(pending.tensor[:copy_to.numel()])
 
 
 def broadcast_weights(modules: list[torch.nn.Module]) -> None:
@@ -264,7 +331,7 @@ def broadcast_weights(modules: list[torch.nn.Module]) -> None:
 def first_weight_differing_across_processes(modules: dict[str, torch.nn.Module]) -> str | None:
     """The name ("unet.conv_in.weight") of the first weight some process holds differently from the main process,
     or None when all hold the main process's weights bit for bit. The in-backward AdamW's processes keep their own
-    copies of the weights (each updates its own, or receives them from their owners), so this checks that they
+    copies of the weights (each updates them, or its part of them and receives the rest), so this checks that they
     still agree once, after training: one broadcast of the weights and one small all-reduce."""
     names: list[str] = []
     differs: list[torch.Tensor] = []

@@ -20,11 +20,12 @@ them all at once from fp32 copies with PyTorch's multi-tensor fused AdamW (``Vec
 tiny tensor cost more in launches than in work: grouped, AdamW's share of the recorded step fell from 7.2 to
 5.9 ms in 356 launches instead of 882 (BENCHMARKS.md, run Q).
 
-With several processes (``average``) each gradient is averaged across them before its update: its reduce starts
-when backward has finished it (small ones together), and the update runs once it is done, while backward goes on,
-in the weight's owner only, which then sends the updated weight to the others and alone keeps its state
-(gradient_average.py). Saving gathers the whole state in the main process (``collect_state_on_main``); loading
-keeps each process's own part.
+With several processes (``average``) each gradient is averaged across them as soon as backward has finished it,
+and the update runs once that is done, while backward goes on (gradient_average.py). With ``shard_updates``
+(TrainConfig.shard_optimizer) each process updates only its part of every weight (1/N of its elements) from the averaged gradient of
+that part, keeps AdamW's state for that part only, and the updated parts are gathered into every process's
+weight. Saving collects the whole state in the main process (``collect_state_on_main``); loading keeps each
+process's part, so a state resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import torch
 from dreamcore.training.fused_adamw_kernel import fused_adamw_update, same_flat_layout
 import torch.distributed as dist
 
-from dreamcore.training.gradient_average import GradientQueue, ProcessAverage, owners_by_size
+from dreamcore.training.gradient_average import (GradientQueue, ProcessAverage, ShardedGradientQueue, flat_order,
+                                                  in_layout_of, part_of)
 
 _BF16_DROPPED_BITS = 16  # bf16 is the top 16 bits of an fp32
 _CHUNK = 1 << 22  # elements the PyTorch form updates at a time (16 MB fp32 temporaries)
@@ -117,13 +119,15 @@ class InBackwardAdamW(torch.optim.Optimizer):
                     elements += parameter.numel()
         if fused and elements >= 1 << 32:
             raise ValueError(f"the fused AdamW kernel numbers elements in 32 bits; this model trains {elements}")
-        # several processes: the gradients averaged as backward finishes them; with shard_updates each weight
-        # updated, and its state kept, by its owner only (gradient_average.py)
-        self._rank = average.rank if average is not None else 0
-        self._owner_of = owners_by_size(list(self._group_of), average.world_size) \
-            if average is not None and average.shard_updates else None
-        self._averaging = GradientQueue(average, self._update_and_free, self._owner_of) \
-            if average is not None else None
+        # several processes: the gradients averaged as backward finishes them; with shard_updates each process
+        # updates its part of every weight and keeps the state of that part only (gradient_average.py)
+        self._average = average
+        self._sharded = average is not None and average.shard_updates
+        if self._sharded:
+            for parameter in self._group_of:
+                flat_order(parameter.detach())  # raises for a weight that is not one dense block
+        self._averaging = (ShardedGradientQueue(average, self._update_part) if self._sharded else
+                           GradientQueue(average, self._update_and_free) if average is not None else None)
 
     def _on_gradient(self, parameter: torch.Tensor) -> None:
         """Backward has finished ``parameter``'s gradient: update it now, or, with several processes, once the
@@ -135,8 +139,14 @@ class InBackwardAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _update_and_free(self, parameter: torch.Tensor) -> None:
-        self._update(parameter, self._group_of[parameter])
+        self._update(parameter, parameter, parameter.grad, 0)
         parameter.grad = None  # the point of this optimizer: no gradient outlives its update
+
+    @torch.no_grad()
+    def _update_part(self, parameter: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, start: int) -> None:
+        """Sharded: this process's part of ``parameter`` (``values``, its elements from ``start`` in memory
+        order) from the averaged gradient of that part; its state is that part's."""
+        self._update(parameter, values, grad, start)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -148,31 +158,36 @@ class InBackwardAdamW(torch.optim.Optimizer):
             self._seed_tensors[device] = torch.tensor(self._seed, dtype=torch.int64, device=device)
         return self._seed_tensors[device]
 
-    def _update(self, parameter: torch.Tensor, group: dict) -> None:
-        grad = parameter.grad
+    def _update(self, parameter: torch.Tensor, values: torch.Tensor, grad: torch.Tensor | None, start: int) -> None:
+        """AdamW on ``values`` (the parameter, or its part from element ``start``) with its state, kept under
+        ``parameter``."""
         if grad is None:
             return
+        group = self._group_of[parameter]
         state = self.state[parameter]
         moment_dtype = torch.bfloat16 if parameter.dtype == torch.bfloat16 else torch.float32
         capturable = group.get("capturable", False)
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=parameter.device if capturable else "cpu")
-            state["exp_avg"] = torch.zeros_like(parameter, dtype=moment_dtype)
-            state["exp_avg_sq"] = torch.zeros_like(parameter, dtype=moment_dtype)
+            state["exp_avg"] = torch.zeros_like(values, dtype=moment_dtype)
+            state["exp_avg_sq"] = torch.zeros_like(values, dtype=moment_dtype)
             if self._kahan and parameter.dtype == torch.bfloat16:
-                state["compensation"] = torch.zeros_like(parameter)
+                state["compensation"] = torch.zeros_like(values)
         if (capturable or self._fused) and state["step"].device != parameter.device:
             state["step"] = state["step"].to(parameter.device)  # a state saved by a run that kept it on the host
         if parameter in self._uncounted:  # updated twice without step() in between: count the first one now
             state["step"] += 1
         self._uncounted[parameter] = None
+        if values.numel() == 0:  # sharded: a weight too small to have a part in every process
+            return
         compensation = state.get("compensation")
-        tensors = (parameter, grad, state["exp_avg"], state["exp_avg_sq"])
+        tensors = (values, grad, state["exp_avg"], state["exp_avg_sq"])
         kahan = () if compensation is None else (compensation,)
         if self._fused and same_flat_layout(*tensors, *kahan):
             fused_adamw_update(*tensors, completed_steps=state["step"], lr=group["lr"],
                                seed=self._seed_tensor(parameter.device),
-                               counter_base=self._counter_base[parameter], betas=group["betas"], eps=group["eps"],
+                               counter_base=self._counter_base[parameter] + start, betas=group["betas"],
+                               eps=group["eps"],
                                weight_decay=group["weight_decay"], compensation=compensation)
             return
         beta1, beta2 = group["betas"]
@@ -239,49 +254,51 @@ class InBackwardAdamW(torch.optim.Optimizer):
                 vectors.load_state_dict(vector_states[key])
             else:  # a state saved without grouping: carry each 1-D weight's own moments over
                 vectors.adopt_per_weight_state(self.state)
-        self.keep_own_state_only()  # a state saved by any number of processes holds every weight's
+        self.keep_own_parts_only()  # a state saved by any number of processes holds every weight's whole state
 
-    def _owns(self, parameter: torch.Tensor) -> bool:
-        return self._owner_of is None or self._owner_of[parameter] == self._rank
-
-    def keep_own_state_only(self) -> None:
-        """Sharded across processes: drop the state of the weights other processes own."""
-        for parameter in [p for p in self.state if p in self._group_of and not self._owns(p)]:
-            del self.state[parameter]
+    def keep_own_parts_only(self) -> None:
+        """Sharded: keep, of each weight's whole state (loaded, or collected for saving), this process's part."""
+        if not self._sharded:
+            return
+        for parameter, state in self.state.items():
+            if parameter not in self._group_of or not state or state["exp_avg"].shape != parameter.shape:
+                continue
+            part = part_of(parameter, self._average.rank, self._average.world_size)
+            for key in ("exp_avg", "exp_avg_sq", "compensation"):
+                if key in state:
+                    whole = flat_order(in_layout_of(parameter, state[key]))  # in the weight's memory order
+                    state[key] = whole[part.start:part.start + part.length].clone()
 
     @torch.no_grad()
     def collect_state_on_main(self) -> None:
-        """Sharded across processes: bring every weight's state to the main process, so that its
-        ``state_dict()`` is the whole state, as one process's (every process must call this; saving does).
-        ``keep_own_state_only`` frees the copies again."""
-        if self._owner_of is None:
+        """Sharded: put each weight's whole state, gathered from every process's part, in the main process, so
+        that its ``state_dict()`` is the state one process keeps (every process must call this; saving does).
+        ``keep_own_parts_only`` cuts it back to the main process's parts."""
+        if not self._sharded:
             return
-        weights = list(self._owner_of)
-        device = weights[0].device  # the collectives' (NCCL: the GPU's; gloo: the host's)
-        has_state = torch.tensor([int(self._owner_of[w] == self._rank and bool(self.state.get(w))) for w in weights],
-                                 dtype=torch.int32, device=device)
-        dist.all_reduce(has_state)  # 1 where the weight's owner holds a state (0: never updated yet)
+        rank, world_size = self._average.rank, self._average.world_size
+        weights = list(self._group_of)
+        has_state = torch.tensor([int(bool(self.state.get(w))) for w in weights], dtype=torch.int32,
+                                 device=weights[0].device)
+        dist.all_reduce(has_state)
+        if not set(has_state.tolist()) <= {0, world_size}:  # every process updates its part at the same steps
+            raise RuntimeError("the processes' optimizer states cover different weights: they did not train alike")
         for weight, held in zip(weights, has_state.tolist()):
-            owner = self._owner_of[weight]
-            if not held or owner == 0:
+            if not held:
                 continue
-            moment_dtype = torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float32
-            shapes = {"step": ((), torch.float32), "exp_avg": (weight.shape, moment_dtype),
-                      "exp_avg_sq": (weight.shape, moment_dtype)}
-            if self._kahan and weight.dtype == torch.bfloat16:
-                shapes["compensation"] = (weight.shape, weight.dtype)
-            state = self.state[weight] if self._rank == owner else {}
-            for key, (shape, dtype) in shapes.items():
-                if self._rank == owner:
-                    sent = state[key].to(device).contiguous()
-                else:
-                    sent = torch.empty(shape, dtype=dtype, device=device)
-                dist.broadcast(sent, src=owner)
-                if self._rank == 0:
-                    # the step count where this process's own updates keep it
-                    state[key] = sent if key != "step" or self._group_of[weight]["capturable"] else sent.cpu()
-            if self._rank == 0:
-                self.state[weight] = state
+            state, part = self.state[weight], part_of(weight, rank, world_size)
+            for key in ("exp_avg", "exp_avg_sq", "compensation"):
+                if key not in state:
+                    continue
+                mine = state[key]
+                padded = torch.zeros(part.padded, dtype=mine.dtype, device=mine.device)
+                padded[:part.length].copy_(mine)
+                gathered = torch.empty(part.padded * world_size, dtype=mine.dtype, device=mine.device)
+                self._average.start_gather(gathered, padded).work.wait()
+                if rank == 0:
+                    whole = torch.empty_like(weight, dtype=mine.dtype)  # laid out as the weight, as one process's
+                    flat_order(whole).copy_(gathered[:weight.numel()])
+                    state[key] = whole
 
     def release_state(self) -> None:
         """Drop every weight's optimizer state (after the last step: room for the export)."""

@@ -162,6 +162,10 @@ class Trainer:
             self.wrapped = dict(self.trained)
             self.optimizer = self.accelerator.prepare(self.optimizer)
             return
+        if self.config.shard_optimizer and self.accelerator.num_processes > 1:
+            self.emit.log("shard_optimizer: no effect here: it shards the in-backward AdamW, and this run's AdamW "
+                          "runs after backward (optimizer_in_backward off), its state whole in every process.",
+                          "warning")
         prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
         self.wrapped = dict(zip(self.trained, prepared[:-1]))
         self.optimizer = prepared[-1]
@@ -375,7 +379,7 @@ class Trainer:
     def save_state(self, step: int) -> Path:
         folder = self.plan.output_dir / STATE_DIR_NAME
         optimizer = self.raw_optimizer()
-        sharded = self.averaging_inside_backward  # each process holds its own weights' part of the state
+        sharded = self.averaging_inside_backward  # each process may hold its part of the state only
         if sharded:
             optimizer.collect_state_on_main()
         if self.accelerator.is_main_process:
@@ -386,7 +390,7 @@ class Trainer:
                                 json.dumps(self.config.to_dict(), indent=2) + "\n")
             self.emit(CheckpointSaved(step, str(folder), "state"))
         if sharded:
-            optimizer.keep_own_state_only()
+            optimizer.keep_own_parts_only()
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -416,8 +420,8 @@ class Trainer:
             torch.cuda.empty_cache()
 
     def check_weights_across_processes(self, step: int) -> None:
-        """With the in-backward AdamW every process keeps its own copy of the weights (updated there, or received
-        from the weight's owner): say so loudly if they have come apart, since only the main process's are saved."""
+        """With the in-backward AdamW every process keeps its own copy of the weights (updated there, or its part
+        updated there and the rest received): say so loudly if they have come apart, since only the main process's are saved."""
         if not self.averaging_inside_backward:
             return
         from dreamcore.training.gradient_average import first_weight_differing_across_processes

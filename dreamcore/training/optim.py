@@ -67,7 +67,7 @@ def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]
     return InBackwardAdamW(parameters, lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
                            weight_decay=config.adam_weight_decay, seed=config.seed, capturable=recordable,
                            fused=problem is None, kahan=config.bf16_rounding == "kahan", group_vectors=True,
-                           average=ProcessAverage() if several else None)
+                           average=ProcessAverage(shard_updates=config.shard_optimizer) if several else None)
 
 
 def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):

@@ -1,6 +1,7 @@
 """gradient_average.py in 2 CPU processes (gloo): GradientQueue gives every gradient back averaged over the
-processes, in the order it went in, small ones sent together and the in-flight limit kept; the weight check finds
-a weight that differs between processes."""
+processes, in the order it went in, small ones sent together and the in-flight limit kept; ShardedGradientQueue
+updates each process's part and gathers the weights; the weight check finds a weight that differs between
+processes."""
 
 from __future__ import annotations
 
@@ -49,9 +50,9 @@ def worker(rank, init_file, result_file):
     sends = []
 
     class CountingAverage(ProcessAverage):
-        def start(self, tensor, owner=None):
+        def start(self, tensor):
             sends.append(tensor.numel())
-            return super().start(tensor, owner)
+            return super().start(tensor)
 
     order = []
     queue = GradientQueue(CountingAverage(bucket_bytes=64, in_flight_bytes=100, shard_updates=False), order.append)
@@ -107,64 +108,61 @@ def test_gradient_queue_averages_every_gradient_in_order(tmp_path: Path) -> None
 
 
 SHARDED_WORKER = WORKER.split("def worker(")[0] + r'''
+from dreamcore.training.gradient_average import ShardedGradientQueue, part_of
+
+
 def worker(rank, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    from dreamcore.training.gradient_average import owners_by_size
-    reduces, updated = [], []
+    specs = WEIGHTS[:4] + [((3,), torch.bfloat16, "plain"), ((3, 3), torch.float32, "plain")]  # odd: a padded part
+    weights = []
+    for shape, dtype, layout in specs:
+        weight = torch.zeros(shape, dtype=dtype)
+        if layout == "channels_last":
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        weights.append(weight.requires_grad_())
+    checks, updated = [], []
 
-    class CountingAverage(ProcessAverage):
-        def start(self, tensor, owner=None):
-            reduces.append([tensor.numel(), owner])
-            return super().start(tensor, owner)
-
-    weights = [torch.zeros(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
-               if layout == "channels_last" else torch.zeros(shape, dtype=dtype) for shape, dtype, layout in WEIGHTS]
-    weights[6] = weights[6].t().contiguous().t()  # a weight that is not one dense block either
-    weights = [w.requires_grad_() for w in weights]
-    owners = owners_by_size(weights, 2)
-    exact = []
-
-    def update(weight):  # the owner's update: the averaged gradient, as the tests know it, plus 100
+    def update(weight, values, gradient, start):  # this process's part: the mean gradient, as the test knows it, + 100
         index = [id(w) for w in weights].index(id(weight))
-        exact.append(torch.equal(weight.grad, (gradient(index, *WEIGHTS[index], 0).float() + 1.5).to(weight.dtype)))
-        updated.append(index)
-        with torch.no_grad():
-            weight.copy_(weight.grad + 100)
-        weight.grad = None
+        expected = (gradient_of(index, rank=0).float() + 1.5).to(weight.dtype)
+        expected_flat = expected.as_strided((expected.numel(),), (1,)) if expected.stride() == weight.stride() \
+            else expected.contiguous().view(-1)
+        checks.append(torch.equal(gradient, expected_flat[start:start + values.numel()]))
+        updated.append([index, start, values.numel()])
+        values.copy_(gradient + 100)
 
-    queue = GradientQueue(CountingAverage(bucket_bytes=64, in_flight_bytes=100, shard_updates=True), update, owners)
-    for index, (shape, dtype, layout) in enumerate(WEIGHTS):
-        weights[index].grad = gradient(index, shape, dtype, layout, rank)
-        queue.put(weights[index])
+    def gradient_of(index, rank):
+        return gradient(index, *specs[index], rank)
+
+    queue = ShardedGradientQueue(ProcessAverage(in_flight_bytes=100, shard_updates=True), update)
+    for index, weight in enumerate(weights):
+        weight.grad = gradient_of(index, rank)
+        if index == 2:
+            weight.grad = weight.grad.t().contiguous().t()  # laid out otherwise than its weight: sent as a copy
+        queue.put(weight)
     queue.drain()
-    expected = [torch.equal(w.detach(), (gradient(i, *spec, 0).float() + 101.5).to(w.dtype))
-                for i, (w, spec) in enumerate(zip(weights, WEIGHTS))]
-    json.dump(dict(owners=[owners[w] for w in weights], updated=updated, exact=exact, expected=expected,
-                   grads_left=[i for i, w in enumerate(weights) if w.grad is not None], reduces=reduces,
-                   left=len(queue), strides_kept=[w.stride() for w in weights],
-                   elements=sum(w.numel() for w in weights)),
-              open(f"{result_file}-{rank}", "w"))
+    whole = [torch.equal(w.detach(), (gradient_of(i, 0).float() + 101.5).to(w.dtype)) for i, w in enumerate(weights)]
+    json.dump(dict(checks=checks, updated=updated, whole=whole, left=len(queue),
+                   grads_left=[i for i, w in enumerate(weights) if w.grad is not None],
+                   parts=[list(vars(part_of(w, rank, 2)).values()) for w in weights],
+                   strides=[w.stride() for w in weights]), open(f"{result_file}-{rank}", "w"))
     dist.destroy_process_group()
 
 '''
 
 
-def test_sharded_updates_run_in_the_owner_and_reach_every_process(tmp_path: Path) -> None:
-    """With owners, each gradient is reduced into its owner, only the owner updates the weight, and the other
-    process receives the updated weight, whatever its layout."""
+def test_sharded_queue_updates_each_part_in_its_process_and_gathers_the_weights(tmp_path: Path) -> None:
+    """Sharded: each process updates only its part of each weight, from the mean of that part's gradients, and
+    every process ends with every weight whole (laid out as before), odd sizes and foreign layouts included."""
     results = run_in_two_processes(SHARDED_WORKER, tmp_path)
-    owners = results[0]["owners"]
-    assert owners == results[1]["owners"] and set(owners) == {0, 1}
     for rank, result in enumerate(results):
-        assert sorted(result["updated"]) == [i for i, owner in enumerate(owners) if owner == rank]
-        assert result["exact"] and all(result["exact"])  # the owner saw the mean of both processes' gradients
-        assert all(result["expected"])  # every weight updated, in both processes (sent by its owner)
-        assert result["grads_left"] == [] and result["left"] == 0
-        assert result["reduces"] == results[0]["reduces"]  # the same collectives, in the same order
-    assert results[0]["strides_kept"] == results[1]["strides_kept"]
-    # every gradient reduced once, into one owner; buckets per owner
-    assert all(owner in (0, 1) for _, owner in results[0]["reduces"])
-    assert sum(n for n, _ in results[0]["reduces"]) == results[0]["elements"]
+        assert result["checks"] and all(result["checks"])  # each part's gradient is the mean of both processes'
+        assert result["whole"] == [True] * 6  # every element updated, by one process or the other, in both
+        assert result["left"] == 0 and result["grads_left"] == []
+        # the parts: halves in memory order, the second one short when the size is odd
+        assert [u[1:] for u in sorted(result["updated"])] == [p[:2] for p in result["parts"]]
+    assert results[0]["parts"][4] == [0, 2, 2] and results[1]["parts"][4] == [2, 1, 2]
+    assert results[0]["strides"] == results[1]["strides"] and results[0]["strides"][3] == [8, 1, 4, 2]
 
 
 CHECK_WORKER = r'''

@@ -63,24 +63,28 @@ def config_for(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig
 def test_two_processes_match_one_at_the_same_global_batch(tiny_model_dir: Path, photo_dir: Path,
                                                            tmp_path: Path) -> None:
     single = train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2))
-    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, n_save_sample=3),
-                    2, tmp_path)
+    # shard_optimizer asked for too: AdamW after backward keeps its state whole, and the run says so
+    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, n_save_sample=3,
+                               shard_optimizer=True), 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
+    assert "shard_optimizer: no effect here" in result.stdout + result.stderr
     # Samples are split across the processes (0 and 2 on one, 1 on the other) and written by the main one.
     samples = sorted(p.name for p in (tmp_path / "two" / "samples" / "step-000003").iterdir())
     assert samples == ["sample-00-seed11.png", "sample-01-seed12.png", "sample-02-seed13.png"]
     assert_same_training(tiny_model_dir, Path(single.outputs["diffusers"]), tmp_path / "two" / "diffusers")
 
 
-@pytest.mark.parametrize("tier", [None, "16GB"])
+@pytest.mark.parametrize("tier, shard", [(None, False), ("16GB", False), ("16GB", True)])
 def test_resume_with_a_different_process_count(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path,
-                                               tier: str | None) -> None:
+                                               tier: str | None, shard: bool) -> None:
     """Saved by one process, resumed by two: with AdamW after backward (DistributedDataParallel) and with the
-    in-backward tier, whose per-weight state, grouped 1-D weights and rounding generators each process loads."""
+    in-backward tier, whose per-weight state, grouped 1-D weights and rounding generators each process loads
+    (with shard_optimizer: its part of each weight's state)."""
     from dreamcore.presets import MEMORY_PRESETS
 
-    settings = dict(MEMORY_PRESETS[tier], memory_preset="none", use_8bit_adam=False) if tier else {}
+    settings = dict(MEMORY_PRESETS[tier], memory_preset="none", use_8bit_adam=False,
+                    shard_optimizer=shard) if tier else {}
     stop = StopRequest()
     config = config_for(tiny_model_dir, photo_dir, tmp_path / "run", max_train_steps=4, train_batch_size=1,
                         **settings)
@@ -94,15 +98,18 @@ def test_resume_with_a_different_process_count(tiny_model_dir: Path, photo_dir: 
     assert (tmp_path / "run" / "run.safetensors").is_file()
 
 
+@pytest.mark.parametrize("shard", [False, True])
 def test_in_backward_adamw_averages_each_gradient_across_processes(tiny_model_dir: Path, photo_dir: Path,
-                                                                   tmp_path: Path) -> None:
-    """The in-backward tiers with 2 processes: no DistributedDataParallel, each gradient all-reduced inside
-    backward (gradient_average.py), the same weights as 1 process at the same global batch, on every process."""
+                                                                   tmp_path: Path, shard: bool) -> None:
+    """The in-backward tiers with 2 processes: no DistributedDataParallel, each gradient averaged inside
+    backward (gradient_average.py; with shard_optimizer each process updates half of each weight), the same
+    weights as 1 process at the same global batch, on every process."""
     from dreamcore.presets import MEMORY_PRESETS
 
     tier = dict(MEMORY_PRESETS["16GB"], memory_preset="none", use_8bit_adam=False)  # Kahan: no rounding noise
     single = train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2, **tier))
-    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, **tier), 2, tmp_path)
+    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, shard_optimizer=shard,
+                               **tier), 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
     assert "weights differ" not in result.stdout + result.stderr
@@ -111,14 +118,16 @@ def test_in_backward_adamw_averages_each_gradient_across_processes(tiny_model_di
 
 def test_sharded_optimizer_state_is_saved_whole_and_resumes_in_one_process(tiny_model_dir: Path, photo_dir: Path,
                                                                              tmp_path: Path) -> None:
-    """With 2 processes each weight's AdamW state lives in its owner only (gradient_average.py); the saved state is
-    still the whole one, as one process at the same global batch saves it, and one process resumes from it."""
+    """shard_optimizer with 2 processes: each holds AdamW's state for its half of every weight only
+    (gradient_average.py); the saved state is still the whole one, as one process at the same global batch saves
+    it, and one process resumes from it."""
     from dreamcore.presets import MEMORY_PRESETS
 
     tier = dict(MEMORY_PRESETS["16GB"], memory_preset="none", use_8bit_adam=False)
     steps = dict(max_train_steps=3, checkpointing_steps=2)
     train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2, **steps, **tier))
-    sharded = config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, **steps, **tier)
+    sharded = config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, shard_optimizer=True,
+                         **steps, **tier)
     result = launch(sharded, 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout and "weights differ" not in result.stdout + result.stderr
@@ -193,17 +202,20 @@ def free_port() -> int:
 
 
 @pytest.mark.gpu
-def test_two_gpus_record_the_step_with_its_all_reduces(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
-    """On 2 GPUs the 16GB tier records its step, NCCL collectives included (each gradient reduced into its
-    weight's owner, the updated weight sent back), and replays it: the weights match one GPU's at the same global
-    batch, and each other's."""
+@pytest.mark.parametrize("shard", [False, True])
+def test_two_gpus_record_the_step_with_its_all_reduces(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path,
+                                                       shard: bool) -> None:
+    """On 2 GPUs the 16GB tier records its step, NCCL collectives included (all-reduces; with shard_optimizer
+    reduce-scatters and all-gathers), and replays it: the weights match one GPU's at the same global batch, and
+    each other's."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
     from dreamcore.presets import MEMORY_PRESETS
 
     tier = dict(MEMORY_PRESETS["16GB"], memory_preset="none", max_train_steps=8)
     single = train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2, **tier))
-    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, **tier), 2, tmp_path)
+    result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, shard_optimizer=shard,
+                               **tier), 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "recorded the training step" in result.stdout + result.stderr
     assert "weights differ" not in result.stdout + result.stderr
