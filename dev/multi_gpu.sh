@@ -33,9 +33,12 @@ if [ "${1:-}" = sharded ]; then  # session 8: shard_optimizer (each process upda
   # 2-GPU tests. (Runs AC and AD set the sharding through a variant of dev/allreduce_variant, now the config field.)
   RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=one bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 \
     --preset 16GB:train_batch_size=4
-  BENCH_NAME=sharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB:shard_optimizer=true \
+  # --profile: 5 late warm-up steps of each (the steady steps timed stay unprofiled), with each stream's busy time
+  BENCH_NAME=sharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB:shard_optimizer=true \
     --preset 16GB:train_batch_size=2,shard_optimizer=true
-  BENCH_NAME=unsharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB --preset 16GB:train_batch_size=2
+  BENCH_NAME=unsharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB \
+    --preset 16GB:train_batch_size=2
+  (cd "$OUT" && tar czf /tmp/sharded.tgz ./* && rm -f ./* && mv /tmp/sharded.tgz .)
   exit 0
 fi
 if [ "${1:-}" = nccl-proto ]; then  # two GPUs at batch 1 each: NCCL's own protocol choice (run Y's profile: every

@@ -75,7 +75,33 @@ def summarize(profiler, steps: int, wall_s_per_step: float, label: str) -> str:
         share = 100 * time_of(event) / total_us if total_us else 0.0
         lines.append(f"  {share:5.1f}%  {time_of(event) / 1000 / steps:8.2f} ms  {event.count / steps:8.1f}x  "
                      f"{event.key[:110]}")
+    if where == "GPU kernels":
+        # Per stream: several processes run NCCL's kernels on a stream of their own beside the step's, so the
+        # kernel total above can exceed the wall; the step's stream busy for less than the wall means it waited.
+        intervals = [(e.device_resource_id, e.time_range.start, e.time_range.end) for e in profiler.events()
+                     if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+        lines += ["", "per GPU stream, time with a kernel running (per step):"]
+        for stream, busy_us in sorted(busy_by_stream(intervals).items(), key=lambda item: -item[1]):
+            lines.append(f"  stream {stream}: {busy_us / 1000 / steps:.1f} ms "
+                         f"({100 * busy_us / 1000 / steps / (wall_s_per_step * 1000):.0f}% of the wall)")
     return "\n".join(lines) + "\n"
+
+
+def busy_by_stream(intervals: list[tuple[int, float, float]]) -> dict[int, float]:
+    """For (stream, start, end) kernel intervals: per stream, the length of their union (overlapping kernels of
+    one stream, such as a graph's parallel branches, counted once)."""
+    busy: dict[int, float] = {}
+    by_stream: dict[int, list[tuple[float, float]]] = {}
+    for stream, start, end in intervals:
+        by_stream.setdefault(stream, []).append((start, end))
+    for stream, spans in by_stream.items():
+        total, reach = 0.0, float("-inf")
+        for start, end in sorted(spans):
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        busy[stream] = total
+    return busy
 
 
 def _self_device_us(event) -> float:
