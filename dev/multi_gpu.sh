@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
 #   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto |
-#                           nccl-channels | scaling | sharded]
+#                           nccl-channels | scaling | sharded | overlap]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -39,6 +39,13 @@ if [ "${1:-}" = sharded ]; then  # session 8: shard_optimizer (each process upda
   BENCH_NAME=unsharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB \
     --preset 16GB:train_batch_size=2
   (cd "$OUT" && tar czf /tmp/sharded.tgz ./* && rm -f ./* && mv /tmp/sharded.tgz .)
+  exit 0
+fi
+if [ "${1:-}" = overlap ]; then  # two GPUs at batch 1 each, profiled: how much of the step the step's kernels,
+  # NCCL's alone and nothing fill (bench --profile's last line), without and with shard_optimizer
+  BENCH_NAME=overlap bash dev/gpu_bench.sh 40 15 --num-processes 2 --profile --preset 16GB \
+    --preset 16GB:shard_optimizer=true
+  tail -n 2 "$OUT"/profile-*.txt
   exit 0
 fi
 if [ "${1:-}" = nccl-proto ]; then  # two GPUs at batch 1 each: NCCL's own protocol choice (run Y's profile: every

@@ -76,31 +76,35 @@ def summarize(profiler, steps: int, wall_s_per_step: float, label: str) -> str:
         lines.append(f"  {share:5.1f}%  {time_of(event) / 1000 / steps:8.2f} ms  {event.count / steps:8.1f}x  "
                      f"{event.key[:110]}")
     if where == "GPU kernels":
-        # Per stream: several processes run NCCL's kernels on a stream of their own beside the step's, so the
-        # kernel total above can exceed the wall; the step's stream busy for less than the wall means it waited.
-        intervals = [(e.device_resource_id, e.time_range.start, e.time_range.end) for e in profiler.events()
-                     if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
-        lines += ["", "per GPU stream, time with a kernel running (per step):"]
-        for stream, busy_us in sorted(busy_by_stream(intervals).items(), key=lambda item: -item[1]):
-            lines.append(f"  stream {stream}: {busy_us / 1000 / steps:.1f} ms "
-                         f"({100 * busy_us / 1000 / steps / (wall_s_per_step * 1000):.0f}% of the wall)")
+        # Several processes run NCCL's kernels beside the step's, so the kernel total above can exceed the wall.
+        # (Per stream says nothing under a CUDA graph: its replay spreads the kernels over a hundred streams.)
+        gpu = torch.autograd.DeviceType.CUDA
+        timeline = [(int("nccl" in e.name.lower()), e.time_range.start, e.time_range.end)
+                    for e in profiler.events() if getattr(e, "device_type", None) == gpu]
+        busy = busy_time_by_key(timeline)  # 0: the step's kernels, 1: communication
+        any_us = busy_time_by_key([(0, start, end) for _, start, end in timeline]).get(0, 0.0)
+        step_ms, nccl_ms, any_ms = (value / 1000 / steps for value in (busy.get(0, 0.0), busy.get(1, 0.0), any_us))
+        wall_ms = wall_s_per_step * 1000
+        lines += ["", f"time with a kernel running (per step): any {any_ms:.1f} ms ({100 * any_ms / wall_ms:.0f}% of "
+                  f"the wall); the step's {step_ms:.1f} ms; NCCL's {nccl_ms:.1f} ms, {any_ms - step_ms:.1f} ms of it "
+                  f"with none of the step's running; nothing running {max(wall_ms - any_ms, 0.0):.1f} ms"]
     return "\n".join(lines) + "\n"
 
 
-def busy_by_stream(intervals: list[tuple[int, float, float]]) -> dict[int, float]:
-    """For (stream, start, end) kernel intervals: per stream, the length of their union (overlapping kernels of
-    one stream, such as a graph's parallel branches, counted once)."""
+def busy_time_by_key(intervals: list[tuple[int, float, float]]) -> dict[int, float]:
+    """For (key, start, end) kernel intervals: per key, the length of their union (overlapping kernels counted
+    once)."""
     busy: dict[int, float] = {}
-    by_stream: dict[int, list[tuple[float, float]]] = {}
-    for stream, start, end in intervals:
-        by_stream.setdefault(stream, []).append((start, end))
-    for stream, spans in by_stream.items():
+    by_key: dict[int, list[tuple[float, float]]] = {}
+    for key, start, end in intervals:
+        by_key.setdefault(key, []).append((start, end))
+    for key, spans in by_key.items():
         total, reach = 0.0, float("-inf")
         for start, end in sorted(spans):
             if end > reach:
                 total += end - max(start, reach)
                 reach = end
-        busy[stream] = total
+        busy[key] = total
     return busy
 
 

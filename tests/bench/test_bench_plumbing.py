@@ -162,13 +162,13 @@ def test_step_profiler_summarizes_the_profiled_steps(tmp_path: Path) -> None:
     assert "1.0x" in mm_line  # one matrix product a step, counted per step
 
 
-def test_busy_time_per_stream_counts_overlapping_kernels_once() -> None:
-    from dreamcore.bench.profile import busy_by_stream
+def test_busy_time_counts_overlapping_kernels_once() -> None:
+    from dreamcore.bench.profile import busy_time_by_key
 
     intervals = [(7, 0.0, 10.0), (7, 5.0, 12.0), (7, 20.0, 25.0), (7, 21.0, 22.0),  # 12 + 5 on stream 7
                  (13, 3.0, 4.0), (13, 30.0, 31.5)]
-    assert busy_by_stream(intervals) == {7: 17.0, 13: 2.5}
-    assert busy_by_stream([]) == {}
+    assert busy_time_by_key(intervals) == {7: 17.0, 13: 2.5}
+    assert busy_time_by_key([]) == {}
 
 
 def test_profiling_ends_before_the_steady_window_opens() -> None:
