@@ -20,7 +20,9 @@ for it only, and the updated parts are all-gathered into every process's weight 
 all-reduce is a reduce-scatter then an all-gather, so the same bytes cross between the GPUs, and each process
 holds 1/N of the state: 6.7 instead of 9.4 GiB a GPU for SD1.5's 16GB tier on 2 GPUs. It does not make the step
 faster although each GPU runs half of AdamW's 6.9 ms: 46.1 against 45.1 ms a step at batch 1 a GPU, 63.3
-against 62.9 at 2 (BENCHMARKS.md, run AD), so the updates are not what the step waits for; hence it is opt-in.
+against 62.9 at 2 (BENCHMARKS.md, run AD). The profile (run AF) says why: the step's own kernels ran 3.0 ms less,
+but NCCL's ran 20.1 ms instead of 11.6 (a reduce-scatter and an all-gather a weight, against bucketed
+all-reduces), 5.2 ms of it with nothing of the step's beside it instead of 0.9. Hence it is opt-in, for memory.
 (Reducing each whole weight into one owning process and broadcasting it back, tried first, gave the same times
 and memory: run AC.)
 Without it every process updates every weight from the same averaged gradient with the same rounding noise (the
@@ -241,7 +243,8 @@ class ShardedGradientQueue:
     the all-gather of the updated parts into every process's weight starts. ``drain`` (end of backward) returns
     once every weight is whole again everywhere (on the GPU: once the stream waits for it). The same bytes cross
     between the GPUs as with an all-reduce (an all-reduce is a reduce-scatter then an all-gather), while each
-    process runs 1/N of the updates and keeps 1/N of the state.
+    process runs 1/N of the updates and keeps 1/N of the state. (Not in the same time: one reduce-scatter and one
+    all-gather a weight took NCCL 20.1 ms a step where the bucketed all-reduces took 11.6; run AF.)
     """
 
     def __init__(self, average: ProcessAverage,
@@ -250,7 +253,8 @@ class ShardedGradientQueue:
         self.update = update
         self._in_flight: deque[_PartInFlight] = deque()  # gradients being reduce-scattered
         self._in_flight_bytes = 0
-        self._gathering: deque[tuple[PendingAverage, torch.Tensor | None, int]] = deque()  # (all-gather, copy to, bytes)
+        # all-gathers of updated parts: (the collective, the weight to copy a padded result into, bytes)
+        self._gathering: deque[tuple[PendingAverage, torch.Tensor | None, int]] = deque()
         self._gathering_bytes = 0
 
     def put(self, weight: torch.Tensor) -> None:

@@ -22,10 +22,10 @@ tiny tensor cost more in launches than in work: grouped, AdamW's share of the re
 
 With several processes (``average``) each gradient is averaged across them as soon as backward has finished it,
 and the update runs once that is done, while backward goes on (gradient_average.py). With ``shard_updates``
-(TrainConfig.shard_optimizer) each process updates only its part of every weight (1/N of its elements) from the averaged gradient of
-that part, keeps AdamW's state for that part only, and the updated parts are gathered into every process's
-weight. Saving collects the whole state in the main process (``collect_state_on_main``); loading keeps each
-process's part, so a state resumes with any number of processes.
+(TrainConfig.shard_optimizer) each process updates only its part of every weight (1/N of its elements) from the
+averaged gradient of that part, keeps AdamW's state for that part only, and the updated parts are gathered into
+every process's weight. Saving collects the whole state in the main process (``collect_state_on_main``);
+loading keeps each process's part, so a state resumes with any number of processes.
 """
 
 from __future__ import annotations

@@ -421,7 +421,8 @@ class Trainer:
 
     def check_weights_across_processes(self, step: int) -> None:
         """With the in-backward AdamW every process keeps its own copy of the weights (updated there, or its part
-        updated there and the rest received): say so loudly if they have come apart, since only the main process's are saved."""
+        updated there and the rest received): say so loudly if they have come apart, since only the main
+        process's are saved."""
         if not self.averaging_inside_backward:
             return
         from dreamcore.training.gradient_average import first_weight_differing_across_processes
