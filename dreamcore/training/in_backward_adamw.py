@@ -33,10 +33,9 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 import torch
-
-from dreamcore.training.fused_adamw_kernel import fused_adamw_update, same_flat_layout
 import torch.distributed as dist
 
+from dreamcore.training.fused_adamw_kernel import fused_adamw_update, same_flat_layout
 from dreamcore.training.gradient_average import (GradientQueue, ProcessAverage, ShardedGradientQueue, flat_order,
                                                   in_layout_of, part_of)
 
@@ -123,6 +122,9 @@ class InBackwardAdamW(torch.optim.Optimizer):
         # updates its part of every weight and keeps the state of that part only (gradient_average.py)
         self._average = average
         self._sharded = average is not None and average.shard_updates
+        # the main process's own state parts while the whole state is collected for saving (a recorded CUDA graph
+        # updates these very tensors: they must be the ones kept afterwards)
+        self._parts_aside: dict[tuple[torch.Tensor, str], torch.Tensor] = {}
         if self._sharded:
             for parameter in self._group_of:
                 flat_order(parameter.detach())  # raises for a weight that is not one dense block
@@ -257,7 +259,8 @@ class InBackwardAdamW(torch.optim.Optimizer):
         self.keep_own_parts_only()  # a state saved by any number of processes holds every weight's whole state
 
     def keep_own_parts_only(self) -> None:
-        """Sharded: keep, of each weight's whole state (loaded, or collected for saving), this process's part."""
+        """Sharded: keep, of each weight's whole state (loaded, or collected for saving), this process's part
+        (after a collection: the very tensors it held before)."""
         if not self._sharded:
             return
         for parameter, state in self.state.items():
@@ -265,7 +268,9 @@ class InBackwardAdamW(torch.optim.Optimizer):
                 continue
             part = part_of(parameter, self._average.rank, self._average.world_size)
             for key in ("exp_avg", "exp_avg_sq", "compensation"):
-                if key in state:
+                if (parameter, key) in self._parts_aside:
+                    state[key] = self._parts_aside.pop((parameter, key))
+                elif key in state:
                     whole = flat_order(in_layout_of(parameter, state[key]))  # in the weight's memory order
                     state[key] = whole[part.start:part.start + part.length].clone()
 
@@ -298,6 +303,7 @@ class InBackwardAdamW(torch.optim.Optimizer):
                 if rank == 0:
                     whole = torch.empty_like(weight, dtype=mine.dtype)  # laid out as the weight, as one process's
                     flat_order(whole).copy_(gathered[:weight.numel()])
+                    self._parts_aside[(weight, key)] = mine
                     state[key] = whole
 
     def release_state(self) -> None:

@@ -1,7 +1,7 @@
 """gradient_average.py in 2 CPU processes (gloo): GradientQueue gives every gradient back averaged over the
 processes, in the order it went in, small ones sent together and the in-flight limit kept; ShardedGradientQueue
-updates each process's part and gathers the weights; the weight check finds a weight that differs between
-processes."""
+updates each process's part and gathers the weights, and InBackwardAdamW sharded on it trains and saves as
+unsharded; the weight check finds a weight that differs between processes."""
 
 from __future__ import annotations
 
@@ -163,6 +163,61 @@ def test_sharded_queue_updates_each_part_in_its_process_and_gathers_the_weights(
         assert [u[1:] for u in sorted(result["updated"])] == [p[:2] for p in result["parts"]]
     assert results[0]["parts"][4] == [0, 2, 2] and results[1]["parts"][4] == [2, 1, 2]
     assert results[0]["strides"] == results[1]["strides"] and results[0]["strides"][3] == [8, 1, 4, 2]
+
+
+ADAMW_WORKER = r'''
+import json, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dreamcore.training.gradient_average import ProcessAverage
+from dreamcore.training.in_backward_adamw import InBackwardAdamW
+
+
+def worker(rank, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    models, optimizers = [], []
+    for shard in (True, False):  # the same fp32 model twice: sharded and not
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 3, bias=False), torch.nn.Linear(3, 2))  # 15 and 6 weights
+        models.append(model)
+        optimizers.append(InBackwardAdamW(model.parameters(), lr=0.1, group_vectors=True,
+                                          average=ProcessAverage(shard_updates=shard)))
+    torch.manual_seed(1 + rank)  # each process its own part of the batch
+    for _ in range(3):
+        batch = torch.randn(4, 5)
+        for model, optimizer in zip(models, optimizers):
+            model(batch).square().sum().backward()
+            optimizer.step()
+    sharded, whole = optimizers
+    matrices = [models[0][0].weight, models[0][1].weight]
+    part_shapes = [list(sharded.state[w]["exp_avg"].shape) for w in matrices]
+    held = {(id(w), key): id(t) for w in matrices for key, t in sharded.state[w].items()}
+    sharded.collect_state_on_main()
+    collected = [sharded.state_dict()["state"][i]["exp_avg"] for i in (0, 1)] if rank == 0 else []
+    sharded.keep_own_parts_only()
+    same_tensors = held == {(id(w), key): id(t) for w in matrices for key, t in sharded.state[w].items()}
+    expected = [whole.state[w]["exp_avg"] for w in (models[1][0].weight, models[1][1].weight)]
+    json.dump(dict(part_shapes=part_shapes, same_tensors=same_tensors,
+                   collected_equal=[torch.equal(c, e) for c, e in zip(collected, expected)],
+                   weights_equal=[torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters())]),
+              open(f"{result_file}-{rank}", "w"))
+    dist.destroy_process_group()
+
+'''
+
+
+def test_sharded_adamw_saves_the_whole_state_and_keeps_training_its_own_part(tmp_path: Path) -> None:
+    """InBackwardAdamW sharded over 2 processes trains as it does unsharded; collecting its state for a save
+    gives the unsharded state, and cutting it back keeps the very tensors it trained (a recorded CUDA graph goes
+    on updating those)."""
+    results = run_in_two_processes(ADAMW_WORKER, tmp_path)
+    assert results[0]["part_shapes"] == [[8], [3]] and results[1]["part_shapes"] == [[7], [3]]  # 15 = 8 + 7
+    for result in results:
+        assert result["weights_equal"] == [True, True, True]
+        assert result["same_tensors"]
+    assert results[0]["collected_equal"] == [True, True]
 
 
 CHECK_WORKER = r'''
