@@ -97,6 +97,14 @@ class ProcessAverage:
         ``part`` is this process's piece of ``whole``)."""
         return PendingAverage(whole, _all_gather(whole, part, async_op=True))
 
+    def start_gather_padded(self, mine: torch.Tensor, padded: int) -> PendingAverage:
+        """Begin gathering every process's ``mine`` (1-D, at most ``padded`` long) into a new 1-D tensor of
+        ``padded`` x world_size elements, each part padded with zeros to ``padded``."""
+        padded_mine = torch.zeros(padded, dtype=mine.dtype, device=mine.device)
+        padded_mine[:mine.numel()].copy_(mine)
+        whole = torch.empty(padded * self.world_size, dtype=mine.dtype, device=mine.device)
+        return self.start_gather(whole, padded_mine)
+
 
 @dataclass
 class _InFlight:
@@ -229,6 +237,7 @@ def in_layout_of(weight: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
 @dataclass
 class _PartInFlight:
     weight: torch.Tensor
+    part: Part
     pending: PendingAverage
     bytes: int
     whole: torch.Tensor  # the gradient sent (kept alive until its reduce-scatter is done)
@@ -265,7 +274,8 @@ class ShardedGradientQueue:
         whole = self._in_weight_order(weight, gradient, part.padded * self.average.world_size)
         size = whole.numel() * whole.element_size()
         averaged_part = torch.empty(part.padded, dtype=whole.dtype, device=whole.device)
-        self._in_flight.append(_PartInFlight(weight, self.average.start_part(whole, averaged_part), size, whole))
+        self._in_flight.append(_PartInFlight(weight, part, self.average.start_part(whole, averaged_part), size,
+                                             whole))
         self._in_flight_bytes += size
         self._finish_while_over(self.average.in_flight_bytes)
 
@@ -288,14 +298,12 @@ class ShardedGradientQueue:
         return whole
 
     def _finish_while_over(self, limit: int) -> None:
-        rank, world_size = self.average.rank, self.average.world_size
         while self._in_flight and self._in_flight_bytes > limit:
             sent = self._in_flight.popleft()
             self._in_flight_bytes -= sent.bytes
             averaged = self.average.finish(sent.pending)
-            weight = sent.weight
+            weight, part = sent.weight, sent.part
             weight.grad = None
-            part = part_of(weight, rank, world_size)
             values = flat_order(weight.detach())
             mine = values[part.start:part.start + part.length]
             self.update(weight, mine, averaged[:part.length], part.start)
@@ -307,10 +315,7 @@ class ShardedGradientQueue:
         if part.padded * self.average.world_size == values.numel():  # in place: every part is a piece of the weight
             pending, copy_to = self.average.start_gather(values, mine), None
         else:  # the last part padded: gathered into a buffer, then copied into the weight
-            padded_mine = torch.zeros(part.padded, dtype=values.dtype, device=values.device)
-            padded_mine[:part.length].copy_(mine)
-            whole = torch.empty(part.padded * self.average.world_size, dtype=values.dtype, device=values.device)
-            pending, copy_to = self.average.start_gather(whole, padded_mine), values
+            pending, copy_to = self.average.start_gather_padded(mine, part.padded), values
         self._gathering.append((pending, copy_to, size))
         self._gathering_bytes += size
 

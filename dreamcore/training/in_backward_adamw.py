@@ -296,10 +296,9 @@ class InBackwardAdamW(torch.optim.Optimizer):
                 if key not in state:
                     continue
                 mine = state[key]
-                padded = torch.zeros(part.padded, dtype=mine.dtype, device=mine.device)
-                padded[:part.length].copy_(mine)
-                gathered = torch.empty(part.padded * world_size, dtype=mine.dtype, device=mine.device)
-                self._average.start_gather(gathered, padded).work.wait()
+                pending = self._average.start_gather_padded(mine, part.padded)
+                pending.work.wait()
+                gathered = pending.tensor
                 if rank == 0:
                     whole = torch.empty_like(weight, dtype=mine.dtype)  # laid out as the weight, as one process's
                     flat_order(whole).copy_(gathered[:weight.numel()])

@@ -379,7 +379,7 @@ class Trainer:
     def save_state(self, step: int) -> Path:
         folder = self.plan.output_dir / STATE_DIR_NAME
         optimizer = self.raw_optimizer()
-        sharded = self.averaging_inside_backward  # each process may hold its part of the state only
+        sharded = self.averaging_inside_backward and self.config.shard_optimizer  # each process: its parts only
         if sharded:
             optimizer.collect_state_on_main()
         if self.accelerator.is_main_process:
