@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
 #   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto |
-#                           nccl-channels | scaling | sharded | overlap]
+#                           nccl-channels | nccl-sweep | scaling | sharded | overlap]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -62,6 +62,21 @@ if [ "${1:-}" = nccl-channels ]; then  # two GPUs at batch 1 each: NCCL's channe
   NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT BENCH_NAME=ch-auto bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
   grep -h "nChannels\|channels" "$OUT/ch-auto.log" | sort | uniq -c | head -8
   NCCL_MIN_NCHANNELS=32 BENCH_NAME=ch-32 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
+  exit 0
+fi
+if [ "${1:-}" = nccl-sweep ]; then  # session 9: two GPUs at batch 1 each with NCCL's 24 channels, then capped at 16,
+  # 12 and 8 (fewer SMs taken from backward's kernels; 4 was too slow in run AA), then NCCL's CTA-efficiency policy;
+  # one GPU at batch 2 for the speed-up on this machine
+  python3 -c 'import torch; print("NCCL", torch.cuda.nccl.version())'
+  BENCH_NAME=sweep-1gpu-b2 bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 | grep -E "^\| [^p-]|exit"
+  BENCH_NAME=sweep-auto bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB | grep -E "^\| [^p-]|exit"
+  for channels in 16 12 8; do
+    NCCL_MAX_NCHANNELS=$channels BENCH_NAME=sweep-ch$channels bash dev/gpu_bench.sh 60 15 --num-processes 2 \
+      --preset 16GB | grep -E "^\| [^p-]|exit"
+  done
+  NCCL_CTA_POLICY=1 NCCL_DEBUG=WARN BENCH_NAME=sweep-cta1 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB \
+    | grep -E "^\| [^p-]|exit"
+  (cd "$OUT" && tar czf /tmp/sweep.tgz ./* && rm -f ./* && mv /tmp/sweep.tgz .)
   exit 0
 fi
 if [ "${1:-}" = allreduce ]; then  # one GPU at batch 1, then two at batch 1 each with several bucket and
