@@ -166,7 +166,7 @@ def _run_child(preset, args: argparse.Namespace) -> int:
     times = RunTimes()  # started now: imports of torch/diffusers below count as start-up, as for a user
     import torch
 
-    from dreamcore.training import TrainingError, train
+    from dreamcore.training import TrainingError, leave_process_group, train
 
     output = args.work / "runs" / _folder_name(preset.spec())
     config = recipe_config(preset, args.work / f"model-{args.model_size}",
@@ -195,6 +195,7 @@ def _run_child(preset, args: argparse.Namespace) -> int:
         python_profile.enable()
     try:
         train(config, callbacks=callbacks)
+        leave_process_group()
     except TrainingError as error:
         result.status = "NaN" if "the loss became" in str(error) else f"error: {error}"
     except torch.cuda.OutOfMemoryError:

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from dreamcore.fileio import OutputWriteError
     from dreamcore.images import ImageLoadError
     from dreamcore.models import ModelLoadError
-    from dreamcore.training import TrainingError, train
+    from dreamcore.training import TrainingError, leave_process_group, train
 
     if getattr(args, _compat_dest("--not_cache_latents"), False) and not hasattr(args, "cache_latents"):
         args.cache_latents = False  # ShivamShrirao's spelling of --no-cache_latents
@@ -172,4 +172,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, previous)
+    # Only after a run that ended well: after an error the other processes may still wait in a collective, and
+    # torchrun ends them when this one exits.
+    leave_process_group()
     return 0

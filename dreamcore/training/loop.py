@@ -704,6 +704,14 @@ def save_run_report(path: Path, config: TrainConfig, report: dict[str, Any]) -> 
     atomic_write_text(path, json.dumps({**config.to_dict(), RUN_REPORT_KEY: report}, indent=2) + "\n")
 
 
+def leave_process_group() -> None:
+    """End this process's part in a several-process launch after ``train`` returned: destroys the process group
+    that accelerate joined (torchrun's launch), which NCCL otherwise warns about at exit as a possible leak. For the
+    program that owns the process (the CLI); a library caller that trains again in the same process keeps it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: StopSignal | None = None) -> TrainResult:
     """Train DreamBooth as ``config`` says. Events go to ``callbacks``; ``stop.is_set()`` ends the run
     cleanly (resumable state and a usable checkpoint are saved). Raises ConfigError / TrainingError."""

@@ -24,11 +24,33 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=python_path, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
 
-def launch(config: TrainConfig, num_processes: int, tmp_path: Path) -> subprocess.CompletedProcess:
+def launch(config: TrainConfig, num_processes: int, tmp_path: Path,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     config_file = config.save(tmp_path / f"config-{num_processes}.json")
     return subprocess.run([sys.executable, "-m", "dreamcore", "train", "--config", str(config_file),
-                           "--num_processes", str(num_processes)], capture_output=True, text=True, env=child_env(),
-                          cwd=ROOT, timeout=600)
+                           "--num_processes", str(num_processes)], capture_output=True, text=True,
+                          env=env or child_env(), cwd=ROOT, timeout=600)
+
+
+# Loaded by every launched Python (PYTHONPATH): says at exit whether the process still held a process group,
+# which NCCL warns about as a leak (gloo, which these CPU tests use, stays silent).
+EXIT_PROBE = """import atexit, sys
+
+def _report_process_group():
+    if "torch.distributed" in sys.modules and sys.modules["torch.distributed"].is_initialized():
+        print("exit probe: process group still initialized", file=sys.stderr, flush=True)
+
+atexit.register(_report_process_group)
+"""
+
+
+def env_with_exit_probe(tmp_path: Path) -> dict[str, str]:
+    probe = tmp_path / "exit-probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(EXIT_PROBE)
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(probe), env["PYTHONPATH"]])
+    return env
 
 
 def weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
@@ -65,9 +87,11 @@ def test_two_processes_match_one_at_the_same_global_batch(tiny_model_dir: Path, 
     single = train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2))
     # shard_optimizer asked for too: AdamW after backward keeps its state whole, and the run says so
     result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, n_save_sample=3,
-                               shard_optimizer=True), 2, tmp_path)
+                               shard_optimizer=True), 2, tmp_path, env=env_with_exit_probe(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
+    # each process left its process group before exiting (the probe would say so otherwise)
+    assert "exit probe" not in result.stderr
     assert "shard_optimizer: no effect here" in result.stdout + result.stderr
     # Samples are split across the processes (0 and 2 on one, 1 on the other) and written by the main one.
     samples = sorted(p.name for p in (tmp_path / "two" / "samples" / "step-000003").iterdir())
