@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
 #   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto |
-#                           nccl-channels | nccl-sweep | scaling | sharded | overlap]
+#                           nccl-channels | nccl-sweep | scaling | sharded |
+#                           sharded-bucketed | overlap]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -39,6 +40,18 @@ if [ "${1:-}" = sharded ]; then  # session 8: shard_optimizer (each process upda
   BENCH_NAME=unsharded bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB \
     --preset 16GB:train_batch_size=2
   (cd "$OUT" && tar czf /tmp/sharded.tgz ./* && rm -f ./* && mv /tmp/sharded.tgz .)
+  exit 0
+fi
+if [ "${1:-}" = sharded-bucketed ]; then  # session 9: shard_optimizer with small gradients' reduce-scatters and
+  # all-gathers bucketed (8 MB) against the default, two GPUs at batch 1 and 2 each (profiled), beside one GPU at 2
+  # and 4; the 2-GPU tests (the step recorded with the bucketed collectives)
+  RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=one bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 \
+    --preset 16GB:train_batch_size=4 | grep -E "^\| [^p-]|exit|passed|failed"
+  BENCH_NAME=two bash dev/gpu_bench.sh 60 15 --num-processes 2 --profile --preset 16GB \
+    --preset 16GB:shard_optimizer=true --preset 16GB:train_batch_size=2 \
+    --preset 16GB:train_batch_size=2,shard_optimizer=true | grep -E "^\| [^p-]|exit"
+  tail -n 2 "$OUT"/profile-*.txt
+  (cd "$OUT" && tar czf /tmp/bucketed.tgz ./* && rm -f ./* && mv /tmp/bucketed.tgz .)
   exit 0
 fi
 if [ "${1:-}" = overlap ]; then  # two GPUs at batch 1 each, profiled: how much of the step the step's kernels,

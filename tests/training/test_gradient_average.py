@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = r'''
@@ -76,7 +78,7 @@ def worker(rank, init_file, result_file):
 '''
 
 
-def run_in_two_processes(worker_source: str, tmp_path: Path) -> list[dict]:
+def run_in_two_processes(worker_source: str, tmp_path: Path, env: dict[str, str] | None = None) -> list[dict]:
     """Runs ``worker(rank, init_file, result_prefix)`` from ``worker_source`` in 2 gloo processes; returns what each
     wrote to ``{result_prefix}-{rank}`` (JSON)."""
     script = tmp_path / "worker.py"
@@ -84,7 +86,7 @@ def run_in_two_processes(worker_source: str, tmp_path: Path) -> list[dict]:
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     run = subprocess.run([sys.executable, str(script), str(tmp_path / "init"), str(tmp_path / "result")],
                          capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONPATH=python_path, OMP_NUM_THREADS="1"))
+                         env=dict(os.environ, PYTHONPATH=python_path, OMP_NUM_THREADS="1", **(env or {})))
     assert run.returncode == 0, run.stderr[-3000:]
     return [json.loads((tmp_path / f"result-{rank}").read_text()) for rank in (0, 1)]
 
@@ -108,6 +110,8 @@ def test_gradient_queue_averages_every_gradient_in_order(tmp_path: Path) -> None
 
 
 SHARDED_WORKER = WORKER.split("def worker(")[0] + r'''
+import os
+
 from dreamcore.training.gradient_average import ShardedGradientQueue, part_of
 
 
@@ -134,15 +138,24 @@ def worker(rank, init_file, result_file):
     def gradient_of(index, rank):
         return gradient(index, *specs[index], rank)
 
-    queue = ShardedGradientQueue(ProcessAverage(in_flight_bytes=100, shard_updates=True), update)
+    sends = []
+
+    class CountingAverage(ProcessAverage):
+        def start_part(self, whole, part):
+            sends.append(whole.numel())
+            return super().start_part(whole, part)
+
+    bucket_bytes = int(os.environ["TEST_BUCKET_BYTES"])
+    queue = ShardedGradientQueue(CountingAverage(bucket_bytes=bucket_bytes, in_flight_bytes=100, shard_updates=True),
+                                 update)
     for index, weight in enumerate(weights):
         weight.grad = gradient_of(index, rank)
-        if index == 2:
+        if index in (1, 2):
             weight.grad = weight.grad.t().contiguous().t()  # laid out otherwise than its weight: sent as a copy
         queue.put(weight)
     queue.drain()
     whole = [torch.equal(w.detach(), (gradient_of(i, 0).float() + 101.5).to(w.dtype)) for i, w in enumerate(weights)]
-    json.dump(dict(checks=checks, updated=updated, whole=whole, left=len(queue),
+    json.dump(dict(checks=checks, updated=updated, whole=whole, left=len(queue), sends=sends,
                    grads_left=[i for i, w in enumerate(weights) if w.grad is not None],
                    parts=[list(vars(part_of(w, rank, 2)).values()) for w in weights],
                    strides=[w.stride() for w in weights]), open(f"{result_file}-{rank}", "w"))
@@ -151,10 +164,18 @@ def worker(rank, init_file, result_file):
 '''
 
 
-def test_sharded_queue_updates_each_part_in_its_process_and_gathers_the_weights(tmp_path: Path) -> None:
+# the reduce-scatters, by elements (parts padded to 2 each): with no bucket every weight alone; with 64-byte
+# buckets the first two together, the 104-byte and 64-byte ones alone, the bf16 one and the last fp32 one apart
+SENDS_BY_BUCKET = {0: [4, 6, 26, 16, 4, 10], 64: [4 + 6, 26, 16, 4, 10]}
+
+
+@pytest.mark.parametrize("bucket_bytes", sorted(SENDS_BY_BUCKET))
+def test_sharded_queue_updates_each_part_in_its_process_and_gathers_the_weights(tmp_path: Path,
+                                                                                bucket_bytes: int) -> None:
     """Sharded: each process updates only its part of each weight, from the mean of that part's gradients, and
-    every process ends with every weight whole (laid out as before), odd sizes and foreign layouts included."""
-    results = run_in_two_processes(SHARDED_WORKER, tmp_path)
+    every process ends with every weight whole (laid out as before), odd sizes and foreign layouts included,
+    small gradients sent together or not."""
+    results = run_in_two_processes(SHARDED_WORKER, tmp_path, env={"TEST_BUCKET_BYTES": str(bucket_bytes)})
     for rank, result in enumerate(results):
         assert result["checks"] and all(result["checks"])  # each part's gradient is the mean of both processes'
         assert result["whole"] == [True] * 6  # every element updated, by one process or the other, in both
@@ -162,6 +183,7 @@ def test_sharded_queue_updates_each_part_in_its_process_and_gathers_the_weights(
         # the parts: halves in memory order, the second one short when the size is odd
         assert [u[1:] for u in sorted(result["updated"])] == [p[:2] for p in result["parts"]]
     assert results[0]["parts"][4] == [0, 2, 2] and results[1]["parts"][4] == [2, 1, 2]
+    assert results[0]["sends"] == results[1]["sends"] == SENDS_BY_BUCKET[bucket_bytes]
     assert results[0]["strides"] == results[1]["strides"] and results[0]["strides"][3] == [8, 1, 4, 2]
 
 
