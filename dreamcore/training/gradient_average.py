@@ -38,6 +38,9 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+# c10d's own grouping of collectives (what FSDP uses): several reduce-scatters or all-gathers go to NCCL as
+# one group, launched as one kernel, each still in place in its own tensor. No public name (torch 2.1-2.13).
+from torch.distributed.distributed_c10d import _coalescing_manager
 
 # Gradients smaller than this are copied into a shared buffer and all-reduced together, once the buffer holds
 # about this much; larger ones are all-reduced where they lie.
@@ -51,7 +54,7 @@ IN_FLIGHT_BYTES = 128 << 20
 @dataclass
 class PendingAverage:
     tensor: torch.Tensor
-    work: "dist.Work"
+    work: "dist.Work"  # or c10d's coalescing manager, for a group: either has wait()
 
 
 # torch 2.13 renamed the single-tensor collectives (the old names warn); 2.11 has only the old ones
@@ -96,6 +99,27 @@ class ProcessAverage:
         """Begin filling ``whole`` with every process's ``part``, in process order (all-gather; in place when
         ``part`` is this process's piece of ``whole``)."""
         return PendingAverage(whole, _all_gather(whole, part, async_op=True))
+
+    def start_parts(self, wholes: list[torch.Tensor], parts: list[torch.Tensor],
+                    averaged: torch.Tensor) -> PendingAverage:
+        """``start_part`` for each pair, as one coalesced call (NCCL runs them as one launch); ``parts`` are views
+        of ``averaged``, which ``finish`` divides in one go."""
+        if len(wholes) == 1:
+            return PendingAverage(averaged, _reduce_scatter(parts[0], wholes[0], op=dist.ReduceOp.SUM,
+                                                            async_op=True))
+        with _coalescing_manager(async_ops=True) as coalesced:
+            for whole, part in zip(wholes, parts):
+                _reduce_scatter(part, whole, op=dist.ReduceOp.SUM)
+        return PendingAverage(averaged, coalesced)
+
+    def start_gathers(self, wholes: list[torch.Tensor], parts: list[torch.Tensor]) -> "dist.Work":
+        """``start_gather`` for each pair, as one coalesced call; wait on the result."""
+        if len(wholes) == 1:
+            return _all_gather(wholes[0], parts[0], async_op=True)
+        with _coalescing_manager(async_ops=True) as coalesced:
+            for whole, part in zip(wholes, parts):
+                _all_gather(whole, part)
+        return coalesced
 
     def start_gather_padded(self, mine: torch.Tensor, padded: int) -> PendingAverage:
         """Begin gathering every process's ``mine`` (1-D, at most ``padded`` long) into a new 1-D tensor of
@@ -236,22 +260,23 @@ def in_layout_of(weight: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _PartsInFlight:
-    """One reduce-scatter: the weights whose parts it averages (one large weight, or a bucket of small ones whose
-    parts lie side by side in each process's piece), their parts, and the buffer sent (kept alive until done)."""
+    """One reduce-scatter, or a coalesced group of them (a bucket of small gradients): the weights whose parts
+    it averages, their parts, and the gradients sent (kept alive until done). ``pending.tensor`` holds the
+    averaged parts side by side, each padded."""
     weights: list[torch.Tensor]
     parts: list[Part]
     pending: PendingAverage
     bytes: int
-    sent: torch.Tensor
+    sent: list[torch.Tensor]
 
 
 @dataclass
 class _Gathering:
-    """One all-gather of updated parts, and where its result goes: nothing to copy when it gathered in place into
-    a weight, else (weight values, offset, padded part length) for each weight, copied out of the gathered rows."""
-    pending: PendingAverage
+    """One all-gather of updated parts, or a coalesced group of them, and for each weight whose last part is
+    padded the buffer it was gathered into, to copy into the weight (the others are gathered in place)."""
+    work: "dist.Work"
     bytes: int
-    copy_into: list[tuple[torch.Tensor, int, int]]
+    copy_into: list[tuple[torch.Tensor, torch.Tensor]]  # (weight values, gathered buffer)
 
 
 class ShardedGradientQueue:
@@ -265,18 +290,17 @@ class ShardedGradientQueue:
     between the GPUs as with an all-reduce (an all-reduce is a reduce-scatter then an all-gather), while each
     process runs 1/N of the updates and keeps 1/N of the state.
 
-    Gradients under ``bucket_bytes`` go together, as ``GradientQueue``'s do: the bucket is sent as N rows, row r
-    holding process r's part of each of its gradients side by side, so one reduce-scatter gives each process the
-    averages of its own parts, and one all-gather of the updated parts, copied out row by row, makes the weights
-    whole again. (Unbucketed, a reduce-scatter and an all-gather a weight took NCCL 20.1 ms a step where the
-    bucketed all-reduces took 11.6; run AF.)
+    Gradients under ``bucket_bytes`` go together, as ``GradientQueue``'s do, but without copies: their
+    reduce-scatters, and later their all-gathers, are sent as one coalesced group, each in place. (One
+    reduce-scatter and one all-gather a weight took NCCL 20.1 ms a step where the bucketed all-reduces took 11.6,
+    run AF; buckets copied into rows of parts took the step's kernels 3.8 ms more, run AH.)
     """
 
     def __init__(self, average: ProcessAverage,
                  update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], None]) -> None:
         self.average = average
         self.update = update
-        # (weight, its part, its gradient in the weight's memory order), not sent yet; one dtype pair a bucket
+        # (weight, its part, its gradient in the weight's memory order, padded), not sent yet; one dtype a bucket
         self._bucket: list[tuple[torch.Tensor, Part, torch.Tensor]] = []
         self._bucket_bytes = 0
         self._in_flight: deque[_PartsInFlight] = deque()  # gradients being reduce-scattered
@@ -289,19 +313,14 @@ class ShardedGradientQueue:
         if gradient is None:
             return
         part = part_of(weight, self.average.rank, self.average.world_size)
-        world_size = self.average.world_size
-        size = part.padded * world_size * gradient.element_size()
-        if size >= self.average.bucket_bytes:
+        whole = self._in_weight_order(weight, gradient, part.padded * self.average.world_size)
+        size = whole.numel() * whole.element_size()
+        if self._bucket and (self._bucket[0][2].dtype, self._bucket[0][2].device) != (whole.dtype, whole.device):
+            self._send_bucket()  # one buffer holds a bucket's averaged parts: one dtype
+        self._bucket.append((weight, part, whole))
+        self._bucket_bytes += size
+        if self._bucket_bytes >= self.average.bucket_bytes:
             self._send_bucket()
-            whole = self._in_weight_order(weight, gradient, part.padded * world_size)
-            self._send([weight], [part], whole)
-        else:
-            if self._bucket and self._bucket_key(self._bucket[0]) != (gradient.dtype, weight.dtype, gradient.device):
-                self._send_bucket()  # one buffer holds one dtype, and so does the gathered one
-            self._bucket.append((weight, part, self._in_weight_order(weight, gradient, weight.numel())))
-            self._bucket_bytes += size
-            if self._bucket_bytes >= self.average.bucket_bytes:
-                self._send_bucket()
         self._finish_while_over(self.average.in_flight_bytes)
 
     def drain(self) -> None:
@@ -314,11 +333,6 @@ class ShardedGradientQueue:
         return sum(len(sent.weights) for sent in self._in_flight) + len(self._bucket)
 
     @staticmethod
-    def _bucket_key(entry: tuple[torch.Tensor, Part, torch.Tensor]) -> tuple:
-        weight, _, gradient = entry
-        return gradient.dtype, weight.dtype, gradient.device
-
-    @staticmethod
     def _in_weight_order(weight: torch.Tensor, gradient: torch.Tensor, padded_numel: int) -> torch.Tensor:
         """The gradient as one 1-D block in the weight's memory order, ``padded_numel`` long (a view where it can
         be: autograd lays gradients out as their weights)."""
@@ -329,22 +343,15 @@ class ShardedGradientQueue:
         return whole
 
     def _send_bucket(self) -> None:
+        """Start the reduce-scatters of the bucket's gradients (a large gradient is a bucket of its own)."""
         if not self._bucket:
             return
-        bucket, self._bucket, self._bucket_bytes = self._bucket, [], 0
-        world_size = self.average.world_size
-        weights, parts = [w for w, _, _ in bucket], [p for _, p, _ in bucket]
-        # row r: process r's part of each gradient, padded (a gradient padded to N parts, viewed as N rows)
-        rows = torch.cat([torch.nn.functional.pad(gradient, (0, part.padded * world_size - gradient.numel()))
-                          .view(world_size, part.padded) for _, part, gradient in bucket], dim=1)
-        self._send(weights, parts, rows.view(-1))
-
-    def _send(self, weights: list[torch.Tensor], parts: list[Part], whole: torch.Tensor) -> None:
-        size = whole.numel() * whole.element_size()
-        averaged_parts = torch.empty(whole.numel() // self.average.world_size, dtype=whole.dtype,
-                                     device=whole.device)
-        self._in_flight.append(_PartsInFlight(weights, parts, self.average.start_part(whole, averaged_parts), size,
-                                              whole))
+        bucket, size = self._bucket, self._bucket_bytes
+        self._bucket, self._bucket_bytes = [], 0
+        weights, parts, wholes = [w for w, _, _ in bucket], [p for _, p, _ in bucket], [g for _, _, g in bucket]
+        averaged = torch.empty(sum(part.padded for part in parts), dtype=wholes[0].dtype, device=wholes[0].device)
+        pending = self.average.start_parts(wholes, list(averaged.split([part.padded for part in parts])), averaged)
+        self._in_flight.append(_PartsInFlight(weights, parts, pending, size, wholes))
         self._in_flight_bytes += size
 
     def _finish_while_over(self, limit: int) -> None:
@@ -352,53 +359,36 @@ class ShardedGradientQueue:
             sent = self._in_flight.popleft()
             self._in_flight_bytes -= sent.bytes
             averaged = self.average.finish(sent.pending)
-            updated: list[tuple[torch.Tensor, torch.Tensor, Part]] = []
+            wholes, mine, copy_into = [], [], []
             offset = 0
             for weight, part in zip(sent.weights, sent.parts):
                 weight.grad = None
                 values = flat_order(weight.detach())
-                mine = values[part.start:part.start + part.length]
-                self.update(weight, mine, averaged[offset:offset + part.length], part.start)
-                updated.append((values, mine, part))
+                own = values[part.start:part.start + part.length]
+                self.update(weight, own, averaged[offset:offset + part.length], part.start)
                 offset += part.padded
-            self._gather(updated)
+                if part.padded * self.average.world_size == values.numel():  # in place: each part is a piece
+                    wholes.append(values)
+                    mine.append(own)
+                else:  # the last part padded: gathered into a buffer, then copied into the weight
+                    padded_own = torch.zeros(part.padded, dtype=own.dtype, device=own.device)
+                    padded_own[:part.length].copy_(own)
+                    buffer = torch.empty(part.padded * self.average.world_size, dtype=own.dtype, device=own.device)
+                    wholes.append(buffer)
+                    mine.append(padded_own)
+                    copy_into.append((values, buffer))
+            size = sum(whole.numel() * whole.element_size() for whole in wholes)
+            self._gathering.append(_Gathering(self.average.start_gathers(wholes, mine), size, copy_into))
+            self._gathering_bytes += size
             self._finish_gathering_while_over(self.average.in_flight_bytes)
-
-    def _gather(self, updated: list[tuple[torch.Tensor, torch.Tensor, Part]]) -> None:
-        world_size = self.average.world_size
-        values, mine, part = updated[0]
-        if len(updated) == 1 and part.padded * world_size == values.numel():
-            # in place: every part is a piece of the weight
-            self._add_gathering(_Gathering(self.average.start_gather(values, mine), values.numel() *
-                                           values.element_size(), []))
-            return
-        # this process's updated parts side by side, each padded; gathered as N such rows, then copied out
-        row = torch.cat([torch.nn.functional.pad(mine, (0, part.padded - part.length))
-                         for _, mine, part in updated])
-        gathered = torch.empty(row.numel() * world_size, dtype=row.dtype, device=row.device)
-        copy_into, offset = [], 0
-        for values, _, part in updated:
-            copy_into.append((values, offset, part.padded))
-            offset += part.padded
-        self._add_gathering(_Gathering(self.average.start_gather(gathered, row),
-                                       gathered.numel() * gathered.element_size(), copy_into))
-
-    def _add_gathering(self, gathering: _Gathering) -> None:
-        self._gathering.append(gathering)
-        self._gathering_bytes += gathering.bytes
 
     def _finish_gathering_while_over(self, limit: int) -> None:
         while self._gathering and self._gathering_bytes > limit:
             gathering = self._gathering.popleft()
             self._gathering_bytes -= gathering.bytes
-            gathering.pending.work.wait()
-            if not gathering.copy_into:
-                continue
-            rows = gathering.pending.tensor.view(self.average.world_size, -1)
-            targets = [values for values, _, _ in gathering.copy_into]
-            pieces = [rows[:, offset:offset + padded].reshape(-1)[:values.numel()]
-                      for values, offset, padded in gathering.copy_into]
-            torch._foreach_copy_(targets, pieces)
+            gathering.work.wait()
+            for values, buffer in gathering.copy_into:
+                values.copy_(buffer[:values.numel()])
 
 
 def broadcast_weights(modules: list[torch.nn.Module]) -> None:

@@ -141,9 +141,9 @@ def worker(rank, init_file, result_file):
     sends = []
 
     class CountingAverage(ProcessAverage):
-        def start_part(self, whole, part):
-            sends.append(whole.numel())
-            return super().start_part(whole, part)
+        def start_parts(self, wholes, parts, averaged):
+            sends.append([whole.numel() for whole in wholes])
+            return super().start_parts(wholes, parts, averaged)
 
     bucket_bytes = int(os.environ["TEST_BUCKET_BYTES"])
     queue = ShardedGradientQueue(CountingAverage(bucket_bytes=bucket_bytes, in_flight_bytes=100, shard_updates=True),
@@ -164,9 +164,10 @@ def worker(rank, init_file, result_file):
 '''
 
 
-# the reduce-scatters, by elements (parts padded to 2 each): with no bucket every weight alone; with 64-byte
-# buckets the first two together, the 104-byte and 64-byte ones alone, the bf16 one and the last fp32 one apart
-SENDS_BY_BUCKET = {0: [4, 6, 26, 16, 4, 10], 64: [4 + 6, 26, 16, 4, 10]}
+# the groups of reduce-scatters, by elements (each gradient padded to 2 parts): with no bucket every weight alone;
+# with 64-byte buckets the first three together (16 + 24 + 104 bytes), the 64-byte one alone, then the bf16 one
+# apart from the last fp32 one
+SENDS_BY_BUCKET = {0: [[4], [6], [26], [16], [4], [10]], 64: [[4, 6, 26], [16], [4], [10]]}
 
 
 @pytest.mark.parametrize("bucket_bytes", sorted(SENDS_BY_BUCKET))
