@@ -14,17 +14,19 @@ them under a megabyte, and each all-reduce has a fixed cost. With 8 MB buckets N
 instead of 356, in 11.7 ms of kernel time instead of 15.4; the step gained only 0.6 ms (BENCHMARKS.md, run Y).
 The in-flight limit matters more: at 16 MB the step was 3.7 ms slower than at 128 MB (no faster at 512 MB).
 
-With ``shard_updates`` (TrainConfig.shard_optimizer; ZeRO stage 1) a gradient is reduce-scattered instead: each
-process gets the average of its part of the weight (1/N of its elements), updates that part, keeps AdamW's state
-for it only, and the updated parts are all-gathered into every process's weight (``ShardedGradientQueue``). An
-all-reduce is a reduce-scatter then an all-gather, so the same bytes cross between the GPUs, and each process
-holds 1/N of the state: 6.7 instead of 9.4 GiB a GPU for SD1.5's 16GB tier on 2 GPUs. It does not make the step
-faster although each GPU runs half of AdamW's 6.9 ms: 46.1 against 45.1 ms a step at batch 1 a GPU, 63.3
-against 62.9 at 2 (BENCHMARKS.md, run AD). The profile (run AF) says why: the step's own kernels ran 3.0 ms less,
-but NCCL's ran 20.1 ms instead of 11.6 (a reduce-scatter and an all-gather a weight, against bucketed
-all-reduces), 5.2 ms of it with nothing of the step's beside it instead of 0.9. Hence it is opt-in, for memory.
-(Reducing each whole weight into one owning process and broadcasting it back, tried first, gave the same times
-and memory: run AC.)
+With ``shard_updates`` (TrainConfig.shard_optimizer, on by default; ZeRO stage 1) a gradient is reduce-scattered
+instead: each process gets the average of its part of the weight (1/N of its elements), updates that part, keeps
+AdamW's state for it only, and the updated parts are all-gathered into every process's weight
+(``ShardedGradientQueue``). An all-reduce is a reduce-scatter then an all-gather, so the same bytes cross between
+the GPUs, while each process runs 1/N of AdamW and holds 1/N of its state. SD1.5's 16GB tier on 2 H200s: 42.1
+instead of 45.1 ms a step at batch 1 a GPU, 59.9 instead of 62.9 at 2, in 6.7 instead of 9.4 GiB a GPU
+(BENCHMARKS.md, run AJ). Small gradients go as coalesced groups (c10d's coalescing manager: one NCCL group call,
+each collective in place). How it got there: a reduce-scatter and an all-gather a weight, unbucketed, made the step
+~1 ms slower than the all-reduces (NCCL ran 20.1 ms instead of 11.6, 5.2 ms of it alone; runs AD-AF); buckets
+copied into rows of parts cut NCCL to 14.8 ms but the copies cost the step's kernels 3.8 ms (run AI); the
+coalesced groups keep NCCL at 14.4 ms with no copies. (Reducing each whole weight into one owning process and
+broadcasting it back was as slow as the first form: run AC.)
+
 Without it every process updates every weight from the same averaged gradient with the same rounding noise (the
 fused kernel's noise is a function of the seed, the step and the element; the PyTorch form's generator is
 seeded alike everywhere and drawn in the same order), so the weights stay identical without being sent.
@@ -38,8 +40,8 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-# c10d's own grouping of collectives (what FSDP uses): several reduce-scatters or all-gathers go to NCCL as
-# one group, launched as one kernel, each still in place in its own tensor. No public name (torch 2.1-2.13).
+# c10d's grouping of collectives: several reduce-scatters or all-gathers go to NCCL as one group call, each still
+# in place in its own tensor. It has no public name; torch 2.1-2.13 have it.
 from torch.distributed.distributed_c10d import _coalescing_manager
 
 # Gradients smaller than this are copied into a shared buffer and all-reduced together, once the buffer holds
@@ -293,7 +295,7 @@ class ShardedGradientQueue:
     Gradients under ``bucket_bytes`` go together, as ``GradientQueue``'s do, but without copies: their
     reduce-scatters, and later their all-gathers, are sent as one coalesced group, each in place. (One
     reduce-scatter and one all-gather a weight took NCCL 20.1 ms a step where the bucketed all-reduces took 11.6,
-    run AF; buckets copied into rows of parts took the step's kernels 3.8 ms more, run AH.)
+    run AF; buckets copied into rows of parts took the step's kernels 3.8 ms more, run AI.)
     """
 
     def __init__(self, average: ProcessAverage,

@@ -163,9 +163,9 @@ class Trainer:
             self.optimizer = self.accelerator.prepare(self.optimizer)
             return
         if self.config.shard_optimizer and self.accelerator.num_processes > 1:
+            # a note, not a warning: shard_optimizer is on by default, and nothing changes the results here
             self.emit.log("shard_optimizer: no effect here: it shards the in-backward AdamW, and this run's AdamW "
-                          "runs after backward (optimizer_in_backward off), its state whole in every process.",
-                          "warning")
+                          "runs after backward (optimizer_in_backward off), its state whole in every process.")
         prepared = self.accelerator.prepare(*self.trained.values(), self.optimizer)
         self.wrapped = dict(zip(self.trained, prepared[:-1]))
         self.optimizer = prepared[-1]

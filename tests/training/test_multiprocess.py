@@ -85,7 +85,8 @@ def config_for(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig
 def test_two_processes_match_one_at_the_same_global_batch(tiny_model_dir: Path, photo_dir: Path,
                                                            tmp_path: Path) -> None:
     single = train(config_for(tiny_model_dir, photo_dir, tmp_path / "one", train_batch_size=2))
-    # shard_optimizer asked for too: AdamW after backward keeps its state whole, and the run says so
+    # shard_optimizer (on by default, asked for here all the same): AdamW after backward keeps its state whole, and
+    # the run says so
     result = launch(config_for(tiny_model_dir, photo_dir, tmp_path / "two", train_batch_size=1, n_save_sample=3,
                                shard_optimizer=True), 2, tmp_path, env=env_with_exit_probe(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
