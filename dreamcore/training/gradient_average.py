@@ -84,11 +84,6 @@ class ProcessAverage:
         # SUM then a division, not ReduceOp.AVG: gloo (CPU) has no AVG.
         return PendingAverage(tensor, dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True))
 
-    def start_part(self, whole: torch.Tensor, part: torch.Tensor) -> PendingAverage:
-        """Begin summing ``whole`` (1-D, world_size x part's length) over the processes into ``part``, this
-        process's consecutive part of the sum (reduce-scatter)."""
-        return PendingAverage(part, _reduce_scatter(part, whole, op=dist.ReduceOp.SUM, async_op=True))
-
     def finish(self, pending: PendingAverage) -> torch.Tensor:
         """Wait for the sum (on the GPU: the current stream waits, not the host) and divide it into the mean."""
         pending.work.wait()
@@ -104,8 +99,9 @@ class ProcessAverage:
 
     def start_parts(self, wholes: list[torch.Tensor], parts: list[torch.Tensor],
                     averaged: torch.Tensor) -> PendingAverage:
-        """``start_part`` for each pair, as one coalesced call (NCCL runs them as one launch); ``parts`` are views
-        of ``averaged``, which ``finish`` divides in one go."""
+        """Begin summing each ``wholes[i]`` (1-D, world_size x ``parts[i]``'s length) over the processes into
+        ``parts[i]``, this process's consecutive part of the sum (reduce-scatters), as one coalesced group (NCCL
+        runs it as one kernel); ``parts`` are views of ``averaged``, which ``finish`` divides in one go."""
         if len(wholes) == 1:
             return PendingAverage(averaged, _reduce_scatter(parts[0], wholes[0], op=dist.ReduceOp.SUM,
                                                             async_op=True))
@@ -115,7 +111,7 @@ class ProcessAverage:
         return PendingAverage(averaged, coalesced)
 
     def start_gathers(self, wholes: list[torch.Tensor], parts: list[torch.Tensor]) -> "dist.Work":
-        """``start_gather`` for each pair, as one coalesced call; wait on the result."""
+        """``start_gather`` for each pair, as one coalesced group; wait on the result."""
         if len(wholes) == 1:
             return _all_gather(wholes[0], parts[0], async_op=True)
         with _coalescing_manager(async_ops=True) as coalesced:
@@ -345,7 +341,8 @@ class ShardedGradientQueue:
         return whole
 
     def _send_bucket(self) -> None:
-        """Start the reduce-scatters of the bucket's gradients (a large gradient is a bucket of its own)."""
+        """Start the reduce-scatters of the bucket's gradients: small ones, and the one that took the bucket over
+        ``bucket_bytes``, which may be large (a group costs no copies, so a large gradient need not go alone)."""
         if not self._bucket:
             return
         bucket, size = self._bucket, self._bucket_bytes
