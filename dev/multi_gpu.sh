@@ -2,7 +2,7 @@
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
 #   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto |
 #                           nccl-channels | nccl-sweep | scaling | sharded |
-#                           sharded-bucketed | overlap]
+#                           sharded-bucketed | shipped | overlap]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -52,6 +52,13 @@ if [ "${1:-}" = sharded-bucketed ]; then  # session 9: shard_optimizer with smal
     --preset 16GB:train_batch_size=2,shard_optimizer=true | grep -E "^\| [^p-]|exit"
   tail -n 2 "$OUT"/profile-*.txt
   (cd "$OUT" && tar czf /tmp/bucketed.tgz ./* && rm -f ./* && mv /tmp/bucketed.tgz .)
+  exit 0
+fi
+if [ "${1:-}" = shipped ]; then  # session 9: the tier as shipped (shard_optimizer on by default), two GPUs at batch
+  # 1 and 4 each, beside one GPU at 8
+  BENCH_NAME=one-b8 bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=8 | grep -E "^\| [^p-]|exit"
+  BENCH_NAME=two-shipped bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB \
+    --preset 16GB:train_batch_size=4 | grep -E "^\| [^p-]|exit"
   exit 0
 fi
 if [ "${1:-}" = overlap ]; then  # two GPUs at batch 1 each, profiled: how much of the step the step's kernels,
