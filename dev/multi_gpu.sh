@@ -2,7 +2,7 @@
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
 #   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto |
 #                           nccl-channels | nccl-sweep | scaling | sharded |
-#                           sharded-bucketed | shipped | overlap]
+#                           sharded-bucketed | sharded-buckets | shipped | overlap]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -59,6 +59,14 @@ if [ "${1:-}" = shipped ]; then  # session 9: the tier as shipped (shard_optimiz
   BENCH_NAME=one-b8 bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=8 | grep -E "^\| [^p-]|exit"
   BENCH_NAME=two-shipped bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB \
     --preset 16GB:train_batch_size=4 | grep -E "^\| [^p-]|exit"
+  exit 0
+fi
+if [ "${1:-}" = sharded-buckets ]; then  # session 9: the sharded form's bucket size (MB) and in-flight limit, two
+  # GPUs at batch 1 each; the first pair is the shipped one
+  for sizes in 8,128 32,128 32,256; do
+    DREAMCORE_ALLREDUCE=$sizes EXTRA_PYTHONPATH=$PWD/dev/allreduce_variant BENCH_NAME=sb-${sizes/,/-} \
+      bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB | grep -E "^\| [^p-]|exit"
+  done
   exit 0
 fi
 if [ "${1:-}" = overlap ]; then  # two GPUs at batch 1 each, profiled: how much of the step the step's kernels,
