@@ -1,6 +1,7 @@
-"""Dev only (dev/multi_gpu.sh allreduce): with DREAMCORE_ALLREDUCE="BUCKET_MB,IN_FLIGHT_MB" set, every Python
-process started with this folder on PYTHONPATH (the benchmark's training processes included, which a launcher
-starts) uses those sizes for gradient_average's buckets and in-flight limit instead of the shipped ones."""
+"""Dev only (dev/multi_gpu.sh allreduce, sharded-buckets): with DREAMCORE_ALLREDUCE="BUCKET_MB,IN_FLIGHT_MB" set,
+every Python process started with this folder on PYTHONPATH (the benchmark's training processes included, which a
+launcher starts) uses those sizes for gradient_average's buckets (sharded or not) and in-flight limit instead of
+the shipped ones."""
 
 import os
 import sys
@@ -10,5 +11,6 @@ if os.environ.get("DREAMCORE_ALLREDUCE"):
     from dreamcore.training import gradient_average
 
     gradient_average.BUCKET_BYTES = int(bucket_mb * 2**20)
+    gradient_average.SHARDED_BUCKET_BYTES = int(bucket_mb * 2**20)  # the sharded form's (session 9)
     gradient_average.IN_FLIGHT_BYTES = int(in_flight_mb * 2**20)
     print(f"[allreduce variant] buckets {bucket_mb:g} MB, in flight {in_flight_mb:g} MB", file=sys.stderr)
