@@ -155,7 +155,41 @@ def _copy_pieces(buffer: torch.Tensor, targets: list[torch.Tensor]) -> None:
     torch._foreach_copy_(targets, [piece.view(t.shape) for piece, t in zip(pieces, targets)])
 
 
-class GradientQueue:
+class _BucketingQueue:
+    """What both queues share: a weight's gradient waits in a bucket, as (weight, the tensor to send), until the
+    bucket holds ``average.bucket_bytes`` (one bucket, one dtype); ``_send_bucket`` sends it and keeps what it sent
+    in ``_in_flight``, each with the ``weights`` not updated yet."""
+
+    def __init__(self, average: ProcessAverage) -> None:
+        self.average = average
+        self._bucket: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._bucket_bytes = 0
+        self._in_flight: deque = deque()
+        self._in_flight_bytes = 0
+
+    def __len__(self) -> int:
+        """Weights not updated yet."""
+        return sum(len(sent.weights) for sent in self._in_flight) + len(self._bucket)
+
+    def _add_to_bucket(self, weight: torch.Tensor, tensor: torch.Tensor, size: int) -> None:
+        if self._bucket and (self._bucket[0][1].dtype, self._bucket[0][1].device) != (tensor.dtype, tensor.device):
+            self._send_bucket()  # one buffer holds one dtype
+        self._bucket.append((weight, tensor))
+        self._bucket_bytes += size
+        if self._bucket_bytes >= self.average.bucket_bytes:
+            self._send_bucket()
+
+    def _take_bucket(self) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+        """The bucket's weights, their tensors and its bytes, the bucket emptied."""
+        bucket, size = self._bucket, self._bucket_bytes
+        self._bucket, self._bucket_bytes = [], 0
+        return [weight for weight, _ in bucket], [tensor for _, tensor in bucket], size
+
+    def _send_bucket(self) -> None:
+        raise NotImplementedError
+
+
+class GradientQueue(_BucketingQueue):
     """Weights whose gradients are being averaged, in the order backward finished them.
 
     ``put`` takes a weight whose ``.grad`` backward has just finished; once its gradient holds the average over
@@ -166,12 +200,8 @@ class GradientQueue:
     """
 
     def __init__(self, average: ProcessAverage, update: Callable[[torch.Tensor], None]) -> None:
-        self.average = average
+        super().__init__(average)  # buckets hold (weight, its flat gradient); _in_flight holds _InFlight
         self.update = update
-        self._bucket: list[tuple[torch.Tensor, torch.Tensor]] = []  # (weight, its flat gradient), not sent yet
-        self._bucket_bytes = 0
-        self._in_flight: deque[_InFlight] = deque()
-        self._in_flight_bytes = 0
 
     def put(self, weight: torch.Tensor) -> None:
         gradient = weight.grad
@@ -186,21 +216,12 @@ class GradientQueue:
             self._send_bucket()
             self._send([weight], flat, size)  # in place, through a view (channels-last ones too)
         else:
-            if self._bucket and (self._bucket[0][1].dtype, self._bucket[0][1].device) != (flat.dtype, flat.device):
-                self._send_bucket()  # one buffer holds one dtype
-            self._bucket.append((weight, flat))
-            self._bucket_bytes += size
-            if self._bucket_bytes >= self.average.bucket_bytes:
-                self._send_bucket()
+            self._add_to_bucket(weight, flat, size)
         self._finish_while_over(self.average.in_flight_bytes)
 
     def drain(self) -> None:
         self._send_bucket()
         self._finish_while_over(-1)
-
-    def __len__(self) -> int:
-        """Weights not updated yet."""
-        return sum(len(sent.weights) for sent in self._in_flight) + len(self._bucket)
 
     def _send(self, weights: list[torch.Tensor], tensor: torch.Tensor, size: int,
               copy_back_into: list[torch.Tensor] | None = None) -> None:
@@ -210,9 +231,7 @@ class GradientQueue:
     def _send_bucket(self) -> None:
         if not self._bucket:
             return
-        weights, gradients = [w for w, _ in self._bucket], [g for _, g in self._bucket]
-        size = self._bucket_bytes
-        self._bucket, self._bucket_bytes = [], 0
+        weights, gradients, size = self._take_bucket()
         if len(weights) == 1:
             self._send(weights, gradients[0], size)  # in place
             return
@@ -281,7 +300,7 @@ class _Gathering:
     copy_into: list[tuple[torch.Tensor, torch.Tensor]]  # (weight values, gathered buffer)
 
 
-class ShardedGradientQueue:
+class ShardedGradientQueue(_BucketingQueue):
     """``GradientQueue``'s sharded form: each process updates its ``part_of`` each weight.
 
     ``put`` starts the reduce-scatter of a weight's gradient (as soon as backward has finished it); once done,
@@ -300,13 +319,10 @@ class ShardedGradientQueue:
 
     def __init__(self, average: ProcessAverage,
                  update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], None]) -> None:
-        self.average = average
+        # buckets hold (weight, its gradient in the weight's memory order, padded); _in_flight holds
+        # _PartsInFlight, the gradients being reduce-scattered
+        super().__init__(average)
         self.update = update
-        # (weight, its part, its gradient in the weight's memory order, padded), not sent yet; one dtype a bucket
-        self._bucket: list[tuple[torch.Tensor, Part, torch.Tensor]] = []
-        self._bucket_bytes = 0
-        self._in_flight: deque[_PartsInFlight] = deque()  # gradients being reduce-scattered
-        self._in_flight_bytes = 0
         self._gathering: deque[_Gathering] = deque()  # all-gathers of updated parts
         self._gathering_bytes = 0
 
@@ -316,23 +332,13 @@ class ShardedGradientQueue:
             return
         part = part_of(weight, self.average.rank, self.average.world_size)
         whole = self._in_weight_order(weight, gradient, part.padded * self.average.world_size)
-        size = whole.numel() * whole.element_size()
-        if self._bucket and (self._bucket[0][2].dtype, self._bucket[0][2].device) != (whole.dtype, whole.device):
-            self._send_bucket()  # one buffer holds a bucket's averaged parts: one dtype
-        self._bucket.append((weight, part, whole))
-        self._bucket_bytes += size
-        if self._bucket_bytes >= self.average.bucket_bytes:
-            self._send_bucket()
+        self._add_to_bucket(weight, whole, whole.numel() * whole.element_size())
         self._finish_while_over(self.average.in_flight_bytes)
 
     def drain(self) -> None:
         self._send_bucket()
         self._finish_while_over(-1)
         self._finish_gathering_while_over(-1)
-
-    def __len__(self) -> int:
-        """Weights not updated yet."""
-        return sum(len(sent.weights) for sent in self._in_flight) + len(self._bucket)
 
     @staticmethod
     def _in_weight_order(weight: torch.Tensor, gradient: torch.Tensor, padded_numel: int) -> torch.Tensor:
@@ -349,9 +355,8 @@ class ShardedGradientQueue:
         ``bucket_bytes``, which may be large (a group costs no copies, so a large gradient need not go alone)."""
         if not self._bucket:
             return
-        bucket, size = self._bucket, self._bucket_bytes
-        self._bucket, self._bucket_bytes = [], 0
-        weights, parts, wholes = [w for w, _, _ in bucket], [p for _, p, _ in bucket], [g for _, _, g in bucket]
+        weights, wholes, size = self._take_bucket()
+        parts = [part_of(weight, self.average.rank, self.average.world_size) for weight in weights]
         averaged = torch.empty(sum(part.padded for part in parts), dtype=wholes[0].dtype, device=wholes[0].device)
         pending = self.average.start_parts(wholes, list(averaged.split([part.padded for part in parts])), averaged)
         self._in_flight.append(_PartsInFlight(weights, parts, pending, size, wholes))
