@@ -2,7 +2,7 @@
 # Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
 #   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto |
 #                           nccl-channels | nccl-sweep | scaling | sharded |
-#                           sharded-bucketed | sharded-buckets | shipped | overlap]
+#                           sharded-bucketed | sharded-buckets | shipped | overlap | final]
 # 1. Class images: 64 from one GPU and from two. A first one-GPU run warms the machine (page cache, cuDNN),
 #    so the one-GPU figure compared is a warm repeat.
 # 2. One job per GPU: one 16GB-tier job alone on GPU 0, then two jobs at once with `jobs run --gpus 0,1`.
@@ -59,6 +59,15 @@ if [ "${1:-}" = shipped ]; then  # session 9: the tier as shipped (shard_optimiz
   BENCH_NAME=one-b8 bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=8 | grep -E "^\| [^p-]|exit"
   BENCH_NAME=two-shipped bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB \
     --preset 16GB:train_batch_size=4 | grep -E "^\| [^p-]|exit"
+  exit 0
+fi
+if [ "${1:-}" = final ]; then  # session 10: the code as shipped, all on one machine: the 2-GPU tests; one GPU at
+  # batch 1, 2 and 4; two GPUs at 1 and 2 each - the speed-up at a global batch of 2 and 4 (against one GPU at that
+  # batch) and at a batch of 1 and 2 a GPU (against one GPU at that batch)
+  RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=one bash dev/gpu_bench.sh 60 15 --preset 16GB \
+    --preset 16GB:train_batch_size=2 --preset 16GB:train_batch_size=4 | grep -E "^\| [^p-]|exit|passed|failed"
+  BENCH_NAME=two bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB --preset 16GB:train_batch_size=2 \
+    | grep -E "^\| [^p-]|exit"
   exit 0
 fi
 if [ "${1:-}" = sharded-buckets ]; then  # session 9: the sharded form's bucket size (MB) and in-flight limit, two
