@@ -123,12 +123,17 @@ class ProcessAverage:
                 _all_gather(whole, part)
         return coalesced
 
+    def padded_for_gather(self, mine: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``mine``, 1-D and at most ``padded`` long, padded with zeros to ``padded``; an empty 1-D buffer of
+        ``padded`` x world_size elements): what an all-gather of parts of unequal length sends and fills."""
+        padded_mine = torch.zeros(padded, dtype=mine.dtype, device=mine.device)
+        padded_mine[:mine.numel()].copy_(mine)
+        return padded_mine, torch.empty(padded * self.world_size, dtype=mine.dtype, device=mine.device)
+
     def start_gather_padded(self, mine: torch.Tensor, padded: int) -> PendingAverage:
         """Begin gathering every process's ``mine`` (1-D, at most ``padded`` long) into a new 1-D tensor of
         ``padded`` x world_size elements, each part padded with zeros to ``padded``."""
-        padded_mine = torch.zeros(padded, dtype=mine.dtype, device=mine.device)
-        padded_mine[:mine.numel()].copy_(mine)
-        whole = torch.empty(padded * self.world_size, dtype=mine.dtype, device=mine.device)
+        padded_mine, whole = self.padded_for_gather(mine, padded)
         return self.start_gather(whole, padded_mine)
 
 
@@ -379,9 +384,7 @@ class ShardedGradientQueue(_BucketingQueue):
                     wholes.append(values)
                     mine.append(own)
                 else:  # the last part padded: gathered into a buffer, then copied into the weight
-                    padded_own = torch.zeros(part.padded, dtype=own.dtype, device=own.device)
-                    padded_own[:part.length].copy_(own)
-                    buffer = torch.empty(part.padded * self.average.world_size, dtype=own.dtype, device=own.device)
+                    padded_own, buffer = self.average.padded_for_gather(own, part.padded)
                     wholes.append(buffer)
                     mine.append(padded_own)
                     copy_into.append((values, buffer))
