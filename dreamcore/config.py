@@ -30,6 +30,12 @@ MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v")
 MEMORY_PRESET_CHOICES = ("auto", "none", "24GB", "16GB", "12GB", "8GB")
 BF16_ROUNDING = ("stochastic", "kahan")
 CONFIG_FILE_NAME = "train_config.json"
+
+# The default recipe, chosen in the quality lab (BENCHMARKS.md, "Quality"): the UNet at half the guide's learning
+# rate, the text encoder frozen but for the subject's rare token, whose embedding trains 40x as fast.
+GUIDE_LEARNING_RATE = 1e-6
+DEFAULT_LEARNING_RATE = GUIDE_LEARNING_RATE / 2
+TOKEN_EMBEDDING_LR_RATIO = 40.0
 RUN_REPORT_KEY = "run_report"
 
 # A hub repo id ("owner/name"); such ids are resolved from a local Hugging Face cache only.
@@ -122,7 +128,27 @@ class TrainConfig:
     train_text_encoder: bool = _field(False, "Train the text encoder as well as the UNet.", "Training")
     mixed_precision: str = _field("no", "Compute precision: fp16 (VAE kept fp32), bf16 or no.", "Training",
                                   choices=MIXED_PRECISION)
-    learning_rate: float = _field(5e-6, "Learning rate (the guide uses 1e-6).", "Training")
+    learning_rate: float = _field(
+        DEFAULT_LEARNING_RATE, f"Learning rate (of the UNet; the guide uses {GUIDE_LEARNING_RATE:g}).", "Training")
+    text_encoder_lr: float | None = _field(
+        None, "Learning rate of the text encoder when it trains; empty = learning_rate.", "Training")
+    text_encoder_steps_ratio: float = _field(
+        1.0, "Share of the steps the text encoder trains for, from the start (1 = every step); the UNet trains "
+        "on alone for the rest.", "Training")
+    train_token_embedding: bool | None = _field(
+        None, "Train the embedding of the instance prompt's rare token (the words the class prompt lacks, e.g. "
+        "'sks'), as textual inversion does, at token_embedding_lr; the other words' embeddings stay as they were "
+        "(with train_text_encoder the rest of the text encoder trains too). Empty = on when the text encoder "
+        "itself is not trained, no LoRA is trained and every concept has a class prompt.", "Training")
+    token_embedding_lr: float | None = _field(
+        None, f"Learning rate of the rare token's embedding; empty = {TOKEN_EMBEDDING_LR_RATIO:g} x learning_rate.",
+        "Training")
+    snr_gamma: float | None = _field(
+        None, "Min-SNR loss weighting (Hang et al. 2023): each sample's loss weighted by min(SNR, gamma) / SNR of "
+        "its timestep, so the easy low-noise steps count less; 5 is usual. Empty = plain MSE.", "Training")
+    offset_noise: bool = _field(
+        False, "Add a small per-channel offset to the training noise (as diffusers' --offset_noise), which lets "
+        "the model learn very dark or bright pictures.", "Training")
     scale_lr: bool = _field(False, "Multiply the learning rate by batch size x accumulation x processes.",
                             "Training")
     lr_scheduler: str = _field("constant", "Learning-rate schedule.", "Training", choices=LR_SCHEDULERS)
@@ -218,6 +244,20 @@ class TrainConfig:
                              "Saving")
     model_name: str = _field("", "File name of the exported model (default: the output folder's name).", "Saving")
 
+    @property
+    def token_embedding_trains(self) -> bool:
+        """train_token_embedding, or what an empty one means for these settings."""
+        if self.train_token_embedding is not None:
+            return self.train_token_embedding
+        concepts = self._concepts([])
+        return (not self.train_text_encoder and not self.use_lora and bool(concepts)
+                and all(c.class_prompt for c in concepts))
+
+    @property
+    def text_encoder_trains(self) -> bool:
+        """The text encoder takes part in backward: all of it (train_text_encoder) or its rare tokens' rows."""
+        return self.train_text_encoder or self.token_embedding_trains
+
     # ------------------------------------------------------------------------------------------------
     def concepts(self) -> list[Concept]:
         """The concepts to train, from ``concepts_list`` or the single-concept fields. Raises ConfigError."""
@@ -273,6 +313,19 @@ class TrainConfig:
             problems.append("checkpoints_total_limit: must be at least 1, or empty for no limit.")
         if not self.learning_rate > 0:
             problems.append(f"learning_rate: must be positive (got {self.learning_rate}).")
+        if self.text_encoder_lr is not None and not self.text_encoder_lr >= 0:
+            problems.append(f"text_encoder_lr: must not be negative (got {self.text_encoder_lr}); leave it empty "
+                            "for learning_rate.")
+        if self.token_embedding_lr is not None and not self.token_embedding_lr >= 0:
+            problems.append(f"token_embedding_lr: must not be negative (got {self.token_embedding_lr}); leave it "
+                            "empty for learning_rate.")
+        if self.train_token_embedding and self.use_lora:
+            problems.append("train_token_embedding with use_lora: a LoRA file holds no token embedding; turn "
+                            "train_token_embedding off or leave it empty.")
+        if not 0 <= self.text_encoder_steps_ratio <= 1:
+            problems.append(f"text_encoder_steps_ratio: must be in [0, 1] (got {self.text_encoder_steps_ratio}).")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            problems.append(f"snr_gamma: must be positive (got {self.snr_gamma}); leave it empty for plain MSE.")
         for name in ("prior_loss_weight", "adam_weight_decay", "max_grad_norm", "adam_epsilon"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must not be negative (got {getattr(self, name)}).")
@@ -322,7 +375,7 @@ class TrainConfig:
         False, "Train LoRA adapters (PEFT) instead of the whole model: a file of a few MB that the WebUI loads "
         "with <lora:name:1>, in less GPU memory. LoRA wants a higher learning_rate (about 1e-4; the LoRA "
         "presets set it).", "LoRA")
-    lora_rank: int = _field(4, "Rank of each LoRA update: its size and capacity (4-32 is usual for a face).", "LoRA")
+    lora_rank: int = _field(16, "Rank of each LoRA update: its size and capacity (4-32 is usual for a face).", "LoRA")
     lora_alpha: float | None = _field(
         None, "LoRA alpha: updates are scaled by alpha / rank; empty = the rank (scale 1).", "LoRA")
     lora_dropout: float = _field(0.0, "Dropout on the LoRA layers' input while training, in [0, 1).", "LoRA")
@@ -331,9 +384,9 @@ class TrainConfig:
         "(lora_te_ keys in the file). Off together with train_text_encoder is refused: a fully trained text "
         "encoder cannot go into a LoRA file.", "LoRA")
     lora_target_modules: str = _field(
-        "", "Comma-separated names of the layers to adapt; empty = the attention projections (UNet to_q, to_k, "
-        "to_v, to_out.0; text encoder q_proj, k_proj, v_proj, out_proj). Others: proj_in, proj_out, "
-        "ff.net.0.proj, ff.net.2 (UNet), fc1, fc2 (text encoder).", "LoRA")
+        "", "Comma-separated names of the layers to adapt; empty = the transformer blocks' linear layers: UNet "
+        "to_q, to_k, to_v, to_out.0, proj_in, proj_out, ff.net.0.proj, ff.net.2; text encoder q_proj, k_proj, "
+        "v_proj, out_proj, fc1, fc2.", "LoRA")
 
     # --- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from dreamcore.config import TrainConfig
+from dreamcore.config import DEFAULT_LEARNING_RATE, GUIDE_LEARNING_RATE, TrainConfig
 
-PORTRAIT_PRESET = "Portrait (the guide's recipe)"
+PORTRAIT_PRESET = "Portrait"
+GUIDE_PRESET = "The guide's recipe"
 
 # The guide's recipe (../shared/docs/field.md): prior preservation with 12 class images, seed 1337, 512 px,
 # batch 1, text encoder trained, fp16, 8-bit Adam, lr 1e-6 constant without warm-up, 100 steps per photo
 # (max_train_steps left empty), a checkpoint and samples every 500 steps.
-_PORTRAIT: dict[str, Any] = {
+_GUIDE: dict[str, Any] = {
     "with_prior_preservation": True,
     "prior_loss_weight": 1.0,
     "num_class_images": 12,
@@ -26,18 +27,23 @@ _PORTRAIT: dict[str, Any] = {
     "train_text_encoder": True,
     "mixed_precision": "fp16",
     "use_8bit_adam": True,
-    "learning_rate": 1e-6,
+    "learning_rate": GUIDE_LEARNING_RATE,
     "lr_scheduler": "constant",
     "lr_warmup_steps": 0,
     "max_train_steps": None,
     "save_interval": 500,
 }
+# dreamcore's recipe, the tab's default: the guide's, with what the quality lab showed binds the face while
+# keeping the base model's knowledge (BENCHMARKS.md, "Quality"): the text encoder frozen but for the rare
+# token's embedding (train_token_embedding, empty = on here), and the UNet at half the guide's rate.
+_PORTRAIT: dict[str, Any] = {**_GUIDE, "train_text_encoder": False, "learning_rate": DEFAULT_LEARNING_RATE}
 
-# By GPU memory: the guide's recipe with one of the memory tiers below (MEMORY_PRESETS, measured on an
+# By GPU memory: dreamcore's recipe with one of the memory tiers below (MEMORY_PRESETS, measured on an
 # H100). Without a preset, memory_preset "auto" picks the tier from the card's free memory at start; these
 # fix the tier, e.g. for a card shared with the WebUI.
 PRESETS: dict[str, dict[str, Any]] = {
     PORTRAIT_PRESET: _PORTRAIT,
+    GUIDE_PRESET: _GUIDE,
     "GPU 8 GB": {**_PORTRAIT, "memory_preset": "8GB"},
     "GPU 12 GB": {**_PORTRAIT, "memory_preset": "12GB"},
     "GPU 16 GB": {**_PORTRAIT, "memory_preset": "16GB"},
@@ -183,17 +189,17 @@ def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[Tr
 
 
 # --- LoRA presets (issue 8) ---------------------------------------------------------------------------
-# The guide's recipe trained as DreamBooth-LoRA (PEFT adapters on the UNet's and the text encoder's attention;
-# the result is a few-MB file for the WebUI's models/Lora). LoRA wants ~100x the guide's learning rate.
+# The guide's recipe trained as DreamBooth-LoRA (PEFT adapters on the UNet's and the text encoder's attention
+# and feed-forward layers, rank 16: in the quality lab LoRA on the attention alone learned a face poorly at any
+# rate; BENCHMARKS.md, "Quality"). LoRA wants ~100x the guide's learning rate.
 # With use_lora the frozen base weights are held in fp16 (mixed precision): SD1.5's UNet and text encoder
-# in fp16 plus the fp32 VAE are ~2.3 GB, the adapters and their 8-bit AdamW states a few MB; gradient
+# in fp16 plus the fp32 VAE are ~2.3 GB, the adapters and their 8-bit AdamW states a few tens of MB; gradient
 # checkpointing keeps the activations small. (Class images are generated before that, by the fp32 model.)
 LORA_PRESET = "lora-5GB"
 _LORA: dict[str, Any] = {
-    **_PORTRAIT, "use_lora": True, "lora_rank": 8, "lora_alpha": 8.0, "lora_dropout": 0.0,
+    **_GUIDE, "use_lora": True, "lora_rank": 16, "lora_alpha": 16.0, "lora_dropout": 0.0,
     "lora_text_encoder": True, "train_text_encoder": True, "learning_rate": 1e-4, "gradient_checkpointing": True,
     "use_8bit_adam": True, "mixed_precision": "fp16", "sample_batch_size": 1,
 }
 PRESETS[LORA_PRESET] = _LORA
-PRESETS["lora-8GB"] = {**_LORA, "lora_rank": 16, "lora_alpha": 16.0, "gradient_checkpointing": False,
-                       "sample_batch_size": 2}
+PRESETS["lora-8GB"] = {**_LORA, "gradient_checkpointing": False, "sample_batch_size": 2}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamcore.config import TrainConfig
-from dreamcore.presets import MEMORY_PRESETS, PORTRAIT_PRESET, PRESETS, preset_overrides
+from dreamcore.presets import GUIDE_PRESET, MEMORY_PRESETS, PRESETS, preset_overrides
 
 GUIDE = "guide"  # the guide's recipe exactly (fp16, 8-bit AdamW), through the plain step: the baseline
 GUIDE_PHOTOS = 20  # 20 photos x 100 steps = the guide's 2,000 steps
@@ -70,14 +70,15 @@ def _format_value(value: Any) -> str:
 
 def recipe_config(preset: BenchPreset, model: Path, photos: Path, output_dir: Path, steps: int,
                   resolution: int) -> TrainConfig:
-    """The guide's recipe (Portrait preset) for ``steps`` steps, with the preset's memory settings.
+    """The guide's recipe (its preset: the text encoder trained) for ``steps`` steps, with the preset's memory
+    settings.
 
     No checkpoint or state is saved during the run (save_interval and checkpointing_steps 0): the timed
     export at the end (samples, diffusers folder, single file) stands for the guide's last save. With several
     processes the tiers run as with one (each gradient averaged inside backward), as train() runs them.
     """
     tier = MEMORY_PRESETS.get(preset.name, {})
-    named = preset.name if preset.name in PRESETS else PORTRAIT_PRESET  # e.g. lora-5GB: its own recipe
+    named = preset.name if preset.name in PRESETS else GUIDE_PRESET  # e.g. lora-5GB: its own recipe
     values: dict[str, Any] = {**preset_overrides(named),
                               "pretrained_model_name_or_path": str(model), "instance_data_dir": str(photos),
                               "instance_prompt": "photo of ukj person", "class_prompt": "photo of a person",

@@ -11,12 +11,16 @@ from typing import Any
 
 import torch
 
-# Attention projections: what diffusers' train_dreambooth_lora.py and kohya's default SD1/SD2 LoRA train.
-DEFAULT_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-DEFAULT_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# The attention projections (what diffusers' train_dreambooth_lora.py trains) and the transformer blocks' other
+# linear layers, as kohya's default SD1/SD2 LoRA: in the quality lab LoRA on the attention alone bound a face
+# poorly at any learning rate (BENCHMARKS.md, "Quality").
+ATTENTION_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+ATTENTION_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+DEFAULT_UNET_TARGETS = (*ATTENTION_UNET_TARGETS, "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+DEFAULT_TEXT_TARGETS = (*ATTENTION_TEXT_TARGETS, "fc1", "fc2")
 # SD2's text encoder is OpenCLIP: the WebUI holds q, k and v as one fused matrix of a MultiheadAttention,
 # and applies a LoRA there only when all four projections of a layer have one.
-SD2_FUSED_TEXT_TARGETS = frozenset(DEFAULT_TEXT_TARGETS)
+SD2_FUSED_TEXT_TARGETS = frozenset(ATTENTION_TEXT_TARGETS)
 ADAPTER_NAME = "default"
 
 
@@ -67,8 +71,8 @@ def split_targets(targets: tuple[str, ...], unet: torch.nn.Module,
         where = "the UNet or the text encoder" if text_encoder is not None else "the UNet (the text encoder is frozen)"
         raise LoraSetupError(
             f"lora_target_modules: {', '.join(unknown)} name no Linear or Conv2d layer of {where}. Use module "
-            f"names such as {', '.join(DEFAULT_UNET_TARGETS)}, proj_in, proj_out, ff.net.0.proj, ff.net.2 (UNet) "
-            f"or {', '.join(DEFAULT_TEXT_TARGETS)}, fc1, fc2 (text encoder); empty = the attention projections.")
+            f"names such as {', '.join(DEFAULT_UNET_TARGETS)} (UNet) or {', '.join(DEFAULT_TEXT_TARGETS)} (text "
+            "encoder); empty = all of these.")
     if not unet_targets:
         raise LoraSetupError(f"lora_target_modules: none of {', '.join(targets)} is in the UNet; name at least one "
                              f"UNet layer such as {', '.join(DEFAULT_UNET_TARGETS)}.")

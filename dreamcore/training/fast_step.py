@@ -32,7 +32,7 @@ def apply_memory_layout(models: ModelComponents, config: TrainConfig, device: to
     """Cast and lay out the trained modules as the config asks, before the optimizer sees them."""
     if config.pure_bf16:
         models.unet.to(device, dtype=torch.bfloat16)
-        if config.train_text_encoder:
+        if config.text_encoder_trains:
             models.text_encoder.to(device, dtype=torch.bfloat16)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # give the fp32 copies back, so the device total shows the real need

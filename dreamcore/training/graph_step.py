@@ -97,7 +97,7 @@ class GraphTrainer(FastTrainer):
 
     def enable_gradient_checkpointing(self) -> None:
         enable_recordable_checkpointing(self.models.unet,
-                                        self.models.text_encoder if self.config.train_text_encoder else None)
+                                        self.models.text_encoder if self.config.text_encoder_trains else None)
 
     def prepare_models(self) -> None:
         super().prepare_models()

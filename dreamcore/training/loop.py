@@ -30,7 +30,8 @@ from dreamcore.training.compat import accumulate
 from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, example_generator,
                                      image_to_tensor, needs_random_augmentation)
 from dreamcore.training.late_read import LateValues
-from dreamcore.training.optim import build_lr_scheduler, build_optimizer
+from dreamcore.training.optim import build_lr_scheduler, build_optimizer, parameter_groups
+from dreamcore.training.tokens import identifier_token_ids, train_only_rows
 from dreamcore.training.sampling import generate_samples, write_samples
 from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, effective_precision,
                                       is_full_size, plan_run, use_expandable_segments, weight_dtype)
@@ -46,18 +47,36 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
-def compute_loss(model_pred: torch.Tensor, target: torch.Tensor, with_prior: bool,
-                 prior_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def compute_loss(model_pred: torch.Tensor, target: torch.Tensor, with_prior: bool, prior_loss_weight: float,
+                 sample_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(total, instance, prior) MSE losses. With prior preservation the batch is [instances; classes]:
-    the first half is compared as the subject, the second half as the class."""
+    the first half is compared as the subject, the second half as the class. ``sample_weights`` (one per row,
+    e.g. min-SNR's) weight each row's mean squared error before the mean."""
+
+    def mse(prediction: torch.Tensor, wanted: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        if weights is None:
+            return F.mse_loss(prediction.float(), wanted.float(), reduction="mean")
+        per_row = F.mse_loss(prediction.float(), wanted.float(), reduction="none").flatten(1).mean(1)
+        return (per_row * weights).mean()
+
     if not with_prior:
-        loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+        loss = mse(model_pred, target, sample_weights)
         return loss, loss, None
     pred_instance, pred_prior = model_pred.chunk(2)
     target_instance, target_prior = target.chunk(2)
-    instance_loss = F.mse_loss(pred_instance.float(), target_instance.float(), reduction="mean")
-    prior_loss = F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")
+    weights_instance, weights_prior = (None, None) if sample_weights is None else sample_weights.chunk(2)
+    instance_loss = mse(pred_instance, target_instance, weights_instance)
+    prior_loss = mse(pred_prior, target_prior, weights_prior)
     return instance_loss + prior_loss_weight * prior_loss, instance_loss, prior_loss
+
+
+def min_snr_weights(noise_scheduler: Any, gamma: float, device: torch.device) -> torch.Tensor:
+    """Each timestep's min-SNR loss weight, min(SNR, gamma) / SNR (Hang et al. 2023), as a table on ``device``.
+    The v-prediction target already carries a factor SNR + 1, so there it is min(SNR, gamma) / (SNR + 1)."""
+    alphas_cumprod = noise_scheduler.alphas_cumprod.double()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    divisor = snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr
+    return (snr.clamp(max=gamma) / divisor).float().to(device)
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,8 @@ class Trainer:
         self.prediction_type = self.noise_scheduler.config.prediction_type
         self.frozen_dtype = weight_dtype(self.precision)
         self.noise_generator = torch.Generator().manual_seed(config.seed)
+        self.snr_weights = None if config.snr_gamma is None else \
+            min_snr_weights(self.noise_scheduler, config.snr_gamma, self.device)
         self.likeness = None  # a dreamcore.likeness.LikenessTracker when config.score_likeness
         self.vae_parked = False  # the VAE waits on the CPU between checkpoints (latents are cached)
 
@@ -119,10 +140,17 @@ class Trainer:
             models.vae.to(dtype=torch.float32)  # the VAE stays fp32 in every precision: no black images
         models.unet.requires_grad_(True).train()
         models.text_encoder.requires_grad_(config.train_text_encoder)
-        if config.train_text_encoder:
+        if config.text_encoder_trains:
             models.text_encoder.train()
         else:
             models.text_encoder.to(self.device, dtype=self.frozen_dtype).eval()
+        if config.token_embedding_trains:
+            identifiers = identifier_token_ids(models.tokenizer, [c.concept for c in self.plan.concepts])
+            train_only_rows(models.text_encoder.get_input_embeddings().weight, identifiers)
+            if config.train_token_embedding is None:  # the default recipe: say what it trains
+                words = ", ".join(repr(models.tokenizer.decode([i])) for i in identifiers)
+                self.emit.log(f"train_token_embedding: the embedding of {words} trains (the rest of the text "
+                              "encoder is frozen); --no-train_token_embedding keeps it frozen too.")
         if config.gradient_checkpointing:
             self.enable_gradient_checkpointing()
         apply_memory_layout(models, config, self.device)  # pure bf16 weights, channels-last (speed presets)
@@ -130,14 +158,14 @@ class Trainer:
             add_lora_adapters(models.unet, models.text_encoder if config.train_text_encoder else None,
                               LoraSettings.from_config(config), models.family, self.frozen_dtype)
         self.trained = {"unet": models.unet}
-        if config.train_text_encoder:
+        if config.text_encoder_trains:
             self.trained["text_encoder"] = models.text_encoder
-        parameters = [p for module in self.trained.values() for p in module.parameters() if p.requires_grad]
         learning_rate = config.learning_rate
         if config.scale_lr:
             learning_rate *= (config.train_batch_size * config.gradient_accumulation_steps
                               * self.accelerator.num_processes)
-        self.optimizer = build_optimizer(dataclasses.replace(config, learning_rate=learning_rate), parameters,
+        self.optimizer = build_optimizer(dataclasses.replace(config, learning_rate=learning_rate),
+                                         parameter_groups(config, self.trained, learning_rate),
                                          self.device, lambda m: self.emit.log(m, "warning"))
         self.lr_scheduler = build_lr_scheduler(config, self.optimizer, self.plan.total_steps)
         self.wrap_for_processes()
@@ -197,7 +225,7 @@ class Trainer:
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward instead of keeping them (the step executor may adjust how)."""
         self.models.unet.enable_gradient_checkpointing()
-        if self.config.train_text_encoder:
+        if self.config.text_encoder_trains:
             self.models.text_encoder.gradient_checkpointing_enable()
 
     def prepare_data(self, class_images: list[list[Path]]) -> None:
@@ -234,7 +262,7 @@ class Trainer:
                 torch.cuda.empty_cache()
                 self.vae_parked = True
         self.prompt_cache: dict[str, torch.Tensor] | None = None
-        if not config.train_text_encoder:
+        if not config.text_encoder_trains:
             prompts = {e.prompt for c in concepts for e in (*c.instances, *c.classes)}
             with torch.no_grad():
                 self.prompt_cache = {p: self.models.text_encoder(self._tokenize([p]))[0][0] for p in prompts}
@@ -312,6 +340,8 @@ class Trainer:
         latent_shape = (distribution.shape[0], distribution.shape[1] // 2, *distribution.shape[2:])
         sample_noise = self._randn(latent_shape)
         noise = self._randn(latent_shape)
+        if self.config.offset_noise:  # one offset per image and channel, as diffusers' --offset_noise
+            noise = noise + 0.1 * self._randn((*latent_shape[:2], 1, 1))
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = self._random((latent_shape[0],),
                                  lambda s: torch.randint(0, steps, s, generator=self.noise_generator))
@@ -333,7 +363,9 @@ class Trainer:
             model_pred = self.step_unet(noisy_latents, batch.timesteps, encoder_states).sample
         target = batch.noise if self.prediction_type == "epsilon" else \
             self.noise_scheduler.get_velocity(latents, batch.noise, batch.timesteps)
-        loss, _, prior_loss = compute_loss(model_pred, target, batch.with_prior, self.config.prior_loss_weight)
+        weights = None if self.snr_weights is None else self.snr_weights[batch.timesteps]
+        loss, _, prior_loss = compute_loss(model_pred, target, batch.with_prior, self.config.prior_loss_weight,
+                                           weights)
         self.accelerator.backward(loss)  # accelerate divides by gradient_accumulation_steps itself
         return loss, prior_loss
 
@@ -550,12 +582,12 @@ def low_precision_modules(config: TrainConfig, frozen_dtype: torch.dtype) -> dic
     casts: dict[str, torch.dtype] = {}
     if config.pure_bf16:
         casts["unet"] = torch.bfloat16
-        if config.train_text_encoder:
+        if config.text_encoder_trains:
             casts["text_encoder"] = torch.bfloat16
     if frozen_dtype != torch.float32:
         if config.use_lora:
             casts["unet"] = frozen_dtype
-        if config.use_lora or not config.train_text_encoder:
+        if config.use_lora or not config.text_encoder_trains:
             casts["text_encoder"] = frozen_dtype
     return casts
 

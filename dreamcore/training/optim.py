@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
-from dreamcore.config import TrainConfig
+from dreamcore.config import TOKEN_EMBEDDING_LR_RATIO, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,39 @@ def eight_bit_adam_problem(device: torch.device) -> str | None:
     return None
 
 
-def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter], device: torch.device,
-                    warn) -> torch.optim.Optimizer:
-    """AdamW, 8-bit from bitsandbytes when asked for and possible (else plain AdamW, with one warning)."""
+TEXT_ENCODER_GROUP = "text_encoder"  # the "name" of the text encoder's parameter group
+TOKEN_EMBEDDING_GROUP = "token_embedding"  # the rare tokens' embedding rows (train_token_embedding)
+
+
+def parameter_groups(config: TrainConfig, modules: dict[str, torch.nn.Module],
+                     learning_rate: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one per trained module ("unet", "text_encoder"), each named, holding the
+    weights that train; the text encoder's at ``text_encoder_lr`` when it is set. An embedding that trains in a
+    few rows only (``train_token_embedding``) has a group of its own ("token_embedding") at ``token_embedding_lr``
+    with no weight decay, which would otherwise shrink the rows that do not train. Rates given for one part are
+    scaled as ``learning_rate`` is (scale_lr)."""
+    scale = learning_rate / config.learning_rate
+    groups = []
+    for name, module in modules.items():
+        weights = [p for p in module.parameters() if p.requires_grad]
+        rows_only = [p for p in weights if hasattr(p, "trained_rows")]
+        group: dict[str, Any] = {"params": [p for p in weights if not hasattr(p, "trained_rows")], "name": name}
+        if name == TEXT_ENCODER_GROUP and config.text_encoder_lr is not None:
+            group["lr"] = config.text_encoder_lr * scale
+        if group["params"]:
+            groups.append(group)
+        if rows_only:
+            token_lr = config.token_embedding_lr if config.token_embedding_lr is not None else \
+                TOKEN_EMBEDDING_LR_RATIO * config.learning_rate
+            groups.append({"params": rows_only, "name": TOKEN_EMBEDDING_GROUP, "lr": token_lr * scale,
+                           "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter] | list[dict[str, Any]],
+                    device: torch.device, warn) -> torch.optim.Optimizer:
+    """AdamW, 8-bit from bitsandbytes when asked for and possible (else plain AdamW, with one warning).
+    ``parameters``: the weights, or parameter groups (``parameter_groups``)."""
     kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     parameters = list(parameters)
@@ -42,7 +73,7 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter
         # Recordable: the step count and the learning rate live on the GPU (the schedule fills the lr tensor
         # in place), so the replayed step reads this step's values instead of the recorded ones.
         kwargs["lr"] = torch.tensor(config.learning_rate, dtype=torch.float32, device=device)
-        return torch.optim.AdamW(parameters, fused=True, capturable=True, **kwargs)
+        return torch.optim.AdamW(_lr_on_device(parameters, device), fused=True, capturable=True, **kwargs)
     if config.fast_step and device.type == "cuda":
         # One fused kernel per dtype group instead of a dozen foreach launches a step (fast path only).
         return torch.optim.AdamW(parameters, fused=True, **kwargs)
@@ -59,6 +90,8 @@ def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]
         torch.distributed.get_world_size() > 1
     recordable = config.cuda_graph and device.type == "cuda"  # see the fused AdamW above
     lr = torch.tensor(config.learning_rate, dtype=torch.float32, device=device) if recordable else config.learning_rate
+    if recordable:
+        parameters = _lr_on_device(parameters, device)
     # One Triton kernel an update where it can run; the same maths as ~25 PyTorch kernels (a few times faster).
     problem = fused_kernel_problem(device)
     if problem is not None and device.type == "cuda":
@@ -70,9 +103,36 @@ def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]
                            average=ProcessAverage(shard_updates=config.shard_optimizer) if several else None)
 
 
+def _lr_on_device(parameters: list, device: torch.device) -> list:
+    """Parameter groups with a learning rate of their own get it as a device tensor, as a recorded step needs."""
+    return [{**group, "lr": torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)}
+            if isinstance(group, dict) and "lr" in group else group for group in parameters]
+
+
+def text_encoder_last_step(config: TrainConfig, total_steps: int) -> int:
+    """How many optimizer steps the text encoder trains for (``text_encoder_steps_ratio`` of the run)."""
+    return round(config.text_encoder_steps_ratio * total_steps)
+
+
 def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    """The schedule, stepped once per optimizer step (so warm-up and length are in optimizer steps)."""
+    """The schedule, stepped once per optimizer step (so warm-up and length are in optimizer steps). The text
+    encoder's group follows it until ``text_encoder_last_step``, then its rate is 0: AdamW leaves it unchanged."""
     from diffusers.optimization import get_scheduler
 
-    return get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps,
-                         num_training_steps=total_steps, num_cycles=config.lr_num_cycles, power=config.lr_power)
+    schedule = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps,
+                             num_training_steps=total_steps, num_cycles=config.lr_num_cycles, power=config.lr_power)
+    last = text_encoder_last_step(config, total_steps)
+    if last >= total_steps:
+        return schedule
+    # diffusers' schedules are LambdaLR, one factor function per group: the text encoder's is gated.
+    factors = list(schedule.lr_lambdas)
+    for index, group in enumerate(optimizer.param_groups):
+        if group.get("name") == TEXT_ENCODER_GROUP:
+            # a partial, not a closure: a saved schedule then holds its (empty) attributes and no code
+            factors[index] = functools.partial(_factor_until, factor=factors[index], last=last)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+def _factor_until(step: int, factor, last: int) -> float:
+    """A schedule's factor before step ``last``, 0 from there on."""
+    return factor(step) if step < last else 0.0
