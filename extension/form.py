@@ -49,9 +49,20 @@ def default_ui_value(f: dataclasses.Field) -> Any:
     return ui_value(f, default)
 
 
+# An optional switch (empty = dreamcore decides) shows as a choice of three, not as a checkbox that can only
+# say on or off.
+OPTIONAL_SWITCH = {"auto": None, "on": True, "off": False}
+
+
+def is_optional_switch(f: dataclasses.Field) -> bool:
+    return field_is_optional(f) and field_type(f) is bool
+
+
 def ui_value(f: dataclasses.Field, value: Any) -> Any:
     if field_is_optional(f) and field_type(f) in (int, float):
         return "" if value is None else str(value)
+    if is_optional_switch(f):
+        return next(label for label, meaning in OPTIONAL_SWITCH.items() if meaning is value)
     return value
 
 
@@ -62,6 +73,10 @@ def uses_text_box(f: dataclasses.Field) -> bool:
 def parse_ui_value(f: dataclasses.Field, raw: Any) -> Any:
     """A control's value converted to the field's type; ValueError says what is wrong."""
     kind = field_type(f)
+    if is_optional_switch(f) and isinstance(raw, str):
+        if raw not in OPTIONAL_SWITCH:
+            raise ValueError(f"{raw!r} is not one of {', '.join(OPTIONAL_SWITCH)}")
+        raw = OPTIONAL_SWITCH[raw]
     if isinstance(raw, str) and kind in (int, float):
         text = raw.strip()
         if not text:

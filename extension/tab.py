@@ -18,7 +18,8 @@ from dreamcore.config import ConfigError, field_type
 from dreamcore.presets import preset_names, preset_overrides
 
 from .controller import FINAL_STATUSES, TrainingController
-from .form import MAIN_FIELDS, TabForm, advanced_fields, advanced_groups, default_ui_value, ui_value, uses_text_box
+from .form import (MAIN_FIELDS, OPTIONAL_SWITCH, TabForm, advanced_fields, advanced_groups, default_ui_value,
+                   is_optional_switch, ui_value, uses_text_box)
 from .views import loss_plot_svg, progress_html
 
 logger = logging.getLogger("dreamcore.webui")
@@ -353,6 +354,8 @@ def _control(gr: Any, f: dataclasses.Field, value: Any) -> Any:
     kind = field_type(f)
     if f.metadata.get("choices"):
         return gr.Dropdown(choices=list(f.metadata["choices"]), value=value, label=label, info=info)
+    if is_optional_switch(f):
+        return gr.Dropdown(choices=list(OPTIONAL_SWITCH), value=value, label=label, info=info)
     if kind is bool:
         return gr.Checkbox(value=value, label=label, info=info)
     if uses_text_box(f):

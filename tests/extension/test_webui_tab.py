@@ -44,7 +44,7 @@ def test_tab_shows_every_advanced_field_and_the_settings(webui: dict) -> None:
     assert {f.name for f in handlers.advanced} <= labels
     assert {"Base model (SD 1.x / 2.x checkpoint)", "Preset", "Samples per saved step", "Log"} <= labels
     options = webui["shared"].opts.data_labels
-    assert options["dreamcore_default_preset"].default == "Portrait (the guide's recipe)"
+    assert options["dreamcore_default_preset"].default == "Portrait"
     assert options["dreamcore_output_dir"].default.endswith("outputs/dreamcore")
 
 
@@ -97,7 +97,8 @@ def test_preset_choice_sets_the_advanced_controls(webui: dict) -> None:
     small = dict(zip(names, handlers.preset_values("GPU 8 GB")))
     lora = dict(zip(names, handlers.preset_values("lora-5GB")))
     default = dict(zip(names, handlers.preset_values(handlers.default_preset)))
-    assert (small["memory_preset"], small["train_text_encoder"], small["learning_rate"]) == ("8GB", True, 1e-6)
+    assert (small["memory_preset"], small["train_text_encoder"], small["learning_rate"]) == ("8GB", False, 5e-7)
+    assert default["train_token_embedding"] == "auto"  # empty: dreamcore decides (on for the Portrait preset)
     assert (lora["use_lora"], lora["learning_rate"]) == (True, 1e-4)
     assert (default["memory_preset"], default["use_lora"]) == ("auto", False)
     assert small["max_train_steps"] == ""  # empty = 100 steps per photo

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from dreamcore import TrainConfig
 from dreamcore.events import StopRequest
+from dreamcore.lora.adapters import DEFAULT_TEXT_TARGETS, DEFAULT_UNET_TARGETS
 from dreamcore.training import train
 
 PIXEL_TOLERANCE = 2  # of 255
@@ -125,14 +126,18 @@ def test_exported_file_holds_only_lora_weights(lora_run, tiny_model_dir: Path) -
     tensors = load_file(str(path))
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in tensors)
     assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in tensors)
-    # Exactly the adapted layers' A and B: rank x (in + out) numbers per Linear layer, nothing else.
+    # Exactly the adapted layers' A and B: rank x (inputs + outputs) numbers per layer, nothing else.
     base = load_base_model(str(tiny_model_dir))
-    targets = {"unet": ("to_q", "to_k", "to_v", "to_out.0"), "text": ("q_proj", "k_proj", "v_proj", "out_proj")}
     expected = 0
-    for module, names in ((base.unet, targets["unet"]), (base.text_encoder, targets["text"])):
+    for module, names in ((base.unet, DEFAULT_UNET_TARGETS), (base.text_encoder, DEFAULT_TEXT_TARGETS)):
         for name, layer in module.named_modules():
-            if isinstance(layer, torch.nn.Linear) and name.endswith(names):
+            if not any(name.endswith("." + target) for target in names):
+                continue
+            if isinstance(layer, torch.nn.Linear):
                 expected += config.lora_rank * (layer.in_features + layer.out_features)
+            elif isinstance(layer, torch.nn.Conv2d):  # proj_in / proj_out as 1x1 convolutions
+                kernel = layer.kernel_size[0] * layer.kernel_size[1]
+                expected += config.lora_rank * (layer.in_channels * kernel + layer.out_channels)
     weights = sum(t.numel() for k, t in tensors.items() if not k.endswith(".alpha"))
     assert weights == expected
     assert all(t.item() == 8.0 for k, t in tensors.items() if k.endswith(".alpha"))

@@ -46,7 +46,7 @@ def test_class_images_come_from_modules_cast_as_training_will_hold_them() -> Non
     eight = TrainConfig(**{**preset_overrides("GPU 8 GB"), **MEMORY_PRESETS["8GB"]})
     assert low_precision_modules(eight, torch.bfloat16) == {"unet": torch.bfloat16, "text_encoder": torch.bfloat16}
     # full fine-tuning keeps fp32 master weights: nothing trained may be rounded before training starts
-    guide = TrainConfig(**preset_overrides("Portrait (the guide's recipe)"))
+    guide = TrainConfig(**preset_overrides("The guide's recipe"))
     assert low_precision_modules(guide, torch.float16) == {}
     assert low_precision_modules(guide.replace(train_text_encoder=False), torch.float16) == \
         {"text_encoder": torch.float16}
