@@ -148,7 +148,8 @@ class Trainer:
             identifiers = identifier_token_ids(models.tokenizer, [c.concept for c in self.plan.concepts])
             train_only_rows(models.text_encoder.get_input_embeddings().weight, identifiers)
             if config.train_token_embedding is None:  # the default recipe: say what it trains
-                words = ", ".join(repr(models.tokenizer.decode([i])) for i in identifiers)
+                tokens = models.tokenizer.convert_ids_to_tokens(identifiers)  # decode() warns about spaces
+                words = ", ".join(repr(token.removesuffix("</w>")) for token in tokens)
                 self.emit.log(f"train_token_embedding: the embedding of {words} trains (the rest of the text "
                               "encoder is frozen); --no-train_token_embedding keeps it frozen too.")
         if config.gradient_checkpointing:
