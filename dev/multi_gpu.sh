@@ -29,7 +29,7 @@ if [ "${1:-}" = scaling ]; then  # the 16GB tier at global batches 2, 4 and 8: o
   NCCL_MAX_NCHANNELS=4 BENCH_NAME=scale2-ch4 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
   exit 0
 fi
-if [ "${1:-}" = sharded ]; then  # session 8: shard_optimizer (each process updates half of every weight and keeps
+if [ "${1:-}" = sharded ]; then  # runs AC-AE: shard_optimizer (each process updates half of every weight and keeps
   # that half's AdamW state) against the default, two GPUs at batch 1 and 2 each, beside one GPU at 2 and 4; the
   # 2-GPU tests. (Runs AC and AD set the sharding through a variant of dev/allreduce_variant, now the config field.)
   RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=one bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 \
@@ -42,7 +42,7 @@ if [ "${1:-}" = sharded ]; then  # session 8: shard_optimizer (each process upda
   (cd "$OUT" && tar czf /tmp/sharded.tgz ./* && rm -f ./* && mv /tmp/sharded.tgz .)
   exit 0
 fi
-if [ "${1:-}" = sharded-bucketed ]; then  # session 9: shard_optimizer with small gradients' reduce-scatters and
+if [ "${1:-}" = sharded-bucketed ]; then  # runs AI, AJ: shard_optimizer with small gradients' reduce-scatters and
   # all-gathers bucketed (8 MB) against the default, two GPUs at batch 1 and 2 each (profiled), beside one GPU at 2
   # and 4; the 2-GPU tests (the step recorded with the bucketed collectives)
   RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=one bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=2 \
@@ -54,14 +54,14 @@ if [ "${1:-}" = sharded-bucketed ]; then  # session 9: shard_optimizer with smal
   (cd "$OUT" && tar czf /tmp/bucketed.tgz ./* && rm -f ./* && mv /tmp/bucketed.tgz .)
   exit 0
 fi
-if [ "${1:-}" = shipped ]; then  # session 9: the tier as shipped (shard_optimizer on by default), two GPUs at batch
+if [ "${1:-}" = shipped ]; then  # run AK: the tier as shipped (shard_optimizer on by default), two GPUs at batch
   # 1 and 4 each, beside one GPU at 8
   BENCH_NAME=one-b8 bash dev/gpu_bench.sh 60 15 --preset 16GB:train_batch_size=8 | grep -E "^\| [^p-]|exit"
   BENCH_NAME=two-shipped bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB \
     --preset 16GB:train_batch_size=4 | grep -E "^\| [^p-]|exit"
   exit 0
 fi
-if [ "${1:-}" = final ]; then  # session 10: the code as shipped, all on one machine: the 2-GPU tests; one GPU at
+if [ "${1:-}" = final ]; then  # run AM: the code as shipped, all on one machine: the 2-GPU tests; one GPU at
   # batch 1, 2 and 4; two GPUs at 1 and 2 each - the speed-up at a global batch of 2 and 4 (against one GPU at that
   # batch) and at a batch of 1 and 2 a GPU (against one GPU at that batch)
   RUN_GPU_TESTS=1 GPU_TESTS_K=two_gpus BENCH_NAME=one bash dev/gpu_bench.sh 60 15 --preset 16GB \
@@ -70,7 +70,7 @@ if [ "${1:-}" = final ]; then  # session 10: the code as shipped, all on one mac
     | grep -E "^\| [^p-]|exit"
   exit 0
 fi
-if [ "${1:-}" = sharded-buckets ]; then  # session 9: the sharded form's bucket size (MB) and in-flight limit, two
+if [ "${1:-}" = sharded-buckets ]; then  # run AL: the sharded form's bucket size (MB) and in-flight limit, two
   # GPUs at batch 1 each; the first pair is the shipped one
   for sizes in 8,128 32,128 32,256; do
     DREAMCORE_ALLREDUCE=$sizes EXTRA_PYTHONPATH=$PWD/dev/allreduce_variant BENCH_NAME=sb-${sizes/,/-} \
@@ -101,7 +101,7 @@ if [ "${1:-}" = nccl-channels ]; then  # two GPUs at batch 1 each: NCCL's channe
   NCCL_MIN_NCHANNELS=32 BENCH_NAME=ch-32 bash dev/gpu_bench.sh 60 15 --num-processes 2 --preset 16GB
   exit 0
 fi
-if [ "${1:-}" = nccl-sweep ]; then  # session 9: two GPUs at batch 1 each with NCCL's 24 channels, then capped at 16,
+if [ "${1:-}" = nccl-sweep ]; then  # run AH: two GPUs at batch 1 each with NCCL's 24 channels, then capped at 16,
   # 12 and 8 (fewer SMs taken from backward's kernels; 4 was too slow in run AA), then NCCL's CTA-efficiency policy;
   # one GPU at batch 2 for the speed-up on this machine
   python3 -c 'import torch; print("NCCL", torch.cuda.nccl.version())'
@@ -128,7 +128,7 @@ if [ "${1:-}" = allreduce ]; then  # one GPU at batch 1, then two at batch 1 eac
   (cd "$OUT" && mv profile-*.txt ar-profile.txt; tar czf /tmp/allreduce.tgz ./* && rm -f ./* && mv /tmp/allreduce.tgz .)
   exit 0
 fi
-# class images with the settings several processes used until session 6 (gradients held, DistributedDataParallel);
+# class images with the settings several processes used until commit 0789f1d (gradients held, DistributedDataParallel);
 # the one-GPU runs get the same settings
 H=optimizer_in_backward=false,pure_bf16=false,cuda_graph=false,max_grad_norm=1.0,bf16_rounding=stochastic
 H=$H,bf16_autocast=true,num_class_images=64

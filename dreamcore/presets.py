@@ -81,7 +81,7 @@ _FAST = {"fast_step": True, "mixed_precision": "bf16", "allow_tf32": True}
 _BF16_IN_BACKWARD = {**_FAST, "pure_bf16": True, "optimizer_in_backward": True, "use_8bit_adam": False,
                      "max_grad_norm": 0.0, "cuda_graph": True, "bf16_autocast": False, "keep_channels_last": True}
 # The fastest settings on any card with room for them: Kahan-compensated bf16 weights (updates add up as in
-# fp32; 8 bytes a weight). Measured: BENCHMARKS.md. Until session 3 the 24GB tier kept fp32 weights with fused
+# fp32; 8 bytes a weight). Measured: BENCHMARKS.md. Until run H (2026-11-25) the 24GB tier kept fp32 weights with fused
 # AdamW (16 it/s) and the 16GB tier 8-bit AdamW; the fused bf16 optimizer beats both in less memory.
 _FASTEST = {**_BF16_IN_BACKWARD, "gradient_checkpointing": False, "bf16_rounding": "kahan"}
 MEMORY_PRESETS: dict[str, dict[str, Any]] = {
@@ -97,12 +97,12 @@ MEMORY_PRESETS: dict[str, dict[str, Any]] = {
 # more" preset use the name).
 SAME_AS = {"24GB": "16GB"}
 # Free GPU memory (GiB) each tier needs: its peak device total (NVML, context included) measured on one H100
-# with SD1.5 shapes (BENCHMARKS.md, runs K and M, session 4) plus ~10% headroom. Measured peaks, training and
+# with SD1.5 shapes (BENCHMARKS.md, runs K and M, 2026-11-25) plus ~10% headroom. Measured peaks, training and
 # whole run alike: 16GB 10.57 GiB, 12GB 8.75 GiB, 8GB 7.31 GiB (run K).
 NEEDS_GIB: dict[str, float] = {"24GB": 11.6, "16GB": 11.6, "12GB": 9.6, "8GB": 8.1}
 
 # Where gradients must be held - gradient accumulation sums them over micro-batches - AdamW cannot run inside
-# backward. The 24GB and 16GB tiers then run these settings (the tiers of session 2, measured: 20.0 and
+# backward. The 24GB and 16GB tiers then run these settings (the tiers of runs D-F, measured: 20.0 and
 # 13.1 GiB); 12GB and 8GB cannot hold full gradients, and the config says so. (Several processes keep the
 # in-backward tiers: each gradient is averaged across them inside backward, gradient_average.py.)
 HOLDING_GRADIENTS: dict[str, dict[str, Any]] = {

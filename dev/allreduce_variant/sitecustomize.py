@@ -11,6 +11,6 @@ if os.environ.get("DREAMCORE_ALLREDUCE"):
     from dreamcore.training import gradient_average
 
     gradient_average.BUCKET_BYTES = int(bucket_mb * 2**20)
-    gradient_average.SHARDED_BUCKET_BYTES = int(bucket_mb * 2**20)  # the sharded form's (session 9)
+    gradient_average.SHARDED_BUCKET_BYTES = int(bucket_mb * 2**20)  # the sharded form's (run AL)
     gradient_average.IN_FLIGHT_BYTES = int(in_flight_mb * 2**20)
     print(f"[allreduce variant] buckets {bucket_mb:g} MB, in flight {in_flight_mb:g} MB", file=sys.stderr)

@@ -139,7 +139,7 @@ def fill_form(page, photos: Path) -> None:
             else:
                 text_control(page, label).fill(value)
     # Read every typed value back once all tabs have been visited, and type it again if it was lost: twice in a
-    # row (session 7) the resolution typed right after the Concept tab opened was back at 512 when the job
+    # row (2026-11-26) the resolution typed right after the Concept tab opened was back at 512 when the job
     # started, and the job failed on the 64 px photos; the 11 runs since, 3 of them on a loaded box, kept it. The
     # cause was not found (the preset's change event did not fire). A value lost twice fails here, naming it.
     for tab, values in settings.items():
