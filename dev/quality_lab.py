@@ -6,7 +6,7 @@ parts of a tar holding a tiny SD-layout model (``ret_pipe``) and the evaluator (
 takes that folder as its first argument and names no path outside the repository.
 
     python dev/quality_lab.py LAB --work /tmp/qlab --reference train_dreambooth.py \\
-        --subjects 1 2 3 --seeds 1 2 --variants reference exact default 8GB lora --jobs 12
+        --subjects 5 6 7 --seeds 1 2 --variants reference exact default default-8GB lora --jobs 14
 
 Every run trains at the lab's scale of the guide's recipe: 64 px, batch 1, prior preservation with the same class
 images, lr constant, 800 steps; the guide's text encoder training and lr 5e-5 (its 1e-6) come with the variant:

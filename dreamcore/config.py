@@ -174,7 +174,9 @@ class TrainConfig:
     memory_preset: str = _field(
         "auto", "GPU memory preset: 'auto' picks 24GB/16GB/12GB/8GB from the card's free memory at start and "
         "sets the speed and memory fields below (and mixed_precision, use_8bit_adam, gradient_checkpointing), "
-        "unless you set any of those yourself; 'none' keeps your settings as given. Ignored without a CUDA GPU.",
+        "unless you set any of those yourself; 'none' keeps your settings as given. Ignored without a CUDA GPU. "
+        "In the quality lab the tiers follow prompts as the fp32 path does but learn a face a little less "
+        "(fidelity 0.52 against 0.56; BENCHMARKS.md, Quality).",
         "Speed", choices=MEMORY_PRESET_CHOICES)
     fast_step: bool = _field(
         False, "Fast step executor on CUDA: the same step with no host syncs for randomness or tokens, fused "
