@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dreamcore.fileio import atomic_write_text
+from dreamcore.memory_tiers import TIER_NAMES, auto_tiers
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v")
-# Memory presets (the field overrides live in dreamcore/presets.py): "auto" picks one from the GPU's free
+# Memory presets (the tiers live in dreamcore/memory_tiers.py): "auto" picks one from the GPU's free
 # memory when training starts on CUDA, "none" keeps the settings exactly as given.
-MEMORY_PRESET_CHOICES = ("auto", "none", "24GB", "16GB", "12GB", "8GB")
+MEMORY_PRESET_CHOICES = ("auto", "none", *TIER_NAMES)
 BF16_ROUNDING = ("stochastic", "kahan")
 CONFIG_FILE_NAME = "train_config.json"
 
@@ -172,9 +174,12 @@ class TrainConfig:
 
     # --- Speed and memory (GPU) ----------------------------------------------------------------------
     memory_preset: str = _field(
-        "auto", "GPU memory preset: 'auto' picks 24GB/16GB/12GB/8GB from the card's free memory at start and "
-        "sets the speed and memory fields below (and mixed_precision, use_8bit_adam, gradient_checkpointing), "
-        "unless you set any of those yourself; 'none' keeps your settings as given. Ignored without a CUDA GPU. "
+        "auto", f"GPU memory preset: 'auto' picks {'/'.join(t.name for t in auto_tiers())} from the card's free "
+        "memory at start and sets the speed and memory fields below (and mixed_precision, use_8bit_adam, "
+        "gradient_checkpointing); a setting you chose yourself keeps the plain path, except mixed_precision "
+        "fp16/bf16, use_8bit_adam and gradient_checkpointing, which only ask for a memory budget that the tier "
+        f"keeps. A tier name ({', '.join(TIER_NAMES)}) forces it; 'none' keeps your settings as given. Ignored "
+        "without a CUDA GPU. "
         "In the quality lab the tiers follow prompts as the fp32 path does but learn a face a little less "
         "(fidelity 0.52 against 0.56; BENCHMARKS.md, Quality).",
         "Speed", choices=MEMORY_PRESET_CHOICES)
@@ -390,16 +395,30 @@ class TrainConfig:
         "to_q, to_k, to_v, to_out.0, proj_in, proj_out, ff.net.0.proj, ff.net.2; text encoder q_proj, k_proj, "
         "v_proj, out_proj, fc1, fc2.", "LoRA")
 
+    # --- what the person chose ----------------------------------------------------------------------
+    # The settings someone set (a flag, a config file's key, a tab field changed from its preset, a REST key, a
+    # keyword given to TrainConfig). Recorded, not guessed from the values: a default typed out is still a
+    # choice, and a preset's values are not. memory_preset "auto" never overrules a choice.
+    chosen_settings: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": True})
+
     # --- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values[CHOSEN_KEY] = list(self.chosen_settings)
+        return values
+
+    def chose(self, name: str) -> bool:
+        """Whether the person set ``name`` themselves."""
+        return name in self.chosen_settings
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "settings") -> "TrainConfig":
         """Build from a dict (a JSON config, the REST API, the tab). Unknown or mistyped keys are errors."""
         if not isinstance(values, dict):
             raise ConfigError([f"{source}: expected a JSON object of settings, got {type(values).__name__}."])
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        values = dict(values)
+        chosen = values.pop(CHOSEN_KEY, None)
+        known = {f.name: f for f in config_fields()}
         problems = [f"{source}: unknown setting {key!r}" + _did_you_mean(key, known) for key in values
                     if key not in known]
         converted: dict[str, Any] = {}
@@ -409,9 +428,16 @@ class TrainConfig:
                     converted[key] = coerce_field_value(known[key], value)
                 except (TypeError, ValueError) as error:
                     problems.append(f"{source}: {key}: {error}")
+        if chosen is None:  # every key given was chosen
+            chosen = list(converted)
+        elif not isinstance(chosen, (list, tuple)) or not all(isinstance(name, str) for name in chosen):
+            problems.append(f"{source}: {CHOSEN_KEY}: expected a list of setting names, got {chosen!r}.")
+        else:
+            problems.extend(f"{source}: {CHOSEN_KEY}: unknown setting {name!r}" for name in chosen
+                            if name not in known)
         if problems:
             raise ConfigError(problems)
-        return cls(**converted)
+        return cls(**converted, chosen_settings=tuple(sorted(set(chosen))))
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -432,12 +458,33 @@ class TrainConfig:
         return path
 
     def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes``, which are not recorded as the person's choices (``choose`` records them)."""
         return dataclasses.replace(self, **changes)
+
+    def choose(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` made and recorded as the person's choices."""
+        chosen = tuple(sorted(set(self.chosen_settings) | set(changes)))
+        return dataclasses.replace(self, **changes, chosen_settings=chosen)
+
+
+CHOSEN_KEY = "chosen_settings"
+_dataclass_init = TrainConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_recording_choices(self: TrainConfig, **values: Any) -> None:
+    # A dataclass cannot tell a keyword given from a default, so TrainConfig(...) records the keywords itself.
+    _dataclass_init(self, **values)
+    if CHOSEN_KEY not in values:
+        object.__setattr__(self, CHOSEN_KEY, tuple(sorted(values)))
+
+
+TrainConfig.__init__ = _init_recording_choices
 
 
 def config_fields() -> list[dataclasses.Field]:
-    """TrainConfig's fields in declaration order (what the CLI and the tab are built from)."""
-    return list(dataclasses.fields(TrainConfig))
+    """TrainConfig's settings in declaration order (what the CLI and the tab are built from)."""
+    return [f for f in dataclasses.fields(TrainConfig) if not f.metadata.get("internal")]
 
 
 def field_type(f: dataclasses.Field) -> type:
@@ -500,12 +547,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_arguments(namespace: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed flags: defaults, then the --config file, then the flags given."""
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {CHOSEN_KEY: []}
     if getattr(namespace, "config", None):
-        values.update(TrainConfig.load(namespace.config).to_dict())
+        values.update(TrainConfig.load(namespace.config).to_dict())  # with the file's own choices
     for f in config_fields():
         if hasattr(namespace, f.name):
             values[f.name] = getattr(namespace, f.name)
+            values[CHOSEN_KEY] = [*values[CHOSEN_KEY], f.name]
     return TrainConfig.from_dict(values, source="command line")
 
 

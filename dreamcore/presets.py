@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from dreamcore.config import DEFAULT_LEARNING_RATE, GUIDE_LEARNING_RATE, TrainConfig
+from dreamcore.memory_tiers import (MEMORY_BUDGET_VALUES, MEMORY_TIERS, TIER_FIELDS, TIER_NAMES, memory_tier,
+                                    pick_memory_tier)
 
 PORTRAIT_PRESET = "Portrait"
 GUIDE_PRESET = "The guide's recipe"
@@ -38,16 +40,13 @@ _GUIDE: dict[str, Any] = {
 # token's embedding (train_token_embedding, empty = on here), and the UNet at half the guide's rate.
 _PORTRAIT: dict[str, Any] = {**_GUIDE, "train_text_encoder": False, "learning_rate": DEFAULT_LEARNING_RATE}
 
-# By GPU memory: dreamcore's recipe with one of the memory tiers below (MEMORY_PRESETS, measured on an
+# By GPU memory: dreamcore's recipe with one of the memory tiers (dreamcore/memory_tiers.py, measured on an
 # H100). Without a preset, memory_preset "auto" picks the tier from the card's free memory at start; these
 # fix the tier, e.g. for a card shared with the WebUI.
 PRESETS: dict[str, dict[str, Any]] = {
     PORTRAIT_PRESET: _PORTRAIT,
     GUIDE_PRESET: _GUIDE,
-    "GPU 8 GB": {**_PORTRAIT, "memory_preset": "8GB"},
-    "GPU 12 GB": {**_PORTRAIT, "memory_preset": "12GB"},
-    "GPU 16 GB": {**_PORTRAIT, "memory_preset": "16GB"},
-    "GPU 24 GB and more": {**_PORTRAIT, "memory_preset": "24GB"},
+    **{tier.preset_label: {**_PORTRAIT, "memory_preset": tier.name} for tier in reversed(MEMORY_TIERS)},
 }
 
 
@@ -69,64 +68,17 @@ def apply_preset(name: str, config: TrainConfig | None = None) -> TrainConfig:
     return TrainConfig.from_dict(base, source=f"preset {name!r}")
 
 
-# --- Memory presets (issue 7) ------------------------------------------------------------------------
-# What each tier of GPU memory runs for the guide's recipe with the text encoder trained. ``memory_preset``
-# in TrainConfig names one ("auto" picks it from the card's free memory when training starts on CUDA).
-# Measured peaks on one H100 (BENCHMARKS.md) justify each tier's NEEDS_GIB below.
-_FAST = {"fast_step": True, "mixed_precision": "bf16", "allow_tf32": True}
-# bf16 weights, AdamW applied inside backward by one fused kernel a weight (no gradients held, bf16 moments),
-# the step in bf16 without autocast (no fp32 copies of activations around the norms: run J, 20.3 -> 22.4 it/s)
-# and the whole step recorded as one CUDA graph and replayed (training/graph_step.py); activations kept
-# channels-last through diffusers' .contiguous() calls (run T: 16GB 23.69 -> 24.54 it/s, the same memory).
-_BF16_IN_BACKWARD = {**_FAST, "pure_bf16": True, "optimizer_in_backward": True, "use_8bit_adam": False,
-                     "max_grad_norm": 0.0, "cuda_graph": True, "bf16_autocast": False, "keep_channels_last": True}
-# The fastest settings on any card with room for them: Kahan-compensated bf16 weights (updates add up as in
-# fp32; 8 bytes a weight). Measured: BENCHMARKS.md. Until run H (2026-11-25) the 24GB tier kept fp32 weights with fused
-# AdamW (16 it/s) and the 16GB tier 8-bit AdamW; the fused bf16 optimizer beats both in less memory.
-_FASTEST = {**_BF16_IN_BACKWARD, "gradient_checkpointing": False, "bf16_rounding": "kahan"}
-MEMORY_PRESETS: dict[str, dict[str, Any]] = {
-    "24GB": dict(_FASTEST),  # the same settings as 16GB: nothing faster needs more memory
-    "16GB": dict(_FASTEST),
-    # bf16 weights with stochastic rounding instead of the Kahan remainder (6 bytes a weight).
-    "12GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": False, "bf16_rounding": "stochastic"},
-    # ... plus gradient checkpointing of UNet and text encoder, and class images one at a time.
-    "8GB": {**_BF16_IN_BACKWARD, "gradient_checkpointing": True, "bf16_rounding": "stochastic",
-            "sample_batch_size": 1},
-}
-# The tier "auto" never picks: it names the 16GB tier's settings (saved configs and the tab's "GPU 24 GB and
-# more" preset use the name).
-SAME_AS = {"24GB": "16GB"}
-# Free GPU memory (GiB) each tier needs: its peak device total (NVML, context included) measured on one H100
-# with SD1.5 shapes (BENCHMARKS.md, runs K and M, 2026-11-25) plus ~10% headroom. Measured peaks, training and
-# whole run alike: 16GB 10.57 GiB, 12GB 8.75 GiB, 8GB 7.31 GiB (run K).
-NEEDS_GIB: dict[str, float] = {"24GB": 11.6, "16GB": 11.6, "12GB": 9.6, "8GB": 8.1}
-
-# Where gradients must be held - gradient accumulation sums them over micro-batches - AdamW cannot run inside
-# backward. The 24GB and 16GB tiers then run these settings (the tiers of runs D-F, measured: 20.0 and
-# 13.1 GiB); 12GB and 8GB cannot hold full gradients, and the config says so. (Several processes keep the
-# in-backward tiers: each gradient is averaged across them inside backward, gradient_average.py.)
-HOLDING_GRADIENTS: dict[str, dict[str, Any]] = {
-    "24GB": {**_FAST, "use_8bit_adam": False, "gradient_checkpointing": False, "pure_bf16": False,
-             "optimizer_in_backward": False, "cuda_graph": False, "bf16_rounding": "stochastic",
-             "bf16_autocast": True},
-    "16GB": {**_FAST, "use_8bit_adam": True, "gradient_checkpointing": False, "pure_bf16": False,
-             "optimizer_in_backward": False, "cuda_graph": False, "bf16_rounding": "stochastic",
-             "bf16_autocast": True},
-}
-NEEDS_GIB_HOLDING_GRADIENTS: dict[str, float] = {"24GB": 22.0, "16GB": 14.5}
-
-
-def pick_memory_preset(free_bytes: int, holding_gradients: bool = False) -> str:
-    """The largest memory preset whose need fits in ``free_bytes`` of GPU memory (else the smallest)."""
-    free_gib = free_bytes / 2**30
-    if holding_gradients:
-        tiers = NEEDS_GIB_HOLDING_GRADIENTS
-    else:
-        tiers = {name: need for name, need in NEEDS_GIB.items() if name not in SAME_AS}
-    for name, need in sorted(tiers.items(), key=lambda item: -item[1]):
-        if free_gib >= need:
-            return name
-    return min(tiers, key=tiers.__getitem__)
+# --- Memory presets ----------------------------------------------------------------------------------
+# The tiers themselves are one table, dreamcore/memory_tiers.py; these views of it keep the names the code
+# and the tests use.
+MEMORY_PRESETS: dict[str, dict[str, Any]] = {tier.name: dict(tier.settings) for tier in MEMORY_TIERS}
+SAME_AS: dict[str, str] = {tier.name: tier.same_as for tier in MEMORY_TIERS if tier.same_as}
+NEEDS_GIB: dict[str, float] = {tier.name: tier.needs_gib for tier in MEMORY_TIERS}
+HOLDING_GRADIENTS: dict[str, dict[str, Any]] = {tier.name: dict(tier.holding_gradients) for tier in MEMORY_TIERS
+                                                if tier.holding_gradients is not None}
+NEEDS_GIB_HOLDING_GRADIENTS: dict[str, float] = {
+    tier.name: tier.needs_gib_holding_gradients for tier in MEMORY_TIERS if tier.holding_gradients is not None}
+pick_memory_preset = pick_memory_tier
 
 
 def cuda_free_bytes() -> int | None:
@@ -139,49 +91,55 @@ def cuda_free_bytes() -> int | None:
     return int(free)
 
 
-def settings_given_by_user(config: TrainConfig) -> list[str]:
-    """The memory-tier settings that differ from TrainConfig's defaults, i.e. that someone chose."""
-    import dataclasses
+def choices_that_keep_the_plain_path(config: TrainConfig) -> list[str]:
+    """The tier settings the person chose that "auto" must not overrule: all but memory-budget statements."""
+    return [name for name in sorted(TIER_FIELDS) if config.chose(name)
+            and getattr(config, name) not in MEMORY_BUDGET_VALUES.get(name, ())]
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    # sample_batch_size only sizes the class-image batches: a tier may lower it without overruling a choice.
-    tier_fields = sorted({key for overrides in MEMORY_PRESETS.values() for key in overrides} - {"sample_batch_size"})
-    return [key for key in tier_fields if getattr(config, key) != defaults[key]]
+
+def budget_choices(config: TrainConfig) -> list[str]:
+    """The person's settings that only state a memory budget (the guide's fp16 and 8-bit Adam), as flags."""
+    return [f"{name}={getattr(config, name)}" for name in sorted(MEMORY_BUDGET_VALUES) if config.chose(name)
+            and getattr(config, name) in MEMORY_BUDGET_VALUES[name]]
 
 
 def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[TrainConfig, str]:
     """``config`` with its memory preset applied, and a line saying what was picked and changed ("" if none).
 
     "none" keeps the config as given; "auto" picks from ``free_bytes`` (None = no CUDA GPU, or a LoRA run:
-    nothing is changed); a tier name is applied wherever training runs. The returned config names the tier applied,
-    so train_config.json records it. With gradient accumulation the 24GB and 16GB tiers hold gradients
-    (``HOLDING_GRADIENTS``).
+    nothing is changed) unless the person chose a tier setting that is more than a memory budget
+    (``choices_that_keep_the_plain_path``); a tier name is applied wherever training runs. The returned config
+    names the tier applied, so train_config.json records it. With gradient accumulation the 24GB and 16GB
+    tiers hold gradients.
     """
     requested = config.memory_preset
     holding_gradients = config.gradient_accumulation_steps != 1
     if requested == "none" or (requested == "auto" and (free_bytes is None or config.use_lora)):
         return config, ""  # LoRA runs keep their own settings: the tiers are for full fine-tuning
     if requested == "auto":
-        given = settings_given_by_user(config)
-        if given:  # "auto" picks a tier only for people who did not choose these settings themselves
-            return config, (f"memory preset: kept your own settings ({', '.join(given)} given); set memory_preset "
-                            f"to one of {', '.join(MEMORY_PRESETS)} to use a tier instead.")
-    name = pick_memory_preset(free_bytes, holding_gradients) if requested == "auto" else requested
-    if name not in MEMORY_PRESETS:
-        raise KeyError(f"memory_preset {name!r} is unknown; choose auto, none or one of {', '.join(MEMORY_PRESETS)}")
-    overrides = dict(MEMORY_PRESETS[name])
-    needs = NEEDS_GIB[name]
+        kept = choices_that_keep_the_plain_path(config)
+        if kept:  # "auto" picks a tier only where no one chose how the step computes
+            return config, (f"memory preset: kept your own settings ({', '.join(kept)} given); set memory_preset "
+                            f"to one of {', '.join(TIER_NAMES)} to use a tier instead.")
+    name = pick_memory_tier(free_bytes, holding_gradients) if requested == "auto" else requested
+    tier = memory_tier(name)
+    overrides, needs = dict(tier.settings), tier.needs_gib
     why = ""
-    if holding_gradients and name in HOLDING_GRADIENTS:
-        overrides, needs = dict(HOLDING_GRADIENTS[name]), NEEDS_GIB_HOLDING_GRADIENTS[name]
+    if holding_gradients and tier.holding_gradients is not None:
+        overrides, needs = dict(tier.holding_gradients), tier.needs_gib_holding_gradients
         why = " - gradients are held for gradient accumulation, so AdamW runs after backward"
     changed = {key: value for key, value in overrides.items() if getattr(config, key) != value}
     resolved = config.replace(**overrides, memory_preset=name)
     how = (f"picked from {free_bytes / 2**30:.1f} GiB free GPU memory" if requested == "auto"
            else "as asked")
     changes = ", ".join(f"{key}={value}" for key, value in changed.items()) or "no setting changed"
-    message = (f"memory preset {name} ({how}{why}): {changes}. Set memory_preset none to keep your own "
-               "settings.")
+    message = f"memory preset {name} ({how}{why}): {changes}."
+    budget = budget_choices(config) if requested == "auto" else []
+    if budget:
+        message += (f" Your {', '.join(budget)} ask for a memory budget, which this tier keeps while training at "
+                    "least as exactly; set memory_preset none to run them literally (several times slower).")
+    else:
+        message += " Set memory_preset none to keep your own settings."
     if free_bytes is not None and free_bytes / 2**30 < needs:
         message += (f" Warning: only {free_bytes / 2**30:.1f} GiB is free and this preset needs about "
                     f"{needs:.0f} GiB; close other GPU programs if training runs out of memory.")

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dreamcore.fileio import atomic_directory
-from dreamcore.config import ConfigError, TrainConfig, coerce_field_value, config_fields, field_is_optional, \
-    field_type
+from dreamcore.config import CHOSEN_KEY, ConfigError, TrainConfig, coerce_field_value, config_fields, \
+    field_is_optional, field_type
+from dreamcore.presets import preset_names, preset_overrides
 
 # Fields the main controls set: (field, the control that sets it).
 MAIN_FIELDS = {
@@ -101,6 +102,7 @@ class TabForm:
     class_word: str = "person"
     job_name: str = ""
     advanced: dict[str, Any] = field(default_factory=dict)  # field name -> raw control value
+    preset: str = ""  # the preset the advanced controls started from ("" = TrainConfig's defaults)
 
 
 def instance_prompt(token: str, class_word: str) -> str:
@@ -139,6 +141,8 @@ def build_config(form: TabForm, resolve_checkpoint: Callable[[str], str | None],
         problems.append("Model name: give the new model a name, e.g. 'anna-sd15'.")
     if not form.uploaded_photos and not form.photos_dir.strip():
         problems.append("Photos: give a folder of 13-20 photos, or upload them.")
+    if form.preset and form.preset not in preset_names():
+        problems.append(f"Preset: {form.preset!r} is not one of {', '.join(preset_names())}; choose one again.")
     if problems:
         raise ConfigError(problems)
 
@@ -152,6 +156,13 @@ def build_config(form: TabForm, resolve_checkpoint: Callable[[str], str | None],
         class_prompt=class_prompt(class_word),
         model_name=form.job_name.strip(),
     )
+    # The person chose the main fields and every advanced field they changed from the preset's value; the
+    # preset's own values are its recipe, which memory_preset "auto" may run on a faster tier.
+    starting_point = preset_overrides(form.preset) if form.preset in preset_names() else {}
+    defaults = TrainConfig().to_dict()
+    changed = [name for name, value in values.items() if name not in MAIN_FIELDS
+               and value != starting_point.get(name, defaults[name])]
+    values[CHOSEN_KEY] = [*MAIN_FIELDS.keys() & values.keys(), *changed]
     config = TrainConfig.from_dict(values, source="the DreamBooth tab")
     # output_dir is set by the job manager (the job's own folder); everything else is checked now.
     field_problems = [p for p in config.problems() if not p.startswith("output_dir")]

@@ -26,7 +26,7 @@ logger = logging.getLogger("dreamcore.webui")
 
 TAB_TITLE = "DreamBooth"
 TAB_ELEM_ID = "dreamcore_tab"
-FORM_INPUTS = ("base_model", "photos_dir", "uploads", "token", "class_word", "job_name")
+FORM_INPUTS = ("base_model", "photos_dir", "uploads", "token", "class_word", "job_name", "preset")
 # javascript/dreamcore.js defines the function inside a WebUI; the standalone app has no txt2img page.
 USE_IN_TXT2IMG_JS = ("(prompt, title) => { if (typeof dreamcoreUseInTxt2img === 'function') "
                      "{ return dreamcoreUseInTxt2img(prompt, title); } return []; }")
@@ -59,7 +59,8 @@ class TabHandlers:
             base_model=main["base_model"] or "", photos_dir=main["photos_dir"] or "",
             uploaded_photos=uploaded_paths(main["uploads"]), token=main["token"] or "",
             class_word=main["class_word"] or "", job_name=main["job_name"] or "",
-            advanced={f.name: value for f, value in zip(self.advanced, advanced_values)})
+            advanced={f.name: value for f, value in zip(self.advanced, advanced_values)},
+            preset=main["preset"] or "")
 
     def preset_values(self, name: str) -> list[Any]:
         """The advanced controls' values for a preset: defaults, then the preset's fields."""
@@ -315,7 +316,7 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                 prompt_out = gr.Textbox(visible=False)
                 title_out = gr.Textbox(visible=False)
 
-        form_inputs = [base_model, photos_dir, uploads, token, class_word, job_name, *advanced_controls]
+        form_inputs = [base_model, photos_dir, uploads, token, class_word, job_name, preset, *advanced_controls]
         watch_outputs = [message, progress, loss_plot, samples, log, job]
 
         def with_job_choices(updates: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:

@@ -72,6 +72,28 @@ def test_guide_command_parses_verbatim(tmp_path: Path, photos: Path, model_dir: 
     assert config.revision == "fp16" and config.save_sample_prompt == "photo of ukj person"
     assert config.problems() == []
     assert config.concepts()[0].class_prompt == "photo of a person"
+    # the flags typed are recorded as chosen, defaults typed out included (--prior_loss_weight=1.0)
+    assert {"mixed_precision", "use_8bit_adam", "prior_loss_weight", "learning_rate"} <= set(config.chosen_settings)
+    assert not config.chose("max_grad_norm") and not config.chose("memory_preset")
+
+
+def test_explicit_settings_survive_memory_preset_auto(tmp_path: Path, photos: Path, model_dir: Path) -> None:
+    from dreamcore.presets import apply_memory_preset
+
+    common = ["--pretrained_model_name_or_path", str(model_dir), "--instance_data_dir", str(photos),
+              "--instance_prompt", "photo of sks person"]
+    exact, message = apply_memory_preset(parse([*common, "--mixed_precision", "no"]), free_bytes=80 * 2**30)
+    assert exact.mixed_precision == "no" and exact.memory_preset == "auto" and not exact.optimizer_in_backward
+    assert "kept your own settings (mixed_precision given)" in message
+    # the guide's fp16 and 8-bit Adam state a memory budget: on a GPU a tier keeps it, and says so
+    guide, message = apply_memory_preset(parse([*common, "--mixed_precision", "fp16", "--use_8bit_adam"]),
+                                         free_bytes=80 * 2**30)
+    assert guide.memory_preset == "16GB" and "memory_preset none to run them literally" in message
+    # a saved train_config.json keeps what was chosen, and only that, through --config
+    saved = exact.save(tmp_path / "train_config.json")
+    again = parse(["--config", str(saved), "--seed", "3"])
+    assert set(again.chosen_settings) == {*exact.chosen_settings, "seed"}
+    assert apply_memory_preset(again, free_bytes=80 * 2**30)[0].mixed_precision == "no"
 
 
 def test_every_field_has_a_flag_and_help() -> None:
@@ -151,7 +173,21 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
     config = TrainConfig(pretrained_model_name_or_path="m", instance_prompt="photo of sks person",
                          max_train_steps=None, learning_rate=1e-6)
     loaded = TrainConfig.load(config.save(tmp_path / "train_config.json"))
-    assert loaded == config
+    assert loaded == config and loaded.chosen_settings == config.chosen_settings
+    assert config.chosen_settings == ("instance_prompt", "learning_rate", "max_train_steps",
+                                      "pretrained_model_name_or_path")
+    assert config.replace(seed=1).chosen_settings == config.chosen_settings  # dreamcore's own changes
+    assert config.choose(seed=1).chose("seed")
+
+
+def test_chosen_settings_come_from_the_keys_given_or_their_record() -> None:
+    assert TrainConfig.from_dict({"seed": 3, "resolution": 512}).chosen_settings == ("resolution", "seed")
+    recorded = TrainConfig.from_dict({"seed": 3, "resolution": 512, "chosen_settings": ["seed"]})
+    assert recorded.chosen_settings == ("seed",)
+    with pytest.raises(ConfigError, match="chosen_settings: unknown setting 'sed'"):
+        TrainConfig.from_dict({"chosen_settings": ["sed"]})
+    with pytest.raises(ConfigError, match="chosen_settings: expected a list of setting names"):
+        TrainConfig.from_dict({"chosen_settings": "seed"})
 
 
 def test_config_is_immutable() -> None:

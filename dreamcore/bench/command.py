@@ -17,14 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from dreamcore.memory_tiers import TIER_NAMES, auto_tiers
+
 HELP = "Benchmark the guide's recipe on this GPU (SD1.5 shapes, random weights, offline): speed and memory."
-DEFAULT_PRESETS = ("guide", "16GB", "12GB", "8GB")  # 24GB runs the 16GB settings
+DEFAULT_PRESETS = ("guide", *(tier.name for tier in auto_tiers()))  # not 24GB: the 16GB settings again
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", action="append", default=None, metavar="NAME[:field=value,...]",
                         help="preset to run (repeatable): 'guide' (the guide's fp16 + 8-bit AdamW recipe, plain "
-                             "step) or a memory preset 24GB/16GB/12GB/8GB, optionally with TrainConfig overrides, "
+                             f"step) or a memory preset {'/'.join(TIER_NAMES)}, optionally with TrainConfig overrides, "
                              f"e.g. 16GB:cuda_graph=false (default: {' '.join(DEFAULT_PRESETS)})")
     parser.add_argument("--steps", type=int, default=120, help="training steps per preset (default 120)")
     parser.add_argument("--warmup", type=int, default=20,

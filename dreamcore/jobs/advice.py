@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
 
 from dreamcore.config import TrainConfig
+from dreamcore.memory_tiers import smaller_tiers
 
 _GPU_OOM_MARKERS = ("cuda out of memory", "outofmemoryerror", "cuda error: out of memory", "hip out of memory",
                     "mps backend out of memory")
@@ -56,7 +56,7 @@ def gpu_memory_advice(config: TrainConfig | None) -> str:
         text += "Try, in this order: " + "; ".join(steps) + ". "
     else:
         text += "Every memory saving setting is already on; this GPU is too small for this model. "
-    preset = _smaller_preset_hint()
+    preset = _smaller_tier_hint(config)
     if preset:
         text += preset + " "
     return text + "Also close other programs that use the GPU (a WebUI with a model loaded holds several GB)."
@@ -85,18 +85,10 @@ def describe_exit(returncode: int | None) -> str:
     return f"the training process exited with code {returncode} before finishing"
 
 
-def _smaller_preset_hint() -> str:
-    """Name the VRAM presets when dreamcore.presets (the tab's presets) is part of this build."""
-    import importlib.util
-
-    if importlib.util.find_spec("dreamcore.presets") is None:
+def _smaller_tier_hint(config: TrainConfig | None) -> str:
+    """The memory tiers that need less than the run's, with what each needs."""
+    tiers = smaller_tiers(config.memory_preset if config is not None else "")
+    if not tiers:
         return ""
-    try:
-        from dreamcore import presets
-    except Exception as error:  # advice must never hide the error it explains; say why presets are missing
-        return f"(The presets could not be read: {type(error).__name__}: {error}.)"
-    names: Any = getattr(presets, "PRESETS", None)
-    by_memory = [str(name) for name in names or () if "GB" in str(name)]  # the presets named by GPU memory
-    if by_memory:
-        return "Or pick the preset for your GPU's memory: " + "; ".join(by_memory) + "."
-    return ""
+    return ("Or set memory_preset to a smaller tier (the tab's GPU presets): "
+            + "; ".join(f"{tier.name} (about {tier.needs_gib:.0f} GiB free)" for tier in tiers) + ".")

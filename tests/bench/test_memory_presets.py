@@ -70,11 +70,28 @@ def test_gradient_accumulation_holds_gradients_in_the_large_tiers() -> None:
     assert small.use_8bit_adam and not small.optimizer_in_backward
 
 
-def test_auto_keeps_settings_the_user_chose() -> None:
-    config = TrainConfig(mixed_precision="fp16", use_8bit_adam=True)  # the guide's flags
+@pytest.mark.parametrize("chosen, named", [
+    ({"mixed_precision": "no"}, "mixed_precision"),
+    ({"max_grad_norm": 1.0}, "max_grad_norm"),  # a default typed out is a choice too
+    ({"mixed_precision": "fp16", "fast_step": False}, "fast_step"),  # fp16 alone is a budget, not a method
+])
+def test_auto_keeps_settings_the_user_chose(chosen: dict, named: str) -> None:
+    config = TrainConfig(**chosen)
     kept, message = apply_memory_preset(config, free_bytes=80 * GIB)
     assert kept is config
-    assert "kept your own settings (mixed_precision, use_8bit_adam given)" in message
+    assert f"kept your own settings ({named} given)" in message
+
+
+def test_the_guides_memory_flags_ask_for_a_budget_that_a_tier_keeps() -> None:
+    config = TrainConfig(mixed_precision="fp16", use_8bit_adam=True, gradient_checkpointing=True)  # the guide's
+    tiered, message = apply_memory_preset(config, free_bytes=80 * GIB)
+    assert tiered.memory_preset == "16GB" and tiered.optimizer_in_backward and tiered.mixed_precision == "bf16"
+    assert "gradient_checkpointing=True, mixed_precision=fp16, use_8bit_adam=True ask for a memory budget" in message
+    assert "memory_preset none to run them literally" in message
+    assert apply_memory_preset(config.replace(memory_preset="none"), free_bytes=80 * GIB)[0].mixed_precision == "fp16"
+    # the same values set by no one (a preset's, or the defaults) are no budget statement to report
+    _, message = apply_memory_preset(config.replace(chosen_settings=()), free_bytes=80 * GIB)
+    assert "memory budget" not in message and "memory_preset none to keep your own settings" in message
 
 
 def test_auto_picks_only_on_a_gpu_and_says_which() -> None:

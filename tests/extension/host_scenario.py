@@ -122,7 +122,8 @@ def run(work: Path, flavor: str, train: bool, base_model_source: Path | None = N
     advanced = dict(zip([f.name for f in handlers.advanced], handlers.preset_values(handlers.default_preset)))
     advanced.update(TINY_RUN)
     assert base_title in handlers.refresh_models()
-    values = [base_title, str(photos), None, "sks", "person", JOB_NAME, *advanced.values()]
+    values = [base_title, str(photos), None, "sks", "person", JOB_NAME, handlers.default_preset,
+              *advanced.values()]
     started = time.perf_counter()
     outputs = None
     progress_seen = []

@@ -52,6 +52,29 @@ def test_build_config_fills_prompts_model_and_photos(tmp_path: Path) -> None:
     assert (config.resolution, config.max_train_steps, config.model_name) == (64, 8, "anna")
 
 
+def test_the_preset_is_a_starting_point_and_only_changed_fields_are_chosen(tmp_path: Path) -> None:
+    from dreamcore.presets import PORTRAIT_PRESET, apply_memory_preset, preset_overrides
+
+    photos = _photos(tmp_path / "photos")
+    portrait = preset_overrides(PORTRAIT_PRESET)
+    advanced = {f.name: form.ui_value(f, portrait.get(f.name, f.default)) for f in form.advanced_fields()}
+    tab_form = form.TabForm(base_model="base", photos_dir=str(photos), token="sks", class_word="person",
+                            job_name="anna", advanced={**advanced, "resolution": 64}, preset=PORTRAIT_PRESET)
+    config = form.build_config(tab_form, lambda title: str(photos), tmp_path / "uploads")
+    assert config.mixed_precision == "fp16" and config.use_8bit_adam  # the preset's values ...
+    assert set(config.chosen_settings) == {"resolution", "pretrained_model_name_or_path", "instance_data_dir",
+                                           "instance_prompt", "class_prompt", "model_name"}  # ... are not chosen
+    tiered, _ = apply_memory_preset(config, free_bytes=80 * 2**30)
+    assert tiered.memory_preset == "16GB"  # the Portrait preset runs the fast tier on a large card
+    exact = form.build_config(form.TabForm(**{**tab_form.__dict__, "advanced": {**advanced, "mixed_precision": "no"}}),
+                              lambda title: str(photos), tmp_path / "uploads")
+    assert exact.chose("mixed_precision")
+    assert apply_memory_preset(exact, free_bytes=80 * 2**30)[0].mixed_precision == "no"
+    with pytest.raises(ConfigError, match="Preset: 'Mine' is not one of"):
+        form.build_config(form.TabForm(**{**tab_form.__dict__, "preset": "Mine"}), lambda title: str(photos),
+                          tmp_path / "uploads")
+
+
 def test_build_config_lists_every_problem_with_the_controls_name(tmp_path: Path) -> None:
     tab_form = form.TabForm(base_model="gone.safetensors", token="two words", class_word="", job_name="",
                             advanced={"resolution": "abc", "max_train_steps": "x"})

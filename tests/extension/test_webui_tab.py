@@ -80,12 +80,13 @@ def test_start_with_bad_values_explains_and_queues_nothing(webui: dict) -> None:
     handlers = webui["extension"].handlers
     advanced = handlers.preset_values(handlers.default_preset)
     advanced[[f.name for f in handlers.advanced].index("resolution")] = 63
-    outputs = list(handlers.start("", str(webui["photos"]), None, "two words", "person", "bad/name", *advanced))
+    outputs = list(handlers.start("", str(webui["photos"]), None, "two words", "person", "bad/name", "",
+                                  *advanced))
     assert len(outputs) == 1
     message = outputs[0][0]
     assert "Base model" in message and "Token" in message
     outputs = list(handlers.start("base/tiny-sd1.safetensors", str(webui["photos"]), None, "sks", "person",
-                                  "anna", *advanced))
+                                  "anna", handlers.default_preset, *advanced))
     assert "resolution" in outputs[0][0] and "multiple of 8" in outputs[0][0]
     assert handlers.job_choices() == []
 
@@ -144,7 +145,7 @@ def test_cancel_stops_a_running_job_and_resume_finishes_it(webui: dict) -> None:
     advanced.update(host_scenario.TINY_RUN, with_prior_preservation=False, max_train_steps="10",
                     save_interval=0, checkpointing_steps=5)
     values = ["base/tiny-sd1.safetensors", str(webui["photos"]), None, "sks", "person", "stop-me",
-              *advanced.values()]
+              handlers.default_preset, *advanced.values()]
     cancel_message = ""
     for outputs in handlers.start(*values):
         if "running (train)" in outputs[1] and not cancel_message:
