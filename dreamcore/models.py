@@ -7,6 +7,7 @@ tokenizer and configs come from ``dreamcore.assets`` when a model does not carry
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -82,18 +83,49 @@ def load_vae(source: str, revision: str = "") -> Any:
                          "folder) in it; give a diffusers VAE folder or a single-file VAE (.safetensors/.ckpt)")
 
 
-def save_diffusers_folder(components: ModelComponents, directory: str | Path) -> Path:
-    """Write the model as a diffusers folder, atomically (a complete folder or none under that name).
+def save_diffusers_folder(components: ModelComponents, directory: str | Path, dtype: Any = None) -> Path:
+    """Write the model as a diffusers folder, atomically (a complete folder or none under that name), with every
+    weight in one dtype: ``dtype``, fp32 by default.
 
-    ``diffusers.StableDiffusionPipeline.from_pretrained(directory)`` loads it offline (no safety checker).
+    ``diffusers.StableDiffusionPipeline.from_pretrained(directory)`` loads it offline (no safety checker) and
+    generates at its defaults: a folder mixing dtypes (bf16 trained weights beside an fp32 VAE) would load
+    as saved and fail at the first matrix product.
     """
+    import torch
+
     from dreamcore.fileio import atomic_directory
 
+    dtype = dtype or torch.float32
+    same = dataclasses.replace(components, unet=weights_in(components.unet, dtype),
+                               vae=weights_in(components.vae, dtype),
+                               text_encoder=weights_in(components.text_encoder, dtype))
     directory = Path(directory)
     with atomic_directory(directory) as temp:
-        _pipeline(components, components.scheduler).save_pretrained(str(temp), safe_serialization=True)
-        _add_slow_tokenizer_files(components.tokenizer, temp / "tokenizer")
+        _pipeline(same, same.scheduler).save_pretrained(str(temp), safe_serialization=True)
+        _add_slow_tokenizer_files(same.tokenizer, temp / "tokenizer")
     return directory
+
+
+def weights_in(module: Any, dtype: Any) -> Any:
+    """``module`` itself when its floating-point weights are all ``dtype``, else a copy on the CPU in ``dtype``
+    (the module is left as it is: training may still hold it)."""
+    import copy
+
+    import torch
+
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(t.dtype == dtype for t in tensors if t.is_floating_point()):
+        return module
+
+    def converted(tensor: torch.Tensor) -> torch.Tensor:
+        moved = tensor.detach().to("cpu", dtype if tensor.is_floating_point() else tensor.dtype)
+        return moved.contiguous()
+
+    # deepcopy with every tensor already replaced in its memo: the copy is made on the CPU in the new dtype,
+    # without first duplicating the module where it lives (on the GPU after training).
+    memo: dict[int, Any] = {id(p): torch.nn.Parameter(converted(p), requires_grad=False) for p in module.parameters()}
+    memo.update({id(b): converted(b) for b in module.buffers()})
+    return copy.deepcopy(module, memo)
 
 
 def _add_slow_tokenizer_files(tokenizer: Any, folder: Path) -> None:

@@ -79,10 +79,9 @@ def convert(src: str, dst: str, to: str | None = None, half: bool = False, use_e
     components = (load_single_file(source, family=family, use_ema=use_ema, config_yaml=original_config)
                   if source.is_file() else load_base_model(src, family=family))
     if fmt == "diffusers":
-        if half:
-            for module in (components.unet, components.vae, components.text_encoder):
-                module.half()
-        return save_diffusers_folder(components, destination)
+        import torch
+
+        return save_diffusers_folder(components, destination, torch.float16 if half else torch.float32)
     written = save_single_file(components, destination, half=half)
     if components.family == "sd2-v":
         log.info("wrote %s beside it: the WebUI needs it to know this is a v-prediction model",

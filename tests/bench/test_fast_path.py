@@ -64,6 +64,29 @@ def test_8gb_preset_trains_unet_and_text_encoder_in_bf16(tiny_inputs, tmp_path: 
         # beyond the fp32 -> bf16 cast itself: compare against the base weights rounded to bf16
         moved = [k for k in before if not torch.equal(before[k].to(torch.bfloat16).float(), after[k].float())]
         assert changed and moved, component
+    assert_stock_diffusers_generates(saved)
+
+
+def assert_stock_diffusers_generates(folder: Path, device: str = "cpu") -> None:
+    """The diffusers folder holds one dtype and stock ``from_pretrained`` at its defaults makes an image."""
+    from diffusers import StableDiffusionPipeline
+
+    dtypes = {tensor.dtype for component in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                                             "vae/diffusion_pytorch_model.safetensors")
+              for tensor in load_file(str(folder / component)).values() if tensor.is_floating_point()}
+    assert dtypes == {torch.float32}
+    pipeline = StableDiffusionPipeline.from_pretrained(str(folder)).to(device)
+    image = pipeline("photo of ukj person", num_inference_steps=2, height=64, width=64, output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and bool(torch.isfinite(torch.from_numpy(image)).all())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tier", ["16GB", "12GB", "8GB"])
+def test_every_tiers_diffusers_folder_loads_and_generates_with_stock_diffusers(tiny_inputs, tmp_path: Path,
+                                                                                tier: str) -> None:
+    model, photos = tiny_inputs
+    result = train(tiny_recipe(model, photos, tmp_path / tier, memory_preset=tier, max_train_steps=3))
+    assert_stock_diffusers_generates(Path(result.outputs["diffusers"]), "cuda")
 
 
 @pytest.mark.gpu
