@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -59,34 +59,49 @@ def save_single_file(components: ModelComponents, path: str | Path, half: bool =
     models also get ``<name>.yaml`` beside the file; ``user_metadata`` (description, "activation text",
     ...) goes to ``<name>.json`` beside it, where the WebUI's model cards read it. Each file is atomic.
     """
+    return single_file_writer(components, path, half, metadata, user_metadata, snapshot=False)()
+
+
+def single_file_writer(components: ModelComponents, path: str | Path, half: bool = False,
+                       metadata: dict[str, str] | None = None, user_metadata: dict | None = None,
+                       snapshot: bool = True) -> Callable[[], Path]:
+    """``save_single_file`` in two parts: the weights are copied to the host now (``snapshot``: a copy even of
+    weights already there, which training may go on changing in place), and the returned function writes the
+    files, on any thread; it returns the model file's path."""
     path = _single_file_path(path)
     family = components.family
     if family not in MODELSPEC_ARCHITECTURE:
         raise ValueError(f"model family {family!r} is unknown; a single file holds sd1, sd2 or sd2-v")
     # On the host before any cast: a half copy made on the GPU would need another 2 GB of GPU memory at the end
     # of a training run, when the optimizer's state is still there.
-    state_dict = {key: t.detach().cpu() for key, t in components_state_dict(components).items()}
-    if half:
-        state_dict = {key: t.half() if t.is_floating_point() else t for key, t in state_dict.items()}
+    state_dict = {key: t.detach().to("cpu", copy=snapshot) for key, t in components_state_dict(components).items()}
     file_metadata = _file_metadata(components, path)
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata {key!r}: keys and values must be strings (got {type(value).__name__}); "
                             "use training_metadata() or str()")
         file_metadata[key] = value
-    if path.suffix == ".ckpt":
-        write_ckpt(path, state_dict, file_metadata)
-    else:
-        write_safetensors(path, state_dict, file_metadata)
+    yaml_text = ""
     if family == "sd2-v":
         # The WebUI cannot tell v-prediction from SD2's keys; the yaml beside the file tells it.
         configs = _component_configs(components)
         yaml_text = original_config_yaml(original_config(family, configs["unet"], configs["vae"],
                                                          configs["scheduler"]))
-        atomic_write_text(path.with_suffix(".yaml"), yaml_text)
-    if user_metadata is not None:
-        atomic_write_text(path.with_suffix(".json"), json.dumps(user_metadata, indent=4, ensure_ascii=False) + "\n")
-    return path
+
+    def write() -> Path:
+        tensors = {key: t.half() if half and t.is_floating_point() else t for key, t in state_dict.items()}
+        if path.suffix == ".ckpt":
+            write_ckpt(path, tensors, file_metadata)
+        else:
+            write_safetensors(path, tensors, file_metadata)
+        if yaml_text:
+            atomic_write_text(path.with_suffix(".yaml"), yaml_text)
+        if user_metadata is not None:
+            atomic_write_text(path.with_suffix(".json"),
+                              json.dumps(user_metadata, indent=4, ensure_ascii=False) + "\n")
+        return path
+
+    return write
 
 
 def components_state_dict(components: ModelComponents) -> dict[str, torch.Tensor]:

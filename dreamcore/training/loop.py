@@ -35,8 +35,9 @@ from dreamcore.training.tokens import identifier_token_ids, train_only_rows
 from dreamcore.training.sampling import generate_samples, write_samples
 from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, effective_precision,
                                       is_full_size, plan_run, use_expandable_segments, weight_dtype)
+from dreamcore.training.saving import BackgroundWriter
 from dreamcore.training.state import (STATE_DIR_NAME, TrainingProgress, load_training_state,
-                                      resolve_state_folder, save_training_state)
+                                      resolve_state_folder, training_state_writer)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Trainer:
         self.config = plan.config
         self.emit = emit
         self.stop = stop
+        self.saver = BackgroundWriter()  # checkpoints and states written while training goes on
         config = self.config
         self.precision = effective_precision(config.mixed_precision, emit)
         # bf16_autocast off: bf16 weights compute in bf16 without autocast; accelerate must then not wrap the
@@ -417,11 +419,17 @@ class Trainer:
             optimizer.collect_state_on_main()
         if self.accelerator.is_main_process:
             scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
-            save_training_state(folder, TrainingProgress(step, self.plan.total_steps, self.config.seed),
-                                {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()},
-                                optimizer, self.lr_scheduler, scaler, self.noise_generator,
-                                json.dumps(self.config.to_dict(), indent=2) + "\n")
-            self.emit(CheckpointSaved(step, str(folder), "state"))
+            write = training_state_writer(
+                folder, TrainingProgress(step, self.plan.total_steps, self.config.seed),
+                {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()},
+                optimizer, self.lr_scheduler, scaler, self.noise_generator,
+                json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+            def write_and_report() -> Callable[[], None]:
+                write()
+                return lambda: self.emit(CheckpointSaved(step, str(folder), "state"))
+
+            self.saver.submit(write_and_report)
         if sharded:
             optimizer.keep_own_parts_only()
         self.accelerator.wait_for_everyone()
@@ -469,6 +477,7 @@ class Trainer:
     def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
         """Samples plus the single-file model (and, at the end, the diffusers folder)."""
         from dreamcore.convert import save_single_file
+        from dreamcore.convert.single_file import single_file_writer
         from dreamcore.models import build_pipeline, save_diffusers_folder
 
         config, plan = self.config, self.plan
@@ -522,14 +531,23 @@ class Trainer:
                     path = plan.output_dir / f"{plan.model_name}.safetensors"
                 else:
                     path = plan.output_dir / "checkpoints" / f"{plan.model_name}-step-{step:06d}.safetensors"
-                if not config.use_lora:
-                    save_single_file(components, path, half=config.save_half, metadata=metadata,
-                                     user_metadata=user_metadata)
-                    outputs["single_file"] = str(path)
                 config.save(path.parent / CONFIG_FILE_NAME)
-                self.emit(CheckpointSaved(step, str(path), "final" if final else "checkpoint"))
-                if not final:
-                    self._apply_checkpoint_limit()
+                if config.use_lora or final:  # LoRA files are small; after the last step nothing runs beside
+                    if not config.use_lora:
+                        save_single_file(components, path, half=config.save_half, metadata=metadata,
+                                         user_metadata=user_metadata)
+                    self.report_checkpoint(step, path, final)
+                else:  # the weights copied to the host now, the file written while training goes on
+                    write = single_file_writer(components, path, half=config.save_half, metadata=metadata,
+                                               user_metadata=user_metadata)
+
+                    def write_and_report() -> Callable[[], None]:
+                        write()
+                        return lambda: self.report_checkpoint(step, path, final)
+
+                    self.saver.submit(write_and_report)
+                if not config.use_lora:
+                    outputs["single_file"] = str(path)
         finally:
             for module in self.wrapped.values():
                 module.train()
@@ -537,6 +555,12 @@ class Trainer:
                 self.models.vae.to("cpu")
         self.accelerator.wait_for_everyone()
         return outputs
+
+    def report_checkpoint(self, step: int, path: Path, final: bool) -> None:
+        """A model file is complete: say so, and keep at most checkpoints_total_limit of the step files."""
+        self.emit(CheckpointSaved(step, str(path), "final" if final else "checkpoint"))
+        if not final:
+            self._apply_checkpoint_limit()
 
     def export_metadata(self, step: int) -> dict[str, str]:
         from dreamcore.convert import training_metadata
@@ -772,89 +796,96 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     class_images = ensure_class_images(trainer, emit, stop)
     trainer.prepare_models()
     trainer.prepare_data(class_images)
-    start_step = trainer.restore_state() if config.resume_from_checkpoint else 0
+    try:
+        start_step = trainer.restore_state() if config.resume_from_checkpoint else 0
 
-    processes = trainer.accelerator.num_processes
-    emit(Stage("train", f"{plan.total_steps} steps on {trainer.device}"
-               + (f" x {processes} processes" if processes > 1 else "")))
-    losses: list[float] = []
-    outputs: dict[str, str] = {}
-    status = "completed"
-    started = time.perf_counter()
-    step = start_step
-    micro_steps = config.gradient_accumulation_steps
+        processes = trainer.accelerator.num_processes
+        emit(Stage("train", f"{plan.total_steps} steps on {trainer.device}"
+                   + (f" x {processes} processes" if processes > 1 else "")))
+        losses: list[float] = []
+        outputs: dict[str, str] = {}
+        status = "completed"
+        started = time.perf_counter()
+        step = start_step
+        micro_steps = config.gradient_accumulation_steps
 
-    def report(launched: tuple[int, LateValues]) -> None:
-        """Check and announce a finished step's loss (read one step late: see late_read.py)."""
-        done, late = launched
-        values = late.values()
-        micro_losses, micro_priors, learning_rate = values[:micro_steps], values[micro_steps:-1], values[-1]
-        # summed on the host in micro-step order, as Python floats (float64)
-        accumulated = sum(value / micro_steps for value in micro_losses)
-        accumulated_prior = sum(value / micro_steps for value in micro_priors)
-        if not math.isfinite(accumulated):
-            raise TrainingError(
-                f"the loss became {accumulated} at step {done}. Likely causes: fp16 overflow (use "
-                "mixed_precision bf16, or keep the VAE in fp32 as dreamcore does), a learning rate too high "
-                f"({config.learning_rate}; the guide uses 1e-6), or a damaged base model. No checkpoint was "
-                "written from this step; resume from the last saved state after changing the setting.")
-        losses.append(accumulated)
-        elapsed = time.perf_counter() - started
-        rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
-        emit(Progress(done, plan.total_steps, accumulated, learning_rate, rate,
-                      (plan.total_steps - done) / rate if rate > 0 else 0.0,
-                      accumulated_prior if config.with_prior_preservation else None))
+        def report(launched: tuple[int, LateValues]) -> None:
+            """Check and announce a finished step's loss (read one step late: see late_read.py)."""
+            done, late = launched
+            values = late.values()
+            micro_losses, micro_priors, learning_rate = values[:micro_steps], values[micro_steps:-1], values[-1]
+            # summed on the host in micro-step order, as Python floats (float64)
+            accumulated = sum(value / micro_steps for value in micro_losses)
+            accumulated_prior = sum(value / micro_steps for value in micro_priors)
+            if not math.isfinite(accumulated):
+                raise TrainingError(
+                    f"the loss became {accumulated} at step {done}. Likely causes: fp16 overflow (use "
+                    "mixed_precision bf16, or keep the VAE in fp32 as dreamcore does), a learning rate too high "
+                    f"({config.learning_rate}; the guide uses 1e-6), or a damaged base model. No checkpoint was "
+                    "written from this step; resume from the last saved state after changing the setting.")
+            losses.append(accumulated)
+            elapsed = time.perf_counter() - started
+            rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
+            emit(Progress(done, plan.total_steps, accumulated, learning_rate, rate,
+                          (plan.total_steps - done) / rate if rate > 0 else 0.0,
+                          accumulated_prior if config.with_prior_preservation else None))
 
-    unread: tuple[int, LateValues] | None = None  # the last launched step, whose values are still on the GPU
-    while step < plan.total_steps:
-        if stop is not None and stop.is_set():
-            status = "stopped"
-            break
-        step_losses, step_priors = [], []
-        for micro in range(micro_steps):
-            index = step * micro_steps + micro
-            with accumulate(trainer.accelerator, list(trainer.wrapped.values())):
-                loss, prior_loss = trainer.micro_step(index)
-            step_losses.append(loss)
-            if prior_loss is not None:
-                step_priors.append(prior_loss)
-        trainer.optimizer_step()
-        step += 1
-        launched = (step, LateValues([*step_losses, *step_priors, trainer.lr_scheduler.get_last_lr()[0]]))
-        if unread is not None:  # this step is queued behind it, so the GPU stays busy while the host reads
+        unread: tuple[int, LateValues] | None = None  # the last launched step, whose values are still on the GPU
+        while step < plan.total_steps:
+            if stop is not None and stop.is_set():
+                status = "stopped"
+                break
+            step_losses, step_priors = [], []
+            for micro in range(micro_steps):
+                index = step * micro_steps + micro
+                with accumulate(trainer.accelerator, list(trainer.wrapped.values())):
+                    loss, prior_loss = trainer.micro_step(index)
+                step_losses.append(loss)
+                if prior_loss is not None:
+                    step_priors.append(prior_loss)
+            trainer.optimizer_step()
+            trainer.saver.poll()  # a save that finished is reported; one that failed is raised here
+            step += 1
+            launched = (step, LateValues([*step_losses, *step_priors, trainer.lr_scheduler.get_last_lr()[0]]))
+            if unread is not None:  # this step is queued behind it, so the GPU stays busy while the host reads
+                report(unread)
+            unread = launched
+            state_due = bool(config.checkpointing_steps) and step % config.checkpointing_steps == 0
+            checkpoint_due = bool(config.save_interval) and step % config.save_interval == 0
+            if (state_due or checkpoint_due) and step < plan.total_steps:
+                report(unread)  # nothing is saved from a step whose loss was not checked
+                unread = None
+                if state_due:
+                    trainer.save_state(step)
+                if checkpoint_due:
+                    trainer.save_checkpoint(step, final=False)
+                    if trainer.likeness is not None and trainer.likeness.should_stop():
+                        emit.log(f"likeness has not risen for {config.likeness_early_stop} checkpoints: stopping early "
+                                 f"at step {step} (likeness_early_stop).")
+                        break
+        if unread is not None:
             report(unread)
-        unread = launched
-        state_due = bool(config.checkpointing_steps) and step % config.checkpointing_steps == 0
-        checkpoint_due = bool(config.save_interval) and step % config.save_interval == 0
-        if (state_due or checkpoint_due) and step < plan.total_steps:
-            report(unread)  # nothing is saved from a step whose loss was not checked
-            unread = None
-            if state_due:
-                trainer.save_state(step)
-            if checkpoint_due:
-                trainer.save_checkpoint(step, final=False)
-                if trainer.likeness is not None and trainer.likeness.should_stop():
-                    emit.log(f"likeness has not risen for {config.likeness_early_stop} checkpoints: stopping early "
-                             f"at step {step} (likeness_early_stop).")
-                    break
-    if unread is not None:
-        report(unread)
 
-    if status == "stopped":
-        emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
-        trainer.save_state(step)
-        outputs = trainer.save_checkpoint(step, final=False)
-    else:
-        emit(Stage("export", "final model"))
-        outputs = trainer.save_checkpoint(step, final=True)
-        if trainer.likeness is not None and config.keep_best:
-            outputs.update(export_best_checkpoint(trainer, step, emit))
-    if trainer.likeness is not None:
-        save_run_report(plan.output_dir / CONFIG_FILE_NAME, config, {"likeness": trainer.likeness.report()})
-    outputs["state"] = str(plan.output_dir / STATE_DIR_NAME) if status == "stopped" else ""
-    outputs["config"] = str(plan.output_dir / CONFIG_FILE_NAME)
-    outputs = {k: v for k, v in outputs.items() if v}
-    if trainer.photo_loader is not None:
-        trainer.photo_loader.shutdown()
+        if status == "stopped":
+            emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
+            trainer.save_state(step)
+            outputs = trainer.save_checkpoint(step, final=False)
+            trainer.saver.wait()
+        else:
+            emit(Stage("export", "final model"))
+            trainer.saver.wait()  # the last checkpoint's files are complete before the final export reads or prunes
+            outputs = trainer.save_checkpoint(step, final=True)
+            if trainer.likeness is not None and config.keep_best:
+                outputs.update(export_best_checkpoint(trainer, step, emit))
+        if trainer.likeness is not None:
+            save_run_report(plan.output_dir / CONFIG_FILE_NAME, config, {"likeness": trainer.likeness.report()})
+        outputs["state"] = str(plan.output_dir / STATE_DIR_NAME) if status == "stopped" else ""
+        outputs["config"] = str(plan.output_dir / CONFIG_FILE_NAME)
+        outputs = {k: v for k, v in outputs.items() if v}
+        if trainer.photo_loader is not None:
+            trainer.photo_loader.shutdown()
+    except BaseException:
+        trainer.saver.finish_after_error(emit.log)  # the files of a save in flight are completed, not cut
+        raise
     emit(Finished(status, step, outputs))
     return TrainResult(status, step, outputs, losses)

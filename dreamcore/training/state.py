@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,19 +35,38 @@ class ResumeError(ValueError):
 def save_training_state(folder: Path, progress: TrainingProgress, trained_modules: dict[str, torch.nn.Module],
                         optimizer: torch.optim.Optimizer, lr_scheduler: Any, scaler_state: dict | None,
                         noise_generator: torch.Generator, config_json: str) -> Path:
-    with atomic_directory(folder) as temp:
-        for name, module in trained_modules.items():
-            state = trainable_state_dict(module)  # LoRA runs: the adapters' weights only
-            save_file(state, str(temp / f"{name}.safetensors"))
-        torch.save({
-            "optimizer": _plain_learning_rates(optimizer.state_dict()),
-            "lr_scheduler": _plain_learning_rates(lr_scheduler.state_dict()),
-            "scaler": scaler_state,
-            "noise_generator": noise_generator.get_state(),
-        }, temp / "optimizer.pt")
-        (temp / PROGRESS_FILE).write_text(json.dumps(progress.__dict__, indent=2) + "\n")
-        (temp / "train_config.json").write_text(config_json)
-    return folder
+    """Write the resumable state now (``training_state_writer`` without the thread)."""
+    return training_state_writer(folder, progress, trained_modules, optimizer, lr_scheduler, scaler_state,
+                                 noise_generator, config_json)()
+
+
+def training_state_writer(folder: Path, progress: TrainingProgress, trained_modules: dict[str, torch.nn.Module],
+                          optimizer: torch.optim.Optimizer, lr_scheduler: Any, scaler_state: dict | None,
+                          noise_generator: torch.Generator, config_json: str) -> Callable[[], Path]:
+    """Copy the resumable state to the host now; the returned function writes it (atomically) into ``folder``,
+    on any thread, while training goes on."""
+    from dreamcore.training.saving import host_copy
+
+    weights = {name: host_copy(trainable_state_dict(module))  # LoRA runs: the adapters' weights only
+               for name, module in trained_modules.items()}
+    rest = host_copy({
+        "optimizer": _plain_learning_rates(optimizer.state_dict()),
+        "lr_scheduler": _plain_learning_rates(lr_scheduler.state_dict()),
+        "scaler": scaler_state,
+        "noise_generator": noise_generator.get_state(),
+    })
+    progress_json = json.dumps(progress.__dict__, indent=2) + "\n"
+
+    def write() -> Path:
+        with atomic_directory(folder) as temp:
+            for name, state in weights.items():
+                save_file(state, str(temp / f"{name}.safetensors"))
+            torch.save(rest, temp / "optimizer.pt")
+            (temp / PROGRESS_FILE).write_text(progress_json)
+            (temp / "train_config.json").write_text(config_json)
+        return folder
+
+    return write
 
 
 def _plain_learning_rates(state: dict) -> dict:

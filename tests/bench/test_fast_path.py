@@ -71,9 +71,10 @@ def assert_stock_diffusers_generates(folder: Path, device: str = "cpu") -> None:
     """The diffusers folder holds one dtype and stock ``from_pretrained`` at its defaults makes an image."""
     from diffusers import StableDiffusionPipeline
 
-    dtypes = {tensor.dtype for component in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
-                                             "vae/diffusion_pytorch_model.safetensors")
-              for tensor in load_file(str(folder / component)).values() if tensor.is_floating_point()}
+    files = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+             "vae/diffusion_pytorch_model.safetensors")
+    dtypes = {tensor.dtype for name in files for tensor in load_file(str(folder / name)).values()
+              if tensor.is_floating_point()}
     assert dtypes == {torch.float32}
     pipeline = StableDiffusionPipeline.from_pretrained(str(folder)).to(device)
     image = pipeline("photo of ukj person", num_inference_steps=2, height=64, width=64, output_type="np").images[0]
