@@ -26,7 +26,9 @@ DEFAULT_PRESETS = ("guide", *(tier.name for tier in auto_tiers()))  # not 24GB: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", action="append", default=None, metavar="NAME[:field=value,...]",
                         help="preset to run (repeatable): 'guide' (the guide's fp16 + 8-bit AdamW recipe, plain "
-                             f"step) or a memory preset {'/'.join(TIER_NAMES)}, optionally with TrainConfig overrides, "
+                             "step), 'guide-verbatim' (the guide's command end to end: single-file base and VAE, "
+                             "its flags under memory_preset auto, saves every 500 steps; use --steps 2000) or a "
+                             f"memory preset {'/'.join(TIER_NAMES)}, optionally with TrainConfig overrides, "
                              f"e.g. 16GB:cuda_graph=false (default: {' '.join(DEFAULT_PRESETS)})")
     parser.add_argument("--steps", type=int, default=120, help="training steps per preset (default 120)")
     parser.add_argument("--warmup", type=int, default=20,
@@ -85,12 +87,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
     from dreamcore.bench.measure import DeviceMemorySampler, describe_card
-    from dreamcore.bench.recipe import GUIDE_STEPS
+    from dreamcore.bench.recipe import GUIDE_STEPS, GUIDE_VERBATIM, single_file_inputs
     from dreamcore.bench.report import PresetResult, format_parts, format_table
 
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     _ensure_inputs(work, args.model_size)
+    if any(preset.name == GUIDE_VERBATIM for preset in presets):  # once, not timed in the run
+        single_file_inputs(work / f"model-{args.model_size}")
     print(f"bench inputs ready in {time.perf_counter() - started:.0f} s (random {args.model_size} model, photos)",
           flush=True)
     results: list[PresetResult] = []

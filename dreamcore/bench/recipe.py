@@ -14,6 +14,16 @@ from dreamcore.config import TrainConfig
 from dreamcore.presets import GUIDE_PRESET, MEMORY_PRESETS, PRESETS, preset_overrides
 
 GUIDE = "guide"  # the guide's recipe exactly (fp16, 8-bit AdamW), through the plain step: the baseline
+# The guide's command as a person types it, end to end: a single-file base with a separate VAE file, its flags
+# (fp16, 8-bit Adam: memory_preset auto picks a tier over them), 12 class images, a checkpoint, samples and a
+# resumable state every 500 steps, then the export.
+GUIDE_VERBATIM = "guide-verbatim"
+GUIDE_COMMAND_FLAGS = ("pretrained_model_name_or_path", "pretrained_vae_name_or_path", "output_dir",
+                       "with_prior_preservation", "prior_loss_weight", "seed", "resolution", "train_batch_size",
+                       "train_text_encoder", "mixed_precision", "use_8bit_adam", "gradient_accumulation_steps",
+                       "learning_rate", "lr_scheduler", "lr_warmup_steps", "num_class_images", "sample_batch_size",
+                       "max_train_steps", "save_interval", "save_sample_prompt", "instance_data_dir",
+                       "instance_prompt", "class_prompt")
 GUIDE_PHOTOS = 20  # 20 photos x 100 steps = the guide's 2,000 steps
 GUIDE_STEPS = 2000
 MODEL_SIZES = {"sd1": 512, "tiny": 64}  # model size -> training resolution
@@ -39,9 +49,9 @@ class BenchPreset:
 def parse_preset(spec: str) -> BenchPreset:
     """``NAME`` or ``NAME:field=value,field=value``; raises ValueError naming what is wrong."""
     name, _, rest = spec.partition(":")
-    if name != GUIDE and name not in MEMORY_PRESETS and name not in PRESETS:
-        raise ValueError(f"--preset {spec!r}: unknown preset {name!r}; choose {GUIDE}, a memory preset "
-                         f"({', '.join(MEMORY_PRESETS)}) or one of {', '.join(PRESETS)}")
+    if name not in (GUIDE, GUIDE_VERBATIM) and name not in MEMORY_PRESETS and name not in PRESETS:
+        raise ValueError(f"--preset {spec!r}: unknown preset {name!r}; choose {GUIDE}, {GUIDE_VERBATIM}, a memory "
+                         f"preset ({', '.join(MEMORY_PRESETS)}) or one of {', '.join(PRESETS)}")
     overrides = []
     known = set(TrainConfig().to_dict())
     for item in filter(None, rest.split(",")):
@@ -77,6 +87,8 @@ def recipe_config(preset: BenchPreset, model: Path, photos: Path, output_dir: Pa
     export at the end (samples, diffusers folder, single file) stands for the guide's last save. With several
     processes the tiers run as with one (each gradient averaged inside backward), as train() runs them.
     """
+    if preset.name == GUIDE_VERBATIM:
+        return _guide_command_config(preset, model, photos, output_dir, steps, resolution)
     tier = MEMORY_PRESETS.get(preset.name, {})
     named = preset.name if preset.name in PRESETS else GUIDE_PRESET  # e.g. lora-5GB: its own recipe
     values: dict[str, Any] = {**preset_overrides(named),
@@ -88,6 +100,37 @@ def recipe_config(preset: BenchPreset, model: Path, photos: Path, output_dir: Pa
                               "memory_preset": "none", **tier}
     values.update(dict(preset.overrides))
     return TrainConfig.from_dict(values, source=f"bench preset {preset.spec()!r}")
+
+
+def _guide_command_config(preset: BenchPreset, model: Path, photos: Path, output_dir: Path, steps: int,
+                          resolution: int) -> TrainConfig:
+    """The guide's command (README) on the single-file form of the random model, its flags as typed."""
+    files = single_file_inputs(model)
+    values: dict[str, Any] = {**preset_overrides(GUIDE_PRESET),
+                              "pretrained_model_name_or_path": str(files["model"]),
+                              "pretrained_vae_name_or_path": str(files["vae"]), "output_dir": str(output_dir),
+                              "gradient_accumulation_steps": 1, "sample_batch_size": 4, "max_train_steps": steps,
+                              "resolution": resolution, "save_sample_prompt": "photo of ukj person",
+                              "instance_data_dir": str(photos), "instance_prompt": "photo of ukj person",
+                              "class_prompt": "photo of a person", **dict(preset.overrides)}
+    values["chosen_settings"] = [*GUIDE_COMMAND_FLAGS, *dict(preset.overrides)]
+    return TrainConfig.from_dict(values, source=f"bench preset {preset.spec()!r}")
+
+
+def single_file_inputs(model: Path) -> dict[str, Path]:
+    """The guide's inputs beside a diffusers folder: the model as one .safetensors file and its VAE as another
+    (written once)."""
+    files = {"model": model.with_name(model.name + ".safetensors"),
+             "vae": model.with_name(model.name + "-vae.safetensors")}
+    if not all(path.is_file() for path in files.values()):
+        from dreamcore.convert import save_single_file
+        from dreamcore.convert.single_file import save_vae_file
+        from dreamcore.models import load_base_model
+
+        components = load_base_model(str(model))
+        save_vae_file(components.vae, files["vae"], half=True)
+        save_single_file(components, files["model"], half=True)
+    return files
 
 
 def build_random_model(folder: Path, size: str, seed: int = 0) -> Path:

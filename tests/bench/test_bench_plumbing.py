@@ -122,6 +122,35 @@ def test_bench_command_runs_a_tiny_recipe_end_to_end(tmp_path: Path) -> None:
     assert "load_models" in python_profile.read_text()  # where the start-up went
 
 
+def test_guide_verbatim_is_the_guides_command_on_single_files(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from dreamcore.presets import apply_memory_preset
+
+    model = tmp_path / "model-tiny"
+    shutil.copytree(tiny_model_dir, model)
+    config = recipe_config(parse_preset("guide-verbatim"), model, tmp_path / "p", tmp_path / "o", 2000, 64)
+    assert Path(config.pretrained_model_name_or_path).is_file() and Path(config.pretrained_vae_name_or_path).is_file()
+    assert (config.mixed_precision, config.use_8bit_adam, config.save_interval, config.checkpointing_steps) == \
+        ("fp16", True, 500, 500)
+    assert config.memory_preset == "auto" and config.chose("use_8bit_adam") and not config.chose("memory_preset")
+    tiered, message = apply_memory_preset(config, free_bytes=80 * 2**30)  # as on a large card
+    assert tiered.memory_preset == "16GB" and "ask for a memory budget" in message
+
+
+def test_bench_runs_the_guides_command_with_its_saves(tmp_path: Path) -> None:
+    quick = "guide-verbatim:num_class_images=1,class_infer_steps=1,save_infer_steps=1,n_save_sample=1,save_interval=2"
+    result = subprocess.run([sys.executable, "-m", "dreamcore", "bench", "--model-size", "tiny", "--steps", "4",
+                             "--warmup", "1", "--preset", quick, "--work", str(tmp_path),
+                             "--json", str(tmp_path / "bench.json")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run,) = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert run["status"] == "ok" and run["steps"] == 4
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert len(list((folder / "checkpoints").glob("*-step-000002.safetensors"))) == 1  # written beside training
+    assert "| guide-verbatim" in result.stdout
+
+
 def test_bench_refuses_a_run_without_steady_state(capsys) -> None:
     from dreamcore.cli import main
 
