@@ -55,9 +55,10 @@ def save_single_file(components: ModelComponents, path: str | Path, half: bool =
                      metadata: dict[str, str] | None = None, user_metadata: dict | None = None) -> Path:
     """Write a WebUI single file (``.safetensors``, or ``.ckpt`` by suffix); returns its path.
 
-    ``half`` stores floating tensors as fp16 (half the size; the WebUI does not mind). SD2 v-prediction
-    models also get ``<name>.yaml`` beside the file; ``user_metadata`` (description, "activation text",
-    ...) goes to ``<name>.json`` beside it, where the WebUI's model cards read it. Each file is atomic.
+    ``half`` stores floating tensors as fp16 (half the size; the WebUI does not mind). A model loaded with a
+    ``.yaml`` gets a copy of it beside the file, and SD2 v-prediction models one in any case; ``user_metadata``
+    (description, "activation text", ...) goes to ``<name>.json`` beside it, where the WebUI's model cards read
+    it. Each file is atomic.
     """
     return single_file_writer(components, path, half, metadata, user_metadata, snapshot=False)()
 
@@ -81,8 +82,8 @@ def single_file_writer(components: ModelComponents, path: str | Path, half: bool
             raise TypeError(f"metadata {key!r}: keys and values must be strings (got {type(value).__name__}); "
                             "use training_metadata() or str()")
         file_metadata[key] = value
-    yaml_text = ""
-    if family == "sd2-v":
+    yaml_text = components.original_config_text or ""  # the base's own .yaml travels with what is made from it
+    if family == "sd2-v" and not yaml_text:
         # The WebUI cannot tell v-prediction from SD2's keys; the yaml beside the file tells it.
         configs = _component_configs(components)
         yaml_text = original_config_yaml(original_config(family, configs["unet"], configs["vae"],
@@ -160,7 +161,8 @@ def load_single_file(path: str | Path, family: str = "auto", use_ema: bool = Fal
 
     scheduler = DDPMScheduler.from_config(diffusers_config(configs["scheduler"]))
     return ModelComponents(chosen, unet, vae, text_encoder, load_tokenizer(chosen), scheduler,
-                           architecture=configs if custom else None)
+                           architecture=configs if custom else None,
+                           original_config_text=yaml_path.read_text(encoding="utf-8") if yaml_config else None)
 
 
 def save_vae_file(vae: Any, path: str | Path, half: bool = False) -> Path:
