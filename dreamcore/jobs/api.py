@@ -3,9 +3,9 @@
     app.include_router(create_router(manager))
 
 Request bodies are read as plain JSON and checked by ``TrainConfig.from_dict`` (unknown fields and wrong
-types) and ``TrainConfig.problems()`` (settings that cannot train), so every problem comes back at once,
-in the same words the CLI and the tab use, on every FastAPI version the hosts ship (0.94 with pydantic 1
-in AUTOMATIC1111 up to the newest). A refused request changes nothing.
+types) and ``TrainConfig.problems()`` (settings that cannot train), both on every request, so every problem
+comes back at once, in the same words the CLI and the tab use, on every FastAPI version the hosts ship (0.94
+with pydantic 1 in AUTOMATIC1111 up to the newest). A refused request changes nothing.
 
     GET    /dreamcore/v1/jobs                 {"jobs": [job, ...]}
     POST   /dreamcore/v1/jobs                 {"name": "anna", "config": {TrainConfig fields}} -> 201 job
@@ -17,19 +17,23 @@ in AUTOMATIC1111 up to the newest). A refused request changes nothing.
 
 Errors: 400 bad JSON or job name, 404 unknown job, 409 conflict with the job's state (name taken, already
 running), 422 settings with problems; the body is ``{"detail": {"message": ..., "problems": [...]}}``.
+AUTOMATIC1111 and Forge with ``--api`` or ``--nowebui`` rewrite it as
+``{"error": "HTTPException", "detail": {...}, "body": "", "errors": "..."}``: ``detail`` is the same in both.
 """
 
 # No "from __future__ import annotations": FastAPI reads the route annotations (Request) at run time.
 
 import json
+import re
 from typing import Any, Callable
 
-from dreamcore.config import ConfigError, TrainConfig
+from dreamcore.config import CHOSEN_KEY, ConfigError, TrainConfig, coerce_field_value, config_fields
 from dreamcore.jobs.manager import JobConflictError, JobManager, JobNotFoundError
-from dreamcore.jobs.names import JobNameError
+from dreamcore.jobs.names import JobNameError, check_job_name
 
 API_PREFIX = "/dreamcore/v1"
 _SUBMIT_KEYS = {"name", "config"}
+SETTINGS_PROBLEMS_MESSAGE = "the training settings have problems; fix them and submit again"
 
 
 def create_router(manager: JobManager, dependencies: list[Any] | None = None) -> Any:
@@ -56,8 +60,7 @@ def create_router(manager: JobManager, dependencies: list[Any] | None = None) ->
         except JobConflictError as error:
             raise refuse(409, str(error)) from error
         except ConfigError as error:
-            raise refuse(422, "the training settings have problems; fix them and submit again",
-                         error.problems) from error
+            raise refuse(422, SETTINGS_PROBLEMS_MESSAGE, error.problems) from error
 
     async def json_body(request: Request, required: bool) -> dict[str, Any]:
         raw = await request.body()
@@ -83,11 +86,13 @@ def create_router(manager: JobManager, dependencies: list[Any] | None = None) ->
         unknown = sorted(set(body) - _SUBMIT_KEYS)
         missing = sorted(_SUBMIT_KEYS - set(body))
         if unknown or missing:
-            raise refuse(422, 'the body must be {"name": "...", "config": {...}}',
-                         [f"unknown key {key!r}" for key in unknown] + [f"missing key {key!r}" for key in missing])
+            problems = [f"unknown key {key!r}" for key in unknown] + [f"missing key {key!r}" for key in missing]
+            if not missing:  # the settings are there too: their problems belong in the same answer
+                problems += _submission_problems(manager, body["name"], body["config"])
+            raise refuse(422, 'the body must be {"name": "...", "config": {...}}', problems)
         name = body["name"]
         call(lambda: _check_name(name))
-        config = call(lambda: TrainConfig.from_dict(body["config"], source="config"))
+        config = call(lambda: checked_settings(manager, body["config"], name))
         info = call(lambda: manager.submit(config, name))
         return JSONResponse(info.to_dict(), status_code=201)
 
@@ -124,7 +129,57 @@ def create_router(manager: JobManager, dependencies: list[Any] | None = None) ->
     return router
 
 
-def _check_name(name: Any) -> None:
-    from dreamcore.jobs.names import check_job_name
+def checked_settings(manager: JobManager, values: Any, name: str) -> TrainConfig:
+    """The submitted ``config`` as a TrainConfig. Raises ConfigError listing every problem at once: unknown
+    keys and wrong types, and what the valid keys cannot train with (a missing photo folder, a resolution
+    that is not a multiple of 8, ...).
 
+    ``TrainConfig.from_dict`` stops before the second kind, so on its refusal the settings are built again
+    from the valid keys alone and checked as the job would run them. A problem that names a refused key is
+    left out there: it would judge a default, not what was sent, and the refusal already names that key."""
+    try:
+        return TrainConfig.from_dict(values, source="config")
+    except ConfigError as error:
+        if not isinstance(values, dict):
+            raise
+        refused = _refused_keys(values)
+        valid = TrainConfig.from_dict({key: value for key, value in values.items() if key not in refused},
+                                      source="config")
+        also = [problem for problem in manager.problems(valid, name)
+                if not any(re.search(rf"\b{re.escape(key)}\b", problem) for key in refused)]
+        raise ConfigError(error.problems + also) from error
+
+
+def _submission_problems(manager: JobManager, name: Any, values: Any) -> list[str]:
+    """Every problem of a job name and its settings, as a list (for an answer that refuses the body anyway)."""
+    try:
+        check_job_name(name)
+    except JobNameError as error:
+        return [str(error)]
+    try:
+        config = checked_settings(manager, values, name)
+    except ConfigError as error:
+        return error.problems
+    return manager.problems(config, name)
+
+
+def _refused_keys(values: dict[str, Any]) -> set[str]:
+    """The keys ``TrainConfig.from_dict`` refuses: unknown names, wrongly typed values, a malformed chosen_settings."""
+    fields = {f.name: f for f in config_fields()}
+    refused = set()
+    for key, value in values.items():
+        if key == CHOSEN_KEY:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(n, str) and n in fields for n in value):
+                refused.add(key)
+        elif key not in fields:
+            refused.add(key)
+        else:
+            try:
+                coerce_field_value(fields[key], value)
+            except (TypeError, ValueError):
+                refused.add(key)  # from_dict has reported it in its own words
+    return refused
+
+
+def _check_name(name: Any) -> None:
     check_job_name(name)

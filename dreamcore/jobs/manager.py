@@ -96,7 +96,8 @@ class JobManager:
     # --- requests -----------------------------------------------------------------------------------
     def submit(self, config: TrainConfig, name: str) -> JobInfo:
         """Queue a job; it trains with ``config`` except that ``output_dir`` becomes ``<root>/<name>/output``
-        (everything a job makes stays in its folder) and relative paths are made absolute.
+        (everything a job makes stays in its folder), its files are named after the job unless ``model_name``
+        is set, and relative paths are made absolute.
         Raises JobNameError, ConfigError (every problem at once) or JobConflictError (the name is taken)."""
         check_job_name(name)
         if not isinstance(config, TrainConfig):
@@ -116,6 +117,11 @@ class JobManager:
                 JobFolder(temp).write_record(JobRecord(name=name, status="queued", created_at=now, queued_at=now))
         self._wake.set()
         return self.get(name)
+
+    def problems(self, config: TrainConfig, name: str) -> list[str]:
+        """Everything ``submit(config, name)`` would refuse in the settings, checked on the job's own copy
+        (its output folder, absolute paths); empty when they can train. Nothing is written."""
+        return self._job_config(config, self._folder(name)).problems()
 
     def list(self) -> list[JobInfo]:
         """Every job under the root, oldest first; queued jobs carry their queue position."""
@@ -184,6 +190,10 @@ class JobManager:
         so the earlier run's outputs stay as they are."""
         folder = self._existing(name)
         config = TrainConfig.load(folder.config).replace(resume_from_checkpoint="")
+        if config.model_name == name:
+            # Files named after the job (the tab's jobs, or a name filled in at submit) follow the new name,
+            # so the re-run's model does not come out under the earlier job's name.
+            config = config.replace(model_name="")
         if new_name is None:
             base = name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
             number = 2
@@ -415,8 +425,12 @@ class JobManager:
 
     @staticmethod
     def _job_config(config: TrainConfig, folder: JobFolder) -> TrainConfig:
-        """The job's copy of the settings: outputs go to the job folder, local paths made absolute."""
+        """The job's copy of the settings: outputs go to the job folder and are named after the job (unless
+        model_name is set), local paths made absolute."""
         changes: dict[str, str] = {"output_dir": str(folder.output)}
+        if not config.model_name:
+            # Left empty, the files would take the output folder's name: output.safetensors for every job.
+            changes["model_name"] = folder.name
         for name in _PATH_FIELDS:
             value = getattr(config, name)
             if value and not Path(value).is_absolute():

@@ -39,6 +39,9 @@ expect(client.get(jobs), 200, '"jobs":[]')
 expect(client.post(jobs, json={"name": "../x", "config": config}), 400, "not allowed")
 expect(client.post(jobs, json={"name": "x", "config": {**config, "resolutoin": 64}}), 422, "did you mean")
 expect(client.post(jobs, json={"name": "x", "config": {**config, "resolution": "big"}}), 422, "whole number")
+every_problem = expect(client.post(jobs, json={"name": "x", "config": {
+    **config, "instance_data_dir": str(root / "no-photos"), "resolution": 510, "learning_rat": 1e-6}}), 422)
+assert len(every_problem["detail"]["problems"]) == 3, every_problem  # unknown key, photo folder, resolution
 expect(client.post(jobs, content=b"{oops", headers={"content-type": "application/json"}), 400, "not valid JSON")
 assert expect(client.post(jobs, json={"name": "anna", "config": config}), 201)["status"] == "queued"
 expect(client.post(jobs, json={"name": "anna", "config": config}), 409, "already exists")

@@ -12,6 +12,7 @@ fastapi = pytest.importorskip("fastapi", reason="the REST API needs fastapi (the
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from dreamcore.config import TrainConfig  # noqa: E402
 from dreamcore.jobs.api import create_router  # noqa: E402
 
 from jobs_helpers import wait_for  # noqa: E402
@@ -113,6 +114,91 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(client_and_manager, fake
     assert words in detail["message"] + " ".join(detail["problems"])
     assert snapshot(manager.root) == before
     assert [job["name"] for job in client.get(JOBS).json()["jobs"]] == ["existing"]
+
+
+def test_a_422_lists_unknown_keys_and_settings_that_cannot_train_together(client_and_manager, fake_config,
+                                                                          tmp_path):
+    client, manager = client_and_manager
+    missing_photos = tmp_path / "no-such-photos"
+    body = {"name": "anna", "config": {**settings(fake_config), "instance_data_dir": str(missing_photos),
+                                       "resolution": 510, "learning_rat": 1e-6}}
+    response = client.post(JOBS, json=body)
+    assert response.status_code == 422, response.text
+    problems = response.json()["detail"]["problems"]
+    assert any("unknown setting 'learning_rat'" in p and "did you mean 'learning_rate'" in p for p in problems)
+    assert any(f"photo folder {missing_photos} does not exist" in p for p in problems), problems
+    assert any("resolution: 510 is not a multiple of 8" in p and "use 504" in p for p in problems), problems
+    assert len(problems) == 3, problems
+    # An unknown key beside "name" and "config" is one more problem of the same answer.
+    with_extra_key = client.post(JOBS, json={**body, "priority": 1})
+    assert with_extra_key.status_code == 422
+    assert with_extra_key.json()["detail"]["problems"] == ["unknown key 'priority'", *problems]
+    assert client.get(JOBS).json() == {"jobs": []}
+
+
+def test_a_mistyped_value_is_reported_once_beside_the_other_settings_problems(client_and_manager, fake_config):
+    client, _ = client_and_manager
+    body = {"name": "anna", "config": {**settings(fake_config), "instance_data_dir": 5, "resolution": 510,
+                                       "max_train_steps": "many"}}
+    response = client.post(JOBS, json=body)
+    assert response.status_code == 422, response.text
+    problems = response.json()["detail"]["problems"]
+    assert "config: instance_data_dir: expected text, got 5" in problems
+    assert any("max_train_steps: expected a whole number" in p for p in problems)
+    assert any("resolution: 510 is not a multiple of 8" in p for p in problems)
+    # The refused photo folder is not judged again as if it had been left empty.
+    assert not any("instance_data_dir is empty" in p for p in problems), problems
+    assert len(problems) == 3, problems
+
+
+def test_rest_jobs_name_their_files_after_the_job(make_manager, fake_config):
+    from dreamcore.training.setup import plan_run
+
+    manager = make_manager(run_queue=False)
+    app = FastAPI()
+    app.include_router(create_router(manager))
+    client = TestClient(app)
+
+    def file_name_of(name: str) -> str:
+        """The name training gives the job's files (<name>.safetensors, checkpoints/<name>-step-N...)."""
+        config = TrainConfig.load(manager.root / name / "train_config.json")
+        return plan_run(config, warn=lambda message: None).model_name
+
+    body = {**settings(fake_config), "resolution": 64}
+    assert client.post(JOBS, json={"name": "anna", "config": body}).status_code == 201
+    assert file_name_of("anna") == "anna"
+    assert client.post(f"{JOBS}/anna/rerun").json()["name"] == "anna-2"
+    assert file_name_of("anna-2") == "anna-2"  # a re-run's files follow its own name
+    chosen = {**body, "model_name": "anna-final"}
+    assert client.post(JOBS, json={"name": "anna-3", "config": chosen}).status_code == 201
+    assert file_name_of("anna-3") == "anna-final"  # a model_name the person set is kept
+    assert client.post(f"{JOBS}/anna-3/rerun", json={"name": "anna-4"}).status_code == 201
+    assert file_name_of("anna-4") == "anna-final"
+
+
+def test_inside_a_webui_the_wrapped_error_keeps_the_same_detail(make_manager):
+    """AUTOMATIC1111 and Forge (with --api) answer every exception as {"error", "detail", "body", "errors"};
+    docs/rest-api.md tells clients to read "detail", which holds the same object in both forms."""
+    from fastapi import HTTPException, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.responses import JSONResponse
+
+    standalone, webui = FastAPI(), FastAPI()
+    for app in (standalone, webui):
+        app.include_router(create_router(make_manager(run_queue=False)))
+
+    @webui.exception_handler(HTTPException)
+    async def wrap_like_the_webui(request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse(status_code=error.status_code, content=jsonable_encoder(
+            {"error": type(error).__name__, "detail": error.detail, "body": "", "errors": str(error)}))
+
+    answers = [TestClient(app).post(JOBS, json={"name": "x", "config": {"resolution": 510}})
+               for app in (standalone, webui)]
+    assert [answer.status_code for answer in answers] == [422, 422]
+    plain, wrapped = (answer.json() for answer in answers)
+    assert set(plain) == {"detail"} and wrapped["error"] == "HTTPException"
+    assert wrapped["detail"] == plain["detail"]
+    assert any("resolution: 510" in problem for problem in wrapped["detail"]["problems"])
 
 
 def test_malformed_bodies_get_400(client_and_manager):

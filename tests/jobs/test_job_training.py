@@ -73,7 +73,7 @@ def test_a_killed_child_fails_its_job_and_two_jobs_queued_through_the_api_then_f
     for job in (first, second):
         assert job.status == "completed", job.error + "\n".join(job.log_tail)
         model = Path(job.outputs["single_file"])
-        assert model.suffix == ".safetensors" and model.stat().st_size > 0
+        assert model.name == f"{job.name}.safetensors" and model.stat().st_size > 0  # named after the job
         assert model.is_relative_to(manager.root / job.name)
         assert job.samples and all(Path(p).is_file() for p in job.samples[-1][1])
         assert [step for step, _ in job.losses] == [1, 2, 3, 4]
