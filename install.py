@@ -8,6 +8,8 @@ written to ``.dreamcore-install.json``, which the DreamBooth tab shows with what
 
 With nothing missing it only reads package metadata, so a second start costs well under a second.
 The cwd may be the WebUI root (A1111, Forge) or this folder (SD.Next): every path comes from __file__.
+Before pip starts it says what it installs and roughly how long that takes, flushed at once: an install
+takes minutes, and a host that streams this output shows it while the start would otherwise look frozen.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pathlib import Path
 
 EXTENSION_ROOT = Path(__file__).resolve().parent
 PIP_TIMEOUT_SECONDS = 1800
+# A rough figure for the person watching the WebUI start: pip downloads diffusers and the rest and checks them
+# against every package of the WebUI, which takes minutes on a home connection, not seconds.
+INSTALL_TIME_ESTIMATE = "about 1-3 minutes"
 
 # Releases that install next to an older package a WebUI pins, but then fail to import. pip cannot know
 # (their metadata does not say), so: (installed package, its versions, constraint for what we install).
@@ -95,9 +100,16 @@ def pip_install(requirements: list[str], constraints: list[str]) -> subprocess.C
         constraints_file.write_text("\n".join(constraints) + "\n", encoding="utf-8")
         command = [sys.executable, "-m", "pip", "install", "--prefer-binary", "-c", str(constraints_file),
                    *requirements]
-        print(f"dreamcore: installing {' '.join(requirements)} (the WebUI's packages are kept as they are)",
-              flush=True)
         return subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS)
+
+
+def announce_install(requirements: list[str]) -> None:
+    """Say what is about to be installed and how long it may take, before pip starts."""
+    print(f"dreamcore: installing {', '.join(requirements)} into {sys.executable} (only what is missing; the "
+          "WebUI's own packages are kept as they are).", flush=True)
+    print(f"dreamcore: this may take {INSTALL_TIME_ESTIMATE} (pip downloads the packages and checks them against "
+          "the WebUI's); it happens only while something is missing, normally on the first start, and the start "
+          "goes on by itself when it is done.", flush=True)
 
 
 def write_report(messages: list[str], installed: list[str]) -> None:
@@ -133,6 +145,7 @@ def main() -> int:
     wanted = [str(r) for r in missing if r.name.lower() not in deps.HOST_OWNED]
     installed: list[str] = []
     if wanted:
+        announce_install(wanted)
         result = pip_install(wanted, installed_constraints() + compatibility_constraints())
         if result.returncode == 0:
             installed = wanted

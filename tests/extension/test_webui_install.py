@@ -9,10 +9,13 @@ cached venv stays as the WebUI ships it. The same copy then runs the whole exten
 from __future__ import annotations
 
 import json
+import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +70,55 @@ def test_nothing_missing_is_a_fast_no_op_from_any_working_folder(tmp_path: Path)
         assert "installing" not in result.stdout
         assert report["messages"] == [] and report["installed"] == []
         assert seconds < 2.0, f"install.py took {seconds:.2f} s with nothing to install"
+
+
+# Stands in for pip (found first through PYTHONPATH): records its command line, then holds the install until
+# the test releases it, so the test can see what install.py printed while pip was still busy.
+STUB_PIP = """
+import json, os, sys, time
+from pathlib import Path
+folder = Path(os.environ["STUB_PIP_FOLDER"])
+(folder / "pip-argv.json").write_text(json.dumps(sys.argv[1:]))
+deadline = time.monotonic() + 120
+while not (folder / "release").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.exit("stub pip: no network here (released by the test)")
+"""
+
+
+def test_before_pip_starts_it_says_what_it_installs_and_how_long_it_may_take(tmp_path: Path) -> None:
+    stub = tmp_path / "stub"
+    (stub / "pip").mkdir(parents=True)
+    (stub / "pip" / "__init__.py").write_text("")
+    (stub / "pip" / "__main__.py").write_text(STUB_PIP)
+    missing = ["dreamcore-absent-probe>=1.0", "dreamcore-absent-helper"]
+    pyproject = "[project]\nname = \"probe\"\ndependencies = [\n" + "".join(f'    "{r}",\n' for r in missing) + "]\n"
+    extension = make_extension(tmp_path / "extensions" / "dreamcore", pyproject)
+    env = {**os.environ, "PYTHONPATH": str(stub), "STUB_PIP_FOLDER": str(stub)}
+    env.pop("PYTHONUNBUFFERED", None)  # install.py must flush by itself
+    # A pipe, as a host that captures or streams the output gives: without a flush nothing would arrive early.
+    process = subprocess.Popen([sys.executable, str(extension / "install.py")], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    try:
+        announced = []
+        for _ in range(2):
+            try:
+                announced.append(lines.get(timeout=60))
+            except queue.Empty:
+                raise AssertionError(f"install.py printed only {announced} while pip was busy") from None
+        assert process.poll() is None  # pip is still held: these lines came before the install, not after it
+        assert all(requirement in announced[0] for requirement in missing), announced
+        assert re.search(r"\d+(-\d+)? minutes?", " ".join(announced)), announced
+    finally:
+        (stub / "release").write_text("")
+        process.wait(timeout=120)
+    assert process.returncode == 0, process.stderr.read()
+    pip_argv = json.loads((stub / "pip-argv.json").read_text())
+    assert pip_argv[0] == "install" and pip_argv[-len(missing):] == missing
+    report = json.loads((extension / ".dreamcore-install.json").read_text())
+    assert report["installed"] == [] and "nothing was changed" in report["messages"][0]
 
 
 def test_a1111_pins_install_adds_only_packages_and_dreamcore_trains(tmp_path: Path, tiny_base_model: Path) -> None:
