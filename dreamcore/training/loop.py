@@ -36,8 +36,8 @@ from dreamcore.training.sampling import generate_samples, write_samples
 from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, effective_precision,
                                       is_full_size, plan_run, use_expandable_segments, weight_dtype)
 from dreamcore.training.saving import BackgroundWriter
-from dreamcore.training.state import (STATE_DIR_NAME, TrainingProgress, load_training_state,
-                                      resolve_state_folder, training_state_writer)
+from dreamcore.training.state import (PROGRESS_FILE, STATE_DIR_NAME, ResumeError, TrainingProgress,
+                                      load_training_state, resolve_state_folder, training_state_writer)
 
 
 @dataclass
@@ -436,11 +436,14 @@ class Trainer:
         return folder
 
     def restore_state(self) -> int:
-        folder = resolve_state_folder(self.config.resume_from_checkpoint, self.plan.output_dir)
         optimizer = self.raw_optimizer()
-        progress, scaler_state = load_training_state(
-            folder, {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()}, optimizer,
-            self.lr_scheduler, self.noise_generator)
+        try:
+            folder = resolve_state_folder(self.config.resume_from_checkpoint, self.plan.output_dir)
+            progress, scaler_state = load_training_state(
+                folder, {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()}, optimizer,
+                self.lr_scheduler, self.noise_generator)
+        except ResumeError as error:  # a state that does not fit this run: a message, not a traceback
+            raise TrainingError(str(error)) from None
         if scaler_state is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(scaler_state)
         if progress.seed != self.config.seed:
@@ -685,6 +688,17 @@ def _with_memory_preset(plan: RunPlan, emit: Emitter) -> RunPlan:
     return dataclasses.replace(plan, config=config.validate())
 
 
+def _with_resume_checked(plan: RunPlan, emit: Emitter) -> RunPlan:
+    """"latest" with no saved state yet starts a new run, as diffusers does (scripts pass it on every launch).
+    (A named folder without a state is refused by the config's validation, before any model loads.)"""
+    if plan.config.resume_from_checkpoint == "latest" and \
+            not (plan.output_dir / STATE_DIR_NAME / PROGRESS_FILE).is_file():
+        emit.log(f"resume_from_checkpoint latest: no saved training state in {plan.output_dir / STATE_DIR_NAME} "
+                 "yet, so this is a new run.")
+        return dataclasses.replace(plan, config=plan.config.replace(resume_from_checkpoint=""))
+    return plan
+
+
 def _with_runnable_cuda_graph(plan: RunPlan, num_processes: int, emit: Emitter) -> RunPlan:
     """The plan with cuda_graph off where this machine cannot record the step (the reason is logged)."""
     if not plan.config.cuda_graph:
@@ -780,6 +794,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     emit(Stage("validate"))
     plan = plan_run(config, warn=lambda m: emit.log(m, "warning"))
     plan = _with_memory_preset(plan, emit)
+    plan = _with_resume_checked(plan, emit)
     plan = _with_runnable_cuda_graph(plan, PartialState().num_processes, emit)
     config = plan.config
     use_expandable_segments(config, emit.log)

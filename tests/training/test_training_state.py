@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from dreamcore import TrainConfig
+from dreamcore.config import ConfigError
+from dreamcore.training import train
 from dreamcore.training.optim import build_lr_scheduler
 from dreamcore.training.state import TrainingProgress, load_training_state, save_training_state
 
@@ -55,3 +57,20 @@ def test_a_state_with_a_tensor_lr_resumes_into_either_kind_of_optimizer(tmp_path
     assert type(eager_optimizer.param_groups[0]["lr"]) is float
     # both resumed runs took the same schedule step (the tensor holds it in fp32)
     assert float(live) == pytest.approx(eager_optimizer.param_groups[0]["lr"], rel=1e-6)
+
+
+def test_resume_latest_without_a_state_starts_a_new_run_and_a_named_empty_folder_is_refused_first(
+        tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    config = TrainConfig(pretrained_model_name_or_path=str(tiny_model_dir), instance_data_dir=str(photo_dir),
+                         instance_prompt="photo of sks person", output_dir=str(tmp_path / "fresh"), resolution=64,
+                         max_train_steps=2, checkpointing_steps=0, n_save_sample=1, save_infer_steps=1,
+                         resume_from_checkpoint="latest")
+    logs: list[str] = []
+    result = train(config, callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
+    assert result.status == "completed" and result.step == 2
+    assert any("no saved training state" in line and "new run" in line for line in logs), logs
+    stages: list[str] = []
+    with pytest.raises(ConfigError, match="missing' is not a saved state folder"):
+        train(config.replace(resume_from_checkpoint=str(tmp_path / "missing")),
+              callbacks=[lambda e: stages.append(e.name) if e.kind == "stage" else None])
+    assert stages == ["validate"]  # refused before the model loads
