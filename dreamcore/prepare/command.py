@@ -1,10 +1,12 @@
-"""``python -m dreamcore prepare IN_DIR OUT_DIR``: crop a folder of photos around the face, with a report."""
+"""``python -m dreamcore prepare IN_DIR OUT_DIR``: crop a folder of photos square around the subject, with a
+report."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "crop a folder of photos square around the face, check the set against the guide, write a report"
+HELP = ("crop a folder of photos square around the face (or, without one, around the subject), check the set "
+        "against the guide, write a report")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,10 +15,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the crops, report/prepare_report.json and report/contact_sheet.png "
                              "(new, empty, or written by an earlier prepare: it is replaced whole)")
     parser.add_argument("--size", type=int, default=512, help="side of the square crops in pixels (default 512)")
+    parser.add_argument("--subject", default="", metavar="TEXT",
+                        help="what the photos show, as your class prompt says it (e.g. 'dog', 'photo of a "
+                             "woman'; default: a person). A person's photos are cropped around the face (one "
+                             "without a face around its salient region, with a warning); any other subject's "
+                             "around the salient region, or around a face where one is found")
     parser.add_argument("--framing", choices=("portrait", "half", "full"), default="portrait",
-                        help="portrait = head and shoulders (the guide's), half = to the waist, full = whole body")
+                        help="around a face: portrait = head and shoulders (the guide's), half = to the "
+                             "waist, full = whole body; photos without a face keep their whole short side")
     parser.add_argument("--keep-center-crop", action="store_true",
-                        help="keep photos with no face or several faces as a centre crop instead of rejecting them")
+                        help="crop photos without a face at the centre instead of around the salient region, "
+                             "and keep a person's photos that show several people as a centre crop instead "
+                             "of rejecting them")
+    parser.add_argument("--require-face", action="store_true",
+                        help="reject photos in which no face is found, instead of keeping them cropped "
+                             "around the salient region")
     parser.add_argument("--pad", choices=("blur", "edge", "solid"), default="blur",
                         help="how to fill the square where the photo is too tight (default blur)")
     parser.add_argument("--token", default=None,
@@ -29,15 +42,21 @@ def run(args: argparse.Namespace) -> int:
     from dreamcore.fileio import OutputWriteError
     from dreamcore.images import ImageLoadError
     from dreamcore.prepare.faces import DetectorUnavailableError
-    from dreamcore.prepare.pipeline import PrepareError, prepare_photos
+    from dreamcore.prepare.pipeline import OptionHints, PrepareError, prepare_photos
+    from dreamcore.prepare.subject import subject_from_prompts
 
     def show_progress(index: int, total: int, path) -> None:
         print(f"[{index + 1}/{total}] {path.name}", file=sys.stderr, flush=True)
 
+    # Every way out a rejection suggests is one of this command's flags (see add_arguments).
+    hints = OptionHints(keep_several_faces="or use --keep-center-crop to keep it as a centre crop",
+                        keep_without_face="or leave out --require-face to keep it, cropped around the "
+                                          "salient region")
     try:
         report = prepare_photos(args.in_dir, args.out_dir, size=args.size, framing=args.framing,
                                 keep_center_crop=args.keep_center_crop, token=args.token, pad_mode=args.pad,
-                                progress=show_progress)
+                                progress=show_progress, subject=subject_from_prompts(class_prompt=args.subject),
+                                require_face=args.require_face, hints=hints)
     except (PrepareError, ImageLoadError, OutputWriteError, DetectorUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Where to crop around a face for each framing, and how to fill what the photo does not cover.
+"""Where to crop around a face for each framing, or around a point for photos without one, and how to fill
+what the photo does not cover.
 
 A framing is a square whose side is a multiple of the detected face width, with the face centre placed at
 a fixed point of it. dlib's face box runs from the eyebrows to the chin, about as wide as it is tall; the
@@ -87,9 +88,21 @@ def plan_face_crop(image_size: tuple[int, int], face: FaceBox, framing: str) -> 
 
 def plan_center_crop(image_size: tuple[int, int]) -> CropPlan:
     width, height = image_size
+    return plan_square_around(image_size, (width / 2, height / 2))
+
+
+def plan_square_around(image_size: tuple[int, int], point: tuple[float, float]) -> CropPlan:
+    """The largest square inside the photo, as near to centred on ``point`` as the photo allows.
+
+    Used for subjects without a face: the whole short side is kept (nothing of the subject is cut that a
+    tighter square would cut, and nothing is enlarged or padded), and it slides along the long side to the
+    subject.
+    """
+    width, height = image_size
     side = min(width, height)
-    return CropPlan(left=(width - side) / 2, top=(height - side) / 2, side=side,
-                    image_width=width, image_height=height)
+    left = min(max(point[0] - side / 2, 0.0), width - side)
+    top = min(max(point[1] - side / 2, 0.0), height - side)
+    return CropPlan(left=left, top=top, side=side, image_width=width, image_height=height)
 
 
 def _shift_inside(start: float, side: float, limit: int, max_shift: float) -> float:

@@ -14,15 +14,20 @@ from dreamcore.prepare.token import TokenCheck
 GUIDE_MIN_PHOTOS = 13
 GUIDE_MAX_PHOTOS = 20
 STEPS_PER_PHOTO = 100
+# A subject that is not a person: the DreamBooth paper learns one from "just a few (3-5) images".
+OBJECT_MIN_PHOTOS = 3
+VERDICT_COLUMN_MAX = 48
 
 
 @dataclass
 class PhotoResult:
     source: Path
     kept: bool
-    verdict: str  # why kept ("face crop", "centre crop: no face found") or why rejected
+    verdict: str  # why kept ("face crop", "no face: cropped around the salient region") or why rejected
     output: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    cropped_around: str | None = None  # "face", "salient region" or "centre"; None when rejected
+    salient_point: tuple[float, float] | None = None  # in the upright photo's pixels, when cropped around it
     face_box: tuple[int, int, int, int] | None = None  # in the upright photo's pixels
     face_size: int | None = None  # face box width in the photo's pixels
     face_box_in_crop: tuple[float, float, float, float] | None = None  # fractions of the crop side
@@ -48,6 +53,11 @@ class PrepareReport:
     token_check: TokenCheck | None
     report_path: Path | None = None
     contact_sheet_path: Path | None = None
+    subject: str = "a person"  # as messages name it: 'a person' or the prompt that named the subject
+    subject_is_person: bool = True
+    same_person_checked: bool | None = None  # None: not applicable (fewer than two face crops)
+    person_groups: list[list[str]] = field(default_factory=list)  # photos by the person they show
+    different_person: list[str] = field(default_factory=list)  # photos that look like someone else
 
     @property
     def kept(self) -> list[PhotoResult]:
@@ -73,20 +83,30 @@ class PrepareReport:
 
     def format_table(self) -> str:
         """A fixed-width table for the terminal, then the set-level findings."""
-        header = f"{'photo':32} {'verdict':28} {'face px':>7} {'upscale':>7} {'blur':>6}  notes"
+        verdicts = [("KEPT " if photo.kept else "REJECTED ") + photo.verdict for photo in self.photos]
+        # Wide enough for a kept photo's verdict ("KEPT no face: cropped around the salient region"); the
+        # reasons for a rejection, which run longer, are in the notes column in full.
+        width = max([len("verdict")] + [len(v) for v, p in zip(verdicts, self.photos) if p.kept])
+        width = min(max(width, 28), VERDICT_COLUMN_MAX)
+        header = f"{'photo':32} {'verdict':{width}} {'face px':>7} {'upscale':>7} {'blur':>6}  notes"
         lines = [header, "-" * len(header)]
-        for photo in self.photos:
+        for photo, verdict in zip(self.photos, verdicts):
             name = photo.source.name if len(photo.source.name) <= 32 else photo.source.name[:29] + "..."
-            verdict = ("KEPT " if photo.kept else "REJECTED ") + photo.verdict
-            verdict = verdict if len(verdict) <= 28 else verdict[:25] + "..."
+            verdict = verdict if len(verdict) <= width else verdict[:width - 3] + "..."
             face = f"{photo.face_size}" if photo.face_size else "-"
             upscale = f"{photo.upscale:.2f}x" if photo.upscale else "-"
             blur = f"{photo.blur_score:.0f}" if photo.blur_score is not None else "-"
             notes = "; ".join(photo.warnings) if photo.kept else photo.verdict
-            lines.append(f"{name:32} {verdict:28} {face:>7} {upscale:>7} {blur:>6}  {notes}")
+            lines.append(f"{name:32} {verdict:{width}} {face:>7} {upscale:>7} {blur:>6}  {notes}")
         lines.append("")
         lines.append(f"{len(self.kept)} kept, {len(self.rejected)} rejected; suggested max_train_steps = "
                      f"{len(self.kept)} x {STEPS_PER_PHOTO} = {self.suggested_max_train_steps}")
+        if not self.subject_is_person:
+            lines.append(f"subject: {self.subject} (not a person): crops around the salient region, or around a "
+                         "face where one is found")
+        else:
+            lines.append(f"subject: {self.subject}" + ("" if self.subject == "a person" else " (a person)")
+                         + ": crops around the face")
         lines += [f"warning: {warning}" for warning in self.warnings]
         if self.token_check is not None:
             lines.append(f"token: {self.token_check.message}")

@@ -62,7 +62,8 @@ def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> RunPlan:
         if photos and config.prepare_photos and not all_square_at(photos, config.resolution):
             photos = prepared_photos(Path(concept.instance_data_dir),
                                      output_dir / "prepared" / f"{index + 1}-{slug(concept.instance_prompt)}",
-                                     config.resolution, warn)
+                                     config.resolution, warn, instance_prompt=concept.instance_prompt,
+                                     class_prompt=concept.class_prompt)
         if not photos:
             problems.append(f"concept {index + 1}: no usable photos in {concept.instance_data_dir} (see the "
                             "skipped files above); add readable JPEG or PNG photos of the subject.")
@@ -97,21 +98,37 @@ def all_square_at(photos: list[Path], resolution: int) -> bool:
     return True
 
 
-def prepared_photos(folder: Path, out_dir: Path, resolution: int, warn: Callable[[str], None]) -> list[Path]:
-    """Face-aware crops of a raw photo folder (dreamcore.prepare), with every rejected photo named."""
-    from dreamcore.prepare import PrepareError, prepare_for_training
+def prepared_photos(folder: Path, out_dir: Path, resolution: int, warn: Callable[[str], None], *,
+                    instance_prompt: str = "", class_prompt: str = "") -> list[Path]:
+    """Square crops of a raw photo folder (dreamcore.prepare), with every rejected photo named.
+
+    The prompts say what the photos show: a person's photos are cropped around the face (a photo in which
+    none is found is kept, cropped around its salient region, with a warning); any other subject's around
+    the salient region. Only unusable photos (unreadable, blank, several people in a person's set) are left
+    out; a folder with none usable stops the run before the models load.
+    """
+    from dreamcore.prepare import OptionHints, PrepareError, prepare_for_training, subject_from_prompts
     from dreamcore.prepare.faces import DetectorUnavailableError
 
+    subject = subject_from_prompts(instance_prompt, class_prompt)
+    # The way out a rejection names must be one of train's options; train has only the switch for all photos.
+    hints = OptionHints(keep_several_faces="or pass --no-prepare_photos to train on every photo as it is")
     try:
-        report = prepare_for_training(folder, out_dir, size=resolution)
+        report = prepare_for_training(folder, out_dir, size=resolution, subject=subject, hints=hints)
     except DetectorUnavailableError as error:
-        raise ConfigError([f"prepare_photos: {folder} holds photos that are not {resolution}x{resolution} squares "
-                           f"and need face-aware cropping, but {error}. Install it (pip install "
-                           "'dreamcore[prepare]'), crop them yourself, or pass --no-prepare_photos."]) from error
+        raise ConfigError([f"prepare_photos: {folder} holds photos of {subject.name} that are not "
+                           f"{resolution}x{resolution} squares and need cropping around the face, but {error}. "
+                           "Install it (pip install 'dreamcore[prepare]'), crop them yourself, or pass "
+                           "--no-prepare_photos."]) from error
     except PrepareError as error:
         raise ConfigError([f"prepare_photos: {error}"]) from error
     for result in report.rejected:
         warn(f"skipping {result.source}: {result.verdict} (see {report.contact_sheet_path})")
+    if subject.is_person:
+        for result in report.kept:
+            if result.cropped_around != "face":
+                warn(f"{result.source}: {result.verdict}; check that it shows the person "
+                     f"(see {report.contact_sheet_path})")
     for message in report.warnings:
         warn(f"photo set: {message}")
     return [result.output for result in report.kept]

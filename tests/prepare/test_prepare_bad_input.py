@@ -56,8 +56,10 @@ def test_messy_folder_is_reported_photo_by_photo(messy_folder: Path, tmp_path: P
     verdicts = {photo.source.name: photo for photo in report.photos}
     assert set(verdicts) == {"astronaut in space é.png", "grace hopper.jpg", "coffee.jpg", "zero bytes.jpg",
                              "notes.jpg", "raw.png", "truncated.jpg", "bomb.png"}
-    assert {p.source.name for p in report.kept} == {"astronaut in space é.png", "grace hopper.jpg"}
-    assert "no face found" in verdicts["coffee.jpg"].verdict
+    assert {p.source.name for p in report.kept} == {"astronaut in space é.png", "grace hopper.jpg", "coffee.jpg"}
+    # A usable photo is never refused for lacking a face; for a person it is kept with the reason stated.
+    assert verdicts["coffee.jpg"].verdict == "no face: cropped around the salient region"
+    assert any(w.startswith("no face found") for w in verdicts["coffee.jpg"].warnings)
     assert "empty (0 bytes)" in verdicts["zero bytes.jpg"].verdict
     assert "not an image" in verdicts["notes.jpg"].verdict
     assert "not an image" in verdicts["raw.png"].verdict
@@ -65,10 +67,11 @@ def test_messy_folder_is_reported_photo_by_photo(messy_folder: Path, tmp_path: P
     assert "over the limit" in verdicts["bomb.png"].verdict
 
     # Outputs: one PNG per kept photo under its own (unicode) name, the report and the contact sheet.
-    assert sorted(p.name for p in out.iterdir()) == ["astronaut in space é.png", "grace hopper.png", "report"]
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut in space é.png", "coffee.png", "grace hopper.png",
+                                                     "report"]
     data = json.loads((out / "report" / "prepare_report.json").read_text(encoding="utf-8"))
-    assert data["kept_count"] == 2 and data["rejected_count"] == 6
-    assert data["suggested_max_train_steps"] == 200
+    assert data["kept_count"] == 3 and data["rejected_count"] == 5
+    assert data["suggested_max_train_steps"] == 300
     named = {Path(p["source"]).name: p for p in data["photos"]}
     assert "truncated" in named["truncated.jpg"]["verdict"]
     sheet = Image.open(out / "report" / "contact_sheet.png")
@@ -211,23 +214,30 @@ def test_missing_or_empty_photo_folder(tmp_path: Path) -> None:
         prepare_photos(empty, tmp_path / "out")
 
 
-def test_no_face_and_several_faces_are_rejected_or_centre_cropped(tmp_path: Path, no_face: Image.Image,
-                                                                  astronaut: Image.Image,
-                                                                  grace_hopper: Image.Image) -> None:
+def test_no_face_is_kept_and_several_faces_rejected_unless_asked_otherwise(tmp_path: Path, no_face: Image.Image,
+                                                                          astronaut: Image.Image,
+                                                                          grace_hopper: Image.Image) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     no_face.save(photos / "coffee.png")
     side_by_side(astronaut, grace_hopper.resize((300, 352))).save(photos / "two people.png")
-    rejected = {p.source.name: p for p in prepare_photos(photos, tmp_path / "strict", size=128).photos}
-    assert not rejected["coffee.png"].kept and "no face found" in rejected["coffee.png"].verdict
-    assert "--keep-center-crop" in rejected["coffee.png"].verdict
-    assert not rejected["two people.png"].kept and "2 faces" in rejected["two people.png"].verdict
+    default = {p.source.name: p for p in prepare_photos(photos, tmp_path / "default", size=128).photos}
+    assert default["coffee.png"].kept and default["coffee.png"].cropped_around == "salient region"
+    assert not default["two people.png"].kept and "2 faces" in default["two people.png"].verdict
+    # The Python API has no command-line flags: its reasons name none.
+    assert "--" not in default["two people.png"].verdict
+
+    strict = {p.source.name: p for p in
+              prepare_photos(photos, tmp_path / "strict", size=128, require_face=True).photos}
+    assert not strict["coffee.png"].kept and strict["coffee.png"].verdict.startswith("no face found")
 
     kept = {p.source.name: p for p in
             prepare_photos(photos, tmp_path / "lenient", size=128, keep_center_crop=True).photos}
+    assert kept["coffee.png"].verdict == "no face: centre crop"
+    assert kept["two people.png"].verdict == "2 faces: centre crop"
     for name in ("coffee.png", "two people.png"):
-        assert kept[name].kept and kept[name].verdict.startswith("centre crop")
-        assert any("centre crop" in warning for warning in kept[name].warnings)
+        assert kept[name].kept and kept[name].cropped_around == "centre"
+        assert any("check that the crop shows the person" in warning for warning in kept[name].warnings)
         assert Image.open(kept[name].output).size == (128, 128)
 
 
@@ -235,13 +245,16 @@ def test_prepare_for_training_refuses_a_set_with_nothing_usable(tmp_path: Path, 
                                                                  grace_hopper: Image.Image) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
-    no_face.save(photos / "coffee.png")
-    with pytest.raises(PrepareError, match="none of the 1 photos could be used"):
+    Image.new("RGB", (300, 200), (40, 40, 40)).save(photos / "lens cap.png")
+    with pytest.raises(PrepareError, match="none of the 1 photos could be used") as caught:
         prepare_for_training(photos, tmp_path / "out", size=128)
+    assert "prepare_report.json" in str(caught.value) and "add readable photos of the subject" in str(caught.value)
     grace_hopper.save(photos / "grace.jpg")
+    no_face.save(photos / "coffee.png")
     report = prepare_for_training(photos, tmp_path / "out", size=128)
-    assert report.framing == "portrait" and [p.source.name for p in report.kept] == ["grace.jpg"]
-    assert report.suggested_max_train_steps == 100
+    assert report.framing == "portrait" and [p.source.name for p in report.kept] == ["coffee.png", "grace.jpg"]
+    assert report.suggested_max_train_steps == 200
+    assert "blank" in report.rejected[0].verdict
 
 
 def test_missing_detector_package_says_what_to_install(tmp_path: Path, grace_hopper: Image.Image,

@@ -23,8 +23,9 @@ def test_prepare_command_writes_crops_report_and_prints_the_table(tmp_path: Path
                  "--token", "ukj"])
     assert code == 0
     printed = capsys.readouterr()
-    assert "grace.jpg" in printed.out and "KEPT" in printed.out and "REJECTED no face found" in printed.out
-    assert "max_train_steps = 1 x 100 = 100" in printed.out
+    assert "grace.jpg" in printed.out and "KEPT face crop" in printed.out
+    assert "KEPT no face: cropped around the salient region" in printed.out
+    assert "max_train_steps = 2 x 100 = 200" in printed.out
     assert "'ukj' is 2 tokens (uk + j)" in printed.out and "ohwx" in printed.out
     assert "[1/2] coffee.jpg" in printed.err  # progress goes to stderr
     assert Image.open(out / "grace.png").size == (256, 256)
@@ -32,8 +33,14 @@ def test_prepare_command_writes_crops_report_and_prints_the_table(tmp_path: Path
     assert data["framing"] == "half" and data["size"] == 256
     assert data["token_check"]["pieces"] == ["uk", "j"]
 
-    # --keep-center-crop keeps the photo without a face.
+    # --require-face rejects the photo without a face, and says how to keep it; --keep-center-crop keeps it
+    # at the centre.
+    assert main(["prepare", str(photos), str(out), "--size", "128", "--require-face"]) == 0
+    printed = capsys.readouterr().out
+    assert "REJECTED no face found" in printed and "leave out --require-face" in printed
+    assert not (out / "coffee.png").exists()
     assert main(["prepare", str(photos), str(out), "--size", "128", "--keep-center-crop"]) == 0
+    assert "KEPT no face: centre crop" in capsys.readouterr().out
     assert (out / "coffee.png").is_file()
 
 
