@@ -101,9 +101,10 @@ class TrainConfig:
     center_crop: bool = _field(False, "Centre-crop photos to a square; otherwise a random crop.", "Concept")
     hflip: bool = _field(False, "Randomly mirror photos (augmentation; turns off latent caching).", "Concept")
     prepare_photos: bool = _field(
-        True, "Crop photos that are not already square at the training resolution around the face (head and "
-        "shoulders, as the guide asks) into <output_dir>/prepared before training; --no-prepare_photos uses "
-        "them as they are (resized, then a random or centre crop).", "Concept")
+        True, "Crop photos that are not already square at the training resolution into <output_dir>/prepared "
+        "before training: around the face for a person (head and shoulders, as the guide asks), around the "
+        "photo's salient region for any other subject (the class prompt, else the instance prompt, decides); "
+        "--no-prepare_photos uses them as they are (resized, then a random or centre crop).", "Concept")
 
     # --- Prior preservation ------------------------------------------------------------------------
     with_prior_preservation: bool = _field(
