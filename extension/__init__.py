@@ -21,7 +21,7 @@ def register_with_webui(extension_root: str | Path) -> Any:
     try:
         import dreamcore  # noqa: F401  later submodule imports go through dreamcore.__path__, not sys.path
 
-        from .webui import WebUIExtension
+        from .dreamcore_callbacks import WebUIExtension
     except ImportError as error:
         logger.exception("dreamcore: cannot import the dreamcore package")
         _register_problem_tab(

@@ -21,7 +21,7 @@ def build_app(output_root: str | Path, share_api: bool = True) -> tuple[Any, Any
     import gradio as gr
     from fastapi import FastAPI
 
-    from .webui import mount_job_routes
+    from .dreamcore_callbacks import mount_job_routes
 
     output_root = Path(output_root)
     host = StandaloneHost(output_root)

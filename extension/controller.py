@@ -27,7 +27,7 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 @dataclass(frozen=True)
 class UseInTxt2img:
-    title: str    # the checkpoint's title in the WebUI's list, now selected
+    title: str    # the checkpoint's title in the WebUI's list, now loaded
     prompt: str   # a prompt that calls the subject
 
 
@@ -61,9 +61,16 @@ class TrainingController:
             return self._managers[root]
 
     def job_names(self) -> list[str]:
-        if not self.jobs_dir.is_dir():
-            return []
-        return [info.name for info in sorted(self.manager().list(), key=lambda i: i.created_at, reverse=True)]
+        """The jobs' names, newest first."""
+        return self.jobs_overview()[0]
+
+    def jobs_overview(self) -> tuple[list[str], str | None]:
+        """The jobs' names, newest first, and the one worth showing: the running job, else the newest."""
+        if not self.jobs_dir.is_dir():  # no job yet: do not create the folder just to list it
+            return [], None
+        infos = sorted(self.manager().list(), key=lambda info: info.created_at, reverse=True)
+        running = next((info.name for info in infos if info.status == "running"), None)
+        return [info.name for info in infos], running or (infos[0].name if infos else None)
 
     def build_config(self, form: TabForm) -> TrainConfig:
         return build_config(form, self.host.checkpoint_path, self.uploads_dir)
@@ -146,6 +153,8 @@ class TrainingController:
         return self._published.get(name)
 
     def use_in_txt2img(self, name: str) -> UseInTxt2img:
+        """Publish the job's model and have the WebUI load it. Raises CheckpointNotLoaded (from the host)
+        when the WebUI did not load it: then nothing may be put in txt2img."""
         info = self.job(name)
         if info.status != "completed":
             raise RuntimeError(f"Job {name} is {info.status}; only a completed job's model can be used.")

@@ -1,14 +1,18 @@
-"""dreamcore inside a WebUI: the callbacks it registers (tab, settings, REST routes)."""
+"""dreamcore inside a WebUI: the callbacks it registers (tab, settings, REST routes).
+
+The WebUI imports this module at start (through ``scripts/dreamcore_tab.py``) and names the callbacks after
+this file in its start-up profile, hence a name no host file has. Everything a callback needs is imported
+when the callback first runs, so the start itself only pays for registering.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dreamcore.presets import PORTRAIT_PRESET, preset_names
-
-from .deps import DependencyReport, check_dependencies
+if TYPE_CHECKING:
+    from .deps import DependencyReport
 
 logger = logging.getLogger("dreamcore.webui")
 
@@ -54,6 +58,7 @@ class WebUIExtension:
 
     # --- callbacks -------------------------------------------------------------------------------
     def on_ui_settings(self) -> None:
+        from dreamcore.presets import PORTRAIT_PRESET, preset_names
         from modules import shared
 
         def option(default: Any, label: str, **extra: Any) -> Any:
@@ -69,6 +74,9 @@ class WebUIExtension:
 
     def on_ui_tabs(self) -> list[tuple[Any, str, str]]:
         """The tab is always returned: if dreamcore cannot run, it says why and what to do."""
+        from dreamcore.presets import PORTRAIT_PRESET, preset_names
+
+        from .deps import check_dependencies
         from .tab import TAB_ELEM_ID, TAB_TITLE, build_error_tab, build_tab, error_markdown
 
         try:

@@ -20,6 +20,7 @@ from dreamcore.presets import preset_names, preset_overrides
 from .controller import FINAL_STATUSES, TrainingController
 from .form import (MAIN_FIELDS, OPTIONAL_SWITCH, TabForm, advanced_fields, advanced_groups, default_ui_value,
                    is_optional_switch, ui_value, uses_text_box)
+from .host import CheckpointNotLoaded
 from .views import loss_plot_svg, progress_html
 
 logger = logging.getLogger("dreamcore.webui")
@@ -71,6 +72,16 @@ class TabHandlers:
     def refresh_models(self) -> list[str]:
         self.controller.host.refresh_checkpoints()
         return self.controller.host.checkpoint_choices()
+
+    def base_model_choices(self) -> tuple[list[str], str | None]:
+        """The checkpoint list and the base model to start with: the WebUI's loaded checkpoint, else the
+        only one listed, else none (the person chooses)."""
+        host = self.controller.host
+        choices = host.checkpoint_choices()
+        loaded = host.loaded_checkpoint()
+        if loaded in choices:
+            return choices, loaded
+        return choices, choices[0] if len(choices) == 1 else None
 
     # --- training --------------------------------------------------------------------------------
     def start(self, *values: Any) -> Iterator[tuple[Any, ...]]:
@@ -155,18 +166,26 @@ class TabHandlers:
         return f"Cancelling {info.name}: it stops at the next step and keeps a state you can resume."
 
     def use_in_txt2img(self, name: str) -> tuple[str, str, str]:
-        """Select the job's model for txt2img; returns (message, prompt, checkpoint title) for the page."""
+        """Have the WebUI load the job's model for txt2img; returns (message, prompt, checkpoint title) for the
+        page. Unless the WebUI has loaded it, prompt and title are empty and the page leaves txt2img alone."""
         try:
             result = self.controller.use_in_txt2img((name or "").strip())
+        except CheckpointNotLoaded as error:
+            return f"**Not selected:** {error}", "", ""
         except (LookupError, OSError, RuntimeError, ConfigError) as error:
             return _problem_markdown(error), "", ""
         if not result.title:  # a LoRA: nothing to select, the prompt calls it
             return (f"The LoRA is in the WebUI's Lora folder; keep your base model and use the prompt "
                     f"`{result.prompt}`", result.prompt, "")
-        return (f"Selected **{result.title}** for txt2img. Prompt: `{result.prompt}`", result.prompt, result.title)
+        return (f"The WebUI has loaded **{result.title}** for txt2img. Prompt: `{result.prompt}`", result.prompt,
+                result.title)
 
     def job_choices(self) -> list[str]:
         return self.controller.job_names()
+
+    def jobs_overview(self) -> tuple[list[str], str | None]:
+        """The job list and the job to show: the running one, else the newest."""
+        return self.controller.jobs_overview()
 
 
 def framing_choices() -> list[str]:
@@ -265,7 +284,8 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                 with gr.Row():
                     # Standalone (newest gradio only) also takes a typed path; the WebUIs offer their list.
                     custom = {"allow_custom_value": True} if controller.host.flavor == "standalone" else {}
-                    base_model = gr.Dropdown(choices=controller.host.checkpoint_choices(), label="Base model "
+                    model_choices, model = handlers.base_model_choices()
+                    base_model = gr.Dropdown(choices=model_choices, value=model, label="Base model "
                                              "(SD 1.x / 2.x checkpoint)", elem_id="dreamcore_base_model", **custom)
                     refresh = gr.Button("Refresh list")
                 photos_dir = gr.Textbox(label="Photos: a folder of 13-20 photos of the subject")
@@ -307,7 +327,8 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                 samples = gr.Gallery(label="Samples per saved step", columns=4, height=360)
                 log = gr.Textbox(label="Log", lines=10, max_lines=20)
                 with gr.Row():
-                    job = gr.Dropdown(choices=handlers.job_choices(), label="Job")
+                    job_names, current_job = handlers.jobs_overview()
+                    job = gr.Dropdown(choices=job_names, value=current_job, label="Job")
                     refresh_jobs = gr.Button("Refresh jobs")
                     watch = gr.Button("Watch")
                 # The standalone app has no txt2img: its models are listed in the notice above instead.
@@ -333,6 +354,15 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
         def resume_and_follow(name: str) -> Iterator[tuple[Any, ...]]:
             yield from with_job_choices(handlers.resume(name))
 
+        def on_page_load() -> tuple[Any, Any]:
+            # The tab is built once, at WebUI start (often before the WebUI has loaded its model); each page
+            # load shows the model and jobs as they are now.
+            model_choices, model = handlers.base_model_choices()
+            job_names, current_job = handlers.jobs_overview()
+            return (gr.update(choices=model_choices, value=model),
+                    gr.update(choices=job_names, value=current_job))
+
+        blocks.load(on_page_load, inputs=[], outputs=[base_model, job])
         refresh.click(lambda: gr.update(choices=handlers.refresh_models()), inputs=[], outputs=[base_model])
         preset.change(lambda name: handlers.preset_values(name), inputs=[preset], outputs=advanced_controls)
         start.click(start_and_follow, inputs=form_inputs, outputs=watch_outputs)

@@ -1,11 +1,12 @@
 """The WebUI imports this file at start (every .py in scripts/ is imported); it only wires dreamcore in.
 
-While this file is imported the extension root is on sys.path; right after, the WebUI removes it. So
-everything is imported now: the glue package (under the unique name ``dreamcore_webui``: a top-level
+While this file is imported the extension root is on sys.path; right after, the WebUI removes it. So what
+needs that path is imported now: the glue package (under the unique name ``dreamcore_webui``: a top-level
 ``extension`` would collide with other extensions' folders of that name in the shared sys.modules) and the
 ``dreamcore`` package itself. Once ``dreamcore`` is imported, its submodules (training, jobs, convert)
-load later through the package's own ``__path__``, which needs no sys.path entry. Both imports are cheap:
-no torch, diffusers or gradio work happens here.
+load later through the package's own ``__path__``, which needs no sys.path entry. Nothing else is imported
+here: the tab, the job runner, the dependency check and gradio load when a callback first needs them (a test
+checks which modules the start imports).
 """
 
 import importlib.util

@@ -7,7 +7,9 @@ while the extension root is first on ``sys.path``; the root is removed again rig
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import struct
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -46,3 +48,13 @@ def remove_standin_host() -> None:
         del sys.modules[name]
     if str(STANDIN_DIR) in sys.path:
         sys.path.remove(str(STANDIN_DIR))
+
+
+def write_loadable_checkpoint(path: str | Path) -> Path:
+    """A file the stand-in host loads: a safetensors header (8-byte little-endian length, then JSON) and no
+    tensors. Real weights are not needed to test how a model switch is reported."""
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    return path

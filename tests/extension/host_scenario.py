@@ -88,8 +88,7 @@ def run(work: Path, flavor: str, train: bool, base_model_source: Path | None = N
 
     shared.refresh_checkpoints()
     base_title = next(t for t in sd_models.checkpoints_list if t.endswith("tiny-sd1.safetensors"))
-    shared.opts.data["sd_model_checkpoint"] = base_title  # the WebUI starts with a model loaded
-    sd_models.model_data.sd_model = base_title
+    sd_models.start_with_model(base_title)  # the WebUI starts with a model loaded
     started = time.perf_counter()
     scripts = load_extension_scripts(extension_root)
     import_seconds = time.perf_counter() - started
@@ -97,6 +96,7 @@ def run(work: Path, flavor: str, train: bool, base_model_source: Path | None = N
         "gradio": gradio.__version__, "flavor": flavor, "import_seconds": import_seconds,
         "script_modules": [m.__name__ for m in scripts],
         "heavy_modules_after_import": [m for m in ("torch", "diffusers", "transformers") if m in sys.modules],
+        "glue_modules_after_import": sorted(m for m in sys.modules if m.startswith("dreamcore_webui")),
         "root_left_on_sys_path": str(extension_root) in sys.path,
         "dreamcore_file": sys.modules["dreamcore"].__file__ if "dreamcore" in sys.modules else None,
     }
@@ -140,8 +140,10 @@ def run(work: Path, flavor: str, train: bool, base_model_source: Path | None = N
     result["job_status"] = extension.controller.job(JOB_NAME).status
     result["checkpoint_list"] = sorted(sd_models.checkpoints_list)
     message, prompt, title = handlers.use_in_txt2img(JOB_NAME)
+    loaded = sd_models.model_data.sd_model
     result.update(use_message=message, use_prompt=prompt, use_title=title,
                   selected_checkpoint=shared.opts.data.get("sd_model_checkpoint"),
+                  loaded_checkpoint=loaded.sd_checkpoint_info.title if loaded is not None else None,
                   model_calls=list(sd_models.calls))
     published = Path(sd_models.checkpoint_folder()) / "dreamcore" / f"{JOB_NAME}.safetensors"
     result["published_exists"] = published.is_file()

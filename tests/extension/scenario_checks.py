@@ -37,6 +37,7 @@ def assert_trained_and_selected(result: dict) -> None:
     assert expected_title in result["checkpoint_list"]
     assert result["use_title"] == expected_title
     assert result["selected_checkpoint"] == expected_title
+    assert result["loaded_checkpoint"] == expected_title, result["use_message"]
     assert result["use_prompt"] == "portrait photo of sks person"
     assert result["user_metadata"]["activation text"] == "photo of sks person"
     assert result["loss_plot_has_line"]
@@ -50,4 +51,6 @@ def assert_loaded_like_the_host(result: dict) -> None:
     assert not result["root_left_on_sys_path"]
     assert "/webui/extensions/dreamcore/dreamcore/" in result["dreamcore_file"]
     assert result["heavy_modules_after_import"] == []
+    # Start-up loads only the glue package and its callbacks; the tab, host and job code wait for first use.
+    assert result["glue_modules_after_import"] == ["dreamcore_webui", "dreamcore_webui.dreamcore_callbacks"]
     assert result["options"] == ["dreamcore_default_preset", "dreamcore_output_dir"]

@@ -50,7 +50,10 @@ def test_forge_gradio_4_40_trains_and_selects_through_checkpoint_change(tmp_path
     assert result["gradio"] == "4.40.0"
     assert_loaded_like_the_host(result)
     assert_trained_and_selected(result)
-    assert "forge-change:dreamcore/tiny-anna.safetensors" in result["model_calls"]
+    # checkpoint_change only selects; the model is loaded at once, so a failure would show in the tab.
+    calls = result["model_calls"]
+    assert calls.index("forge-change:dreamcore/tiny-anna.safetensors") < calls.index(
+        "forge-load:dreamcore/tiny-anna.safetensors")
 
 
 def test_sdnext_gradio_3_43_trains_and_selects_through_its_options(tmp_path: Path, tiny_base_model: Path) -> None:

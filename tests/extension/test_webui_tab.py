@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator
+from types import SimpleNamespace
+from typing import Any, Iterator
 
 import pytest
 
 import host_scenario
 from form_loader import glue  # noqa: F401  loads dreamcore_webui as the entry file does
-from host_loader import load_extension_scripts, remove_standin_host, use_standin_host
+from host_loader import load_extension_scripts, remove_standin_host, use_standin_host, write_loadable_checkpoint
+from scenario_checks import assert_loaded_like_the_host, run_scenario
+
+BASE_TITLE = "base/tiny-sd1.safetensors"
 
 
 @pytest.fixture
@@ -33,6 +37,114 @@ def webui(tmp_path: Path, tiny_base_model: Path, monkeypatch: pytest.MonkeyPatch
 
 def _labels(blocks) -> set[str]:
     return {getattr(block, "label", None) for block in blocks.blocks.values()} - {None}
+
+
+def _dropdown(blocks, label: str) -> tuple[Any, list[str]]:
+    """(value, choices) of the tab's dropdown with that label; gradio 4+ keeps choices as (name, value)."""
+    found = [block for block in blocks.blocks.values() if getattr(block, "label", None) == label]
+    assert len(found) == 1, label
+    choices = [choice[1] if isinstance(choice, (tuple, list)) else choice for choice in found[0].choices]
+    return found[0].value, choices
+
+
+def test_the_webui_start_imports_only_the_glue_and_its_callbacks(tmp_path: Path, tiny_base_model: Path) -> None:
+    # In a fresh process, as the WebUI starts: what scripts/ imports, the tab and the REST API it then makes.
+    result = run_scenario(sys.executable, tmp_path / "run", base_model=tiny_base_model)
+    assert_loaded_like_the_host(result)
+    assert result["tab_ready"] and result["api_jobs_status"] == 200
+
+
+def test_callbacks_carry_a_file_name_of_their_own_in_the_start_up_profile(webui: dict) -> None:
+    # The host names each callback after the file that registered it; "webui.py" is the host's own file.
+    files = {Path(filename).name for _kind, filename in webui["callbacks"].registered_from}
+    assert files == {"dreamcore_callbacks.py"}
+    assert {kind for kind, _ in webui["callbacks"].registered_from} == {"ui_settings", "ui_tabs", "app_started"}
+
+
+def test_the_base_model_starts_on_the_only_checkpoint_or_the_loaded_one(webui: dict) -> None:
+    from modules import paths, sd_models
+
+    tabs = webui["callbacks"].ui_tabs_callback()
+    value, choices = _dropdown(tabs[0][0], "Base model (SD 1.x / 2.x checkpoint)")
+    assert (value, choices) == (BASE_TITLE, [BASE_TITLE])  # the only checkpoint, though none is loaded yet
+
+    write_loadable_checkpoint(Path(paths.models_path) / "Stable-diffusion" / "other.safetensors")
+    webui["shared"].refresh_checkpoints()
+    handlers = webui["extension"].handlers
+    assert handlers.base_model_choices() == ([BASE_TITLE, "other.safetensors"], None)  # two: the person picks
+    sd_models.start_with_model("other.safetensors")
+    tabs = webui["callbacks"].ui_tabs_callback()
+    assert _dropdown(tabs[0][0], "Base model (SD 1.x / 2.x checkpoint)") == (
+        "other.safetensors", [BASE_TITLE, "other.safetensors"])  # the WebUI's loaded model
+
+
+def test_each_page_load_shows_the_model_the_webui_has_loaded_by_then(webui: dict) -> None:
+    from modules import paths, sd_models
+
+    write_loadable_checkpoint(Path(paths.models_path) / "Stable-diffusion" / "other.safetensors")
+    webui["shared"].refresh_checkpoints()
+    blocks = webui["callbacks"].ui_tabs_callback()[0][0]  # built at WebUI start: no model loaded yet
+    assert _dropdown(blocks, "Base model (SD 1.x / 2.x checkpoint)")[0] is None
+    sd_models.start_with_model("other.safetensors")  # the WebUI's model finished loading after the tab was built
+    on_page_load = [function.fn for function in blocks.fns.values()
+                    if any(event == "load" for _target, event in function.targets)]
+    assert len(on_page_load) == 1
+    base_model, job = on_page_load[0]()
+    assert (base_model["value"], base_model["choices"]) == ("other.safetensors", [BASE_TITLE, "other.safetensors"])
+    assert (job["value"], job["choices"]) == (None, [])
+
+
+def test_the_job_list_starts_on_the_running_job_else_the_newest(webui: dict,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    controller = webui["extension"].controller
+    controller.jobs_dir.mkdir(parents=True)
+    jobs = [SimpleNamespace(name="first", status="completed", created_at=1.0),
+            SimpleNamespace(name="training", status="running", created_at=2.0),
+            SimpleNamespace(name="waiting", status="queued", created_at=3.0)]
+    monkeypatch.setattr(controller, "manager", lambda: SimpleNamespace(list=lambda: list(jobs)))
+    tabs = webui["callbacks"].ui_tabs_callback()
+    assert _dropdown(tabs[0][0], "Job") == ("training", ["waiting", "training", "first"])
+    jobs[1].status = "completed"
+    assert webui["extension"].handlers.jobs_overview() == (["waiting", "training", "first"], "waiting")
+
+
+def _completed_job(folder: Path, name: str, loadable: bool) -> Any:
+    """A finished job as the job manager reports it: its saved config and its exported model."""
+    from dreamcore.config import TrainConfig
+    from dreamcore.jobs.info import JobInfo
+
+    exported = folder / "output" / f"{name}.safetensors"
+    if loadable:
+        write_loadable_checkpoint(exported)
+    else:
+        exported.parent.mkdir(parents=True)
+        exported.write_bytes(b"cut short")  # no safetensors header: the WebUI cannot load it
+    TrainConfig(pretrained_model_name_or_path="base", instance_data_dir=str(folder), output_dir=str(folder),
+                instance_prompt="photo of sks person").save(folder / "train_config.json")
+    return JobInfo(name=name, status="completed", folder=str(folder), outputs={"single_file": str(exported)})
+
+
+def test_use_in_txt2img_fills_txt2img_only_once_the_webui_has_loaded_the_model(
+        webui: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modules import sd_models
+
+    sd_models.start_with_model(BASE_TITLE)
+    webui["callbacks"].ui_tabs_callback()
+    handlers = webui["extension"].handlers
+    jobs = {"broken": _completed_job(tmp_path / "broken", "broken", loadable=False),
+            "anna": _completed_job(tmp_path / "anna", "anna", loadable=True)}
+    monkeypatch.setattr(handlers.controller, "job", jobs.__getitem__)
+
+    message, prompt, title = handlers.use_in_txt2img("broken")
+    assert message.startswith("**Not selected:** The WebUI did not load dreamcore/broken.safetensors")
+    assert "Error while deserializing header" in message and f"It has {BASE_TITLE} loaded" in message
+    assert (prompt, title) == ("", "")  # the page then neither fills the prompt nor switches to txt2img
+    assert webui["shared"].opts.data["sd_model_checkpoint"] == BASE_TITLE
+
+    message, prompt, title = handlers.use_in_txt2img("anna")
+    assert message.startswith("The WebUI has loaded **dreamcore/anna.safetensors** for txt2img")
+    assert (prompt, title) == ("portrait photo of sks person", "dreamcore/anna.safetensors")
+    assert webui["extension"].host.loaded_checkpoint() == "dreamcore/anna.safetensors"
 
 
 def test_tab_shows_every_advanced_field_and_the_settings(webui: dict) -> None:

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 _ui_tabs: list[Callable[[], Any]] = []
 _ui_settings: list[Callable[[], None]] = []
 _app_started: list[Callable[[Any, Any], None]] = []
+# Stand-in only: (kind, file that registered it). The host names each callback after that file in its
+# start-up profile, so tests can check what the profile shows.
+registered_from: list[tuple[str, str]] = []
+
+
+def _register(kind: str, registry: list, callback: Callable[..., Any]) -> None:
+    registry.append(callback)
+    registered_from.append((kind, sys._getframe(2).f_code.co_filename))  # the caller of on_<kind>
 
 
 def on_ui_tabs(callback: Callable[[], Any]) -> None:
-    _ui_tabs.append(callback)
+    _register("ui_tabs", _ui_tabs, callback)
 
 
 def on_ui_settings(callback: Callable[[], None]) -> None:
-    _ui_settings.append(callback)
+    _register("ui_settings", _ui_settings, callback)
 
 
 def on_app_started(callback: Callable[[Any, Any], None]) -> None:
-    _app_started.append(callback)
+    _register("app_started", _app_started, callback)
 
 
 def clear_callbacks() -> None:
@@ -26,6 +35,7 @@ def clear_callbacks() -> None:
     _ui_tabs.clear()
     _ui_settings.clear()
     _app_started.clear()
+    registered_from.clear()
 
 
 def ui_tabs_callback() -> list[tuple[Any, str, str]]:

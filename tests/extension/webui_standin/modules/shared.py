@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Any, Callable
 
-from modules import sd_models
+from modules import errors, sd_models
+from modules.call_queue import wrap_queued_call
 
 FLAVOR = os.environ.get("DREAMCORE_STANDIN_FLAVOR", "a1111")
+
+if FLAVOR == "sdnext":
+    log = logging.getLogger("sd")  # SD.Next reports through its own logger
 
 
 class OptionInfo:
@@ -37,21 +42,20 @@ class Options:
         self.data.setdefault(key, info.default)
 
     def set(self, key: str, value: Any) -> bool:
+        """As the host: True when the value changed; False when it was already set, or when the option's
+        onchange failed (the error is shown and recorded, and the old value comes back)."""
         old = self.data.get(key)
+        if old == value:
+            return False
         self.data[key] = value
-        if key == "sd_model_checkpoint" and value != old and FLAVOR != "forge":
-            # A1111 and SD.Next reload the model when this option changes, queued behind the host's lock.
-            from modules.call_queue import queue_lock
-
-            if not queue_lock.acquire(timeout=10):
-                raise RuntimeError("stand-in: queue_lock is held; in the WebUI this reload would deadlock")
-            try:
-                sd_models.reload_model_weights()
-            finally:
-                queue_lock.release()
         info = self.data_labels.get(key)
-        if info is not None and info.onchange is not None and value != old:
-            info.onchange()
+        if info is not None and info.onchange is not None:
+            try:
+                info.onchange()
+            except Exception as error:  # the host catches every onchange error this way
+                errors.display(error, f"changing setting {key} to {value}")
+                self.data[key] = old
+                return False
         return True
 
     def __getattr__(self, key: str) -> Any:
@@ -62,6 +66,11 @@ class Options:
 
 
 opts = Options()
+# A1111 and SD.Next reload the model when this option changes, queued behind the host's lock; Forge only
+# records the choice (modules_forge.main_entry) and loads at the next generation.
+opts.add_option("sd_model_checkpoint", OptionInfo(
+    None, "Stable Diffusion checkpoint",
+    onchange=None if FLAVOR == "forge" else wrap_queued_call(lambda: sd_models.reload_model_weights())))
 cmd_opts = argparse.Namespace(ckpt_dir=None, api=False, nowebui=False)
 
 
