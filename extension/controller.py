@@ -84,11 +84,14 @@ class TrainingController:
         return info, note
 
     def prepare_photos(self, photos_dir: str, uploaded: list[str], job_name: str, size: int, framing: str,
-                       token: str) -> Any:
-        """Crop the photos around the face into ``<output>/prepared/<job>`` (dreamcore.prepare); returns its
-        PrepareReport. Raises ImportError when dreamcore.prepare is absent, its errors otherwise."""
+                       token: str, class_word: str = "person") -> Any:
+        """Crop the photos into ``<output>/prepared/<job>`` (dreamcore.prepare): around the face for a person,
+        around the salient region for any other class; returns its PrepareReport. Raises ImportError when
+        dreamcore.prepare is absent, its errors otherwise."""
         from dreamcore.jobs import check_job_name
-        from dreamcore.prepare import prepare_photos
+        from dreamcore.prepare import prepare_photos, subject_from_prompts
+
+        from .form import class_prompt, instance_prompt
 
         name = check_job_name(job_name.strip())
         source = Path(photos_dir.strip()) if photos_dir.strip() else None
@@ -98,8 +101,10 @@ class TrainingController:
             source = collect_uploads(uploaded, self.uploads_dir / name)
         if source is None:
             raise FileNotFoundError("Photos: give a folder of photos, or upload them, before preparing.")
+        word = class_word.strip() or "person"
+        subject = subject_from_prompts(instance_prompt(token.strip(), word), class_prompt(word))
         return prepare_photos(source, Path(self.output_root()) / "prepared" / name, size=int(size),
-                              framing=framing, token=token.strip() or None)
+                              framing=framing, token=token.strip() or None, subject=subject)
 
     def job(self, name: str) -> Any:
         return self.manager().get(name)

@@ -114,14 +114,15 @@ class TabHandlers:
             yield (_problem_markdown(error), "", "", [], "", name)
 
     def prepare(self, photos_dir: str, uploads: Any, token: str, job_name: str, size: Any,
-                framing: str) -> tuple[str, list[tuple[str, str]], str]:
-        """"Prepare photos": face-centred square crops, their preview and the report. Returns (report
-        markdown, preview gallery, photo folder to train from: the prepared one, or the old one on error)."""
+                framing: str, class_word: str = "person") -> tuple[str, list[tuple[str, str]], str]:
+        """"Prepare photos": square crops (around the face for a person, the salient region otherwise), their
+        preview and the report. Returns (report markdown, preview gallery, photo folder to train from: the
+        prepared one, or the old one on error)."""
         from dreamcore.images import ImageLoadError
 
         try:
             report = self.controller.prepare_photos(photos_dir or "", uploaded_paths(uploads), job_name or "",
-                                                    int(size or 512), framing, token or "")
+                                                    int(size or 512), framing, token or "", class_word or "person")
         except ImportError as error:
             return (f"**Photo preparation is not available here:** {error}. Training still works on photos "
                     "you crop yourself (square, the face filling about a third of the width).", [], photos_dir)
@@ -371,7 +372,7 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
         check.click(handlers.check_token, inputs=[token], outputs=[token_report])
         resume.click(resume_and_follow, inputs=[job], outputs=watch_outputs)
         resolution = advanced_controls[[f.name for f in handlers.advanced].index("resolution")]
-        prepare.click(handlers.prepare, inputs=[photos_dir, uploads, token, job_name, resolution, framing],
+        prepare.click(handlers.prepare, inputs=[photos_dir, uploads, token, job_name, resolution, framing, class_word],
                       outputs=[prepare_report, prepare_preview, photos_dir])
         refresh_jobs.click(lambda: gr.update(choices=handlers.job_choices()), inputs=[], outputs=[job])
         use.click(handlers.use_in_txt2img, inputs=[job], outputs=[message, prompt_out, title_out]).then(

@@ -230,7 +230,7 @@ def test_uploaded_files_from_any_gradio_version() -> None:
 def test_prepare_crops_around_the_face_previews_and_switches_training_to_the_crops(webui: dict,
                                                                                    tmp_path: Path) -> None:
     skimage_data = pytest.importorskip("skimage.data")
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     photos = tmp_path / "phone-photos"
     photos.mkdir()
@@ -244,6 +244,15 @@ def test_prepare_crops_around_the_face_previews_and_switches_training_to_the_cro
     kept = [path for path, caption in preview if caption.startswith("astronaut.png")]
     assert len(kept) == 1 and Image.open(kept[0]).size == (64, 64)
     assert any("contact sheet" in caption for _, caption in preview)
+    # The class names the subject: a dog's photo without a face is kept, cropped around the dog.
+    dogs = tmp_path / "dogs"
+    dogs.mkdir()
+    dog = Image.new("RGB", (300, 400), (200, 200, 190))
+    ImageDraw.Draw(dog).ellipse((150, 220, 290, 380), fill=(120, 70, 30))
+    dog.save(dogs / "dog.png")
+    report, preview, photos_dir = handlers.prepare(str(dogs), None, "sks", "rex", 64, "portrait", "dog")
+    assert "1 of 1 photos kept" in report, report  # no face: kept, not refused
+    assert any(caption.startswith("dog.png") for _, caption in preview)
     # A folder that does not exist: said plainly, and the photo folder stays as typed.
     report, preview, photos_dir = handlers.prepare(str(tmp_path / "nope"), None, "sks", "anna", 64, "portrait")
     assert "nope" in report and preview == [] and photos_dir == str(tmp_path / "nope")
