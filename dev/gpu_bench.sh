@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the lent GPU machine (the device tool's `run`, from the repo root, with .whl-bench/ carried):
+# Runs on the lent GPU machine (from the repo root, with .whl-bench/ beside it):
 #   bash dev/gpu_bench.sh STEPS WARMUP [bench --preset ... flags]
 # BENCH_NAME names the output files ($OUT/NAME.json, NAME.log; default bench), so one command can run several.
 # Installs the carried diffusers/bitsandbytes wheels, prints the card, runs `dreamcore bench` and, with

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 10 on a machine with 2 GPUs (the device tool's `run`, kind nvidia-h100-x2, carrying .whl-bench/):
+# Issue 10 on a machine with 2 GPUs (from the repo root, with .whl-bench/ beside it):
 #   bash dev/multi_gpu.sh [class-images | class-images-200 | training | training-batch1 | allreduce | nccl-proto |
 #                           nccl-channels | nccl-sweep | scaling | sharded |
 #                           sharded-bucketed | sharded-buckets | shipped | overlap | final]

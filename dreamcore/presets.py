@@ -16,7 +16,7 @@ from dreamcore.memory_tiers import (MEMORY_BUDGET_VALUES, MEMORY_TIERS, TIER_FIE
 PORTRAIT_PRESET = "Portrait"
 GUIDE_PRESET = "The guide's recipe"
 
-# The guide's recipe (../shared/docs/field.md): prior preservation with 12 class images, seed 1337, 512 px,
+# The guide's recipe (the DreamBooth Colab guide people follow): prior preservation with 12 class images, seed 1337, 512 px,
 # batch 1, text encoder trained, fp16, 8-bit Adam, lr 1e-6 constant without warm-up, 100 steps per photo
 # (max_train_steps left empty), a checkpoint and samples every 500 steps.
 _GUIDE: dict[str, Any] = {

@@ -1,6 +1,6 @@
 """The running WebUI as the tab sees it: checkpoint list, checkpoint folder, model selection, GPU use.
 
-A1111, Forge and SD.Next differ in a few calls (../shared/docs/webui-host.md); this module is the only
+A1111, Forge and SD.Next differ in a few calls; this module is the only
 place that knows which. ``StandaloneHost`` stands in for a WebUI in ``python -m dreamcore ui``.
 """
 

@@ -1,4 +1,4 @@
-"""The single file is what the WebUIs expect (../shared/docs/webui-host.md, "Checkpoints the host loads")."""
+"""The single file is what the WebUIs expect (the keys, dtypes and metadata the hosts load)."""
 
 from __future__ import annotations
 

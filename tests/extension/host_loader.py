@@ -1,4 +1,4 @@
-"""Load an extension's ``scripts/`` the way the WebUI does (../shared/docs/webui-host.md).
+"""Load an extension's ``scripts/`` the way the WebUI does.
 
 Each ``.py`` in ``<extension>/scripts/`` is imported with ``spec_from_file_location(basename, path)``
 while the extension root is first on ``sys.path``; the root is removed again right after that import.

@@ -4,8 +4,7 @@ Each host gets ``.venv-hosts/<host>`` in the repo root (gitignored), built once 
 list is unchanged (a stamp file holds the pins it was built from). Only the pins our code touches are
 installed, not a whole WebUI: the extension imports gradio, fastapi and the ML stack, never the host's
 other packages. torch is the CPU build on local disk (torch==2.13.0) instead of the host's 2.1/2.3,
-which no longer resolve on this machine's Python; every other pin is the host's own
-(../shared/docs/webui-host.md).
+which no longer resolve on this machine's Python; every other pin is the host's own.
 
     python tests/extension/host_venvs.py a1111 forge     # build ahead of the tests (optional)
 """
