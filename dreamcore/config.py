@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dreamcore.fileio import atomic_write_text
-from dreamcore.memory_tiers import TIER_NAMES, auto_tiers
+from dreamcore.memory_tiers import MEMORY_TIERS, TIER_NAMES, auto_tiers
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -179,8 +179,8 @@ class TrainConfig:
         "memory at start and sets the speed and memory fields below (and mixed_precision, use_8bit_adam, "
         "gradient_checkpointing); a setting you chose yourself keeps the plain path, except mixed_precision "
         "fp16/bf16, use_8bit_adam and gradient_checkpointing, which only ask for a memory budget that the tier "
-        f"keeps. A tier name ({', '.join(TIER_NAMES)}) forces it; 'none' keeps your settings as given. Ignored "
-        "without a CUDA GPU. "
+        "keeps. A tier name forces it (" + "; ".join(f"{t.name}: {t.summary}" for t in MEMORY_TIERS)
+        + "); 'none' keeps your settings as given. Ignored without a CUDA GPU. "
         "In the quality lab the tiers follow prompts as the fp32 path does but learn a face a little less "
         "(fidelity 0.52 against 0.56; BENCHMARKS.md, Quality).",
         "Speed", choices=MEMORY_PRESET_CHOICES)
@@ -415,30 +415,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "settings") -> "TrainConfig":
         """Build from a dict (a JSON config, the REST API, the tab). Unknown or mistyped keys are errors."""
-        if not isinstance(values, dict):
-            raise ConfigError([f"{source}: expected a JSON object of settings, got {type(values).__name__}."])
-        values = dict(values)
-        chosen = values.pop(CHOSEN_KEY, None)
-        known = {f.name: f for f in config_fields()}
-        problems = [f"{source}: unknown setting {key!r}" + _did_you_mean(key, known) for key in values
-                    if key not in known]
-        converted: dict[str, Any] = {}
-        for key, value in values.items():
-            if key in known:
-                try:
-                    converted[key] = coerce_field_value(known[key], value)
-                except (TypeError, ValueError) as error:
-                    problems.append(f"{source}: {key}: {error}")
-        if chosen is None:  # every key given was chosen
-            chosen = list(converted)
-        elif not isinstance(chosen, (list, tuple)) or not all(isinstance(name, str) for name in chosen):
-            problems.append(f"{source}: {CHOSEN_KEY}: expected a list of setting names, got {chosen!r}.")
-        else:
-            problems.extend(f"{source}: {CHOSEN_KEY}: unknown setting {name!r}" for name in chosen
-                            if name not in known)
-        if problems:
-            raise ConfigError(problems)
-        return cls(**converted, chosen_settings=tuple(sorted(set(chosen))))
+        parsed = parse_settings(values, source)
+        if parsed.problems:
+            raise ConfigError(parsed.problems)
+        return parsed.config
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -481,6 +461,51 @@ def _init_recording_choices(self: TrainConfig, **values: Any) -> None:
 
 
 TrainConfig.__init__ = _init_recording_choices
+
+
+@dataclass(frozen=True)
+class ParsedSettings:
+    """A dict of settings read key by key: the config of the keys that could be read, and what was wrong with
+    the others (``TrainConfig.from_dict`` refuses any; the job API also checks what the readable ones say)."""
+
+    config: TrainConfig
+    problems: list[str]  # one line for each key that could not be read
+    refused: frozenset[str]  # those keys
+
+
+def parse_settings(values: dict[str, Any], source: str = "settings") -> ParsedSettings:
+    """Read ``values`` (setting name -> raw value, ``chosen_settings`` optional); ConfigError if not a dict."""
+    if not isinstance(values, dict):
+        raise ConfigError([f"{source}: expected a JSON object of settings, got {type(values).__name__}."])
+    values = dict(values)
+    chosen = values.pop(CHOSEN_KEY, None)
+    known = {f.name: f for f in config_fields()}
+    problems: list[str] = []
+    refused: set[str] = set()
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            problems.append(f"{source}: unknown setting {key!r}" + _did_you_mean(key, known))
+            refused.add(key)
+            continue
+        try:
+            converted[key] = coerce_field_value(known[key], value)
+        except (TypeError, ValueError) as error:
+            problems.append(f"{source}: {key}: {error}")
+            refused.add(key)
+    if chosen is None:  # every key given was chosen
+        chosen = list(converted)
+    elif not isinstance(chosen, (list, tuple)) or not all(isinstance(name, str) for name in chosen):
+        problems.append(f"{source}: {CHOSEN_KEY}: expected a list of setting names, got {chosen!r}.")
+        refused.add(CHOSEN_KEY)
+        chosen = list(converted)
+    else:
+        unknown = [name for name in chosen if name not in known]
+        problems.extend(f"{source}: {CHOSEN_KEY}: unknown setting {name!r}" for name in unknown)
+        refused.update([CHOSEN_KEY] if unknown else [])
+        chosen = [name for name in chosen if name in known]
+    config = TrainConfig(**converted, chosen_settings=tuple(sorted(set(chosen))))
+    return ParsedSettings(config, problems, frozenset(refused))
 
 
 def config_fields() -> list[dataclasses.Field]:

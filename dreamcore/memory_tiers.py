@@ -1,4 +1,4 @@
-"""The memory tiers: one table of what each tier sets, the GPU memory it needs and what it requires.
+"""The memory tiers: one table of what each tier sets, what it does and the GPU memory it needs.
 
 ``memory_preset`` names a tier ("auto" picks one from the card's free memory when training starts on CUDA).
 The config's choices and help, the tab's GPU presets, the benchmark's defaults and the out-of-memory advice are
@@ -8,7 +8,7 @@ the config can read it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # bf16 mixed precision with TF32 matmuls and the fast step executor (no host syncs, fused kernels).
@@ -44,7 +44,10 @@ class MemoryTier:
     holding_gradients: dict[str, Any] | None = None
     needs_gib_holding_gradients: float | None = None
     same_as: str = ""  # another tier's settings under a second name; "auto" picks it only to hold gradients
-    requires: tuple[str, ...] = field(default=("a CUDA GPU (bf16: Ampere or newer)",))
+
+    def needs(self, holding_gradients: bool = False) -> float | None:
+        """The free GPU memory (GiB) it needs, with gradients held or not (None: it cannot hold them)."""
+        return self.needs_gib_holding_gradients if holding_gradients else self.needs_gib
 
     @property
     def preset_label(self) -> str:
@@ -90,8 +93,7 @@ def auto_tiers(holding_gradients: bool = False) -> list[MemoryTier]:
         tiers = [tier for tier in MEMORY_TIERS if tier.holding_gradients is not None]
     else:
         tiers = [tier for tier in MEMORY_TIERS if not tier.same_as]
-    need = (lambda t: t.needs_gib_holding_gradients) if holding_gradients else (lambda t: t.needs_gib)
-    return sorted(tiers, key=need, reverse=True)
+    return sorted(tiers, key=lambda tier: tier.needs(holding_gradients), reverse=True)
 
 
 def pick_memory_tier(free_bytes: int, holding_gradients: bool = False) -> str:
@@ -99,7 +101,7 @@ def pick_memory_tier(free_bytes: int, holding_gradients: bool = False) -> str:
     free_gib = free_bytes / 2**30
     tiers = auto_tiers(holding_gradients)
     for tier in tiers:
-        if free_gib >= (tier.needs_gib_holding_gradients if holding_gradients else tier.needs_gib):
+        if free_gib >= tier.needs(holding_gradients):
             return tier.name
     return tiers[-1].name
 

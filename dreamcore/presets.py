@@ -16,9 +16,9 @@ from dreamcore.memory_tiers import (MEMORY_BUDGET_VALUES, MEMORY_TIERS, TIER_FIE
 PORTRAIT_PRESET = "Portrait"
 GUIDE_PRESET = "The guide's recipe"
 
-# The guide's recipe (the DreamBooth Colab guide people follow): prior preservation with 12 class images, seed 1337, 512 px,
-# batch 1, text encoder trained, fp16, 8-bit Adam, lr 1e-6 constant without warm-up, 100 steps per photo
-# (max_train_steps left empty), a checkpoint and samples every 500 steps.
+# The guide's recipe (the DreamBooth Colab guide people follow): prior preservation with 12 class images, seed
+# 1337, 512 px, batch 1, text encoder trained, fp16, 8-bit Adam, lr 1e-6 constant without warm-up, 100 steps
+# per photo (max_train_steps left empty), a checkpoint and samples every 500 steps.
 _GUIDE: dict[str, Any] = {
     "with_prior_preservation": True,
     "prior_loss_weight": 1.0,
@@ -69,16 +69,8 @@ def apply_preset(name: str, config: TrainConfig | None = None) -> TrainConfig:
 
 
 # --- Memory presets ----------------------------------------------------------------------------------
-# The tiers themselves are one table, dreamcore/memory_tiers.py; these views of it keep the names the code
-# and the tests use.
+# The tiers themselves are one table, dreamcore/memory_tiers.py; this view of it is what the bench and tests use.
 MEMORY_PRESETS: dict[str, dict[str, Any]] = {tier.name: dict(tier.settings) for tier in MEMORY_TIERS}
-SAME_AS: dict[str, str] = {tier.name: tier.same_as for tier in MEMORY_TIERS if tier.same_as}
-NEEDS_GIB: dict[str, float] = {tier.name: tier.needs_gib for tier in MEMORY_TIERS}
-HOLDING_GRADIENTS: dict[str, dict[str, Any]] = {tier.name: dict(tier.holding_gradients) for tier in MEMORY_TIERS
-                                                if tier.holding_gradients is not None}
-NEEDS_GIB_HOLDING_GRADIENTS: dict[str, float] = {
-    tier.name: tier.needs_gib_holding_gradients for tier in MEMORY_TIERS if tier.holding_gradients is not None}
-pick_memory_preset = pick_memory_tier
 
 
 def cuda_free_bytes() -> int | None:

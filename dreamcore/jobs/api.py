@@ -27,7 +27,7 @@ import json
 import re
 from typing import Any, Callable
 
-from dreamcore.config import CHOSEN_KEY, ConfigError, TrainConfig, coerce_field_value, config_fields
+from dreamcore.config import ConfigError, TrainConfig, parse_settings
 from dreamcore.jobs.manager import JobConflictError, JobManager, JobNotFoundError
 from dreamcore.jobs.names import JobNameError, check_job_name
 
@@ -91,7 +91,7 @@ def create_router(manager: JobManager, dependencies: list[Any] | None = None) ->
                 problems += _submission_problems(manager, body["name"], body["config"])
             raise refuse(422, 'the body must be {"name": "...", "config": {...}}', problems)
         name = body["name"]
-        call(lambda: _check_name(name))
+        call(lambda: check_job_name(name))
         config = call(lambda: checked_settings(manager, body["config"], name))
         info = call(lambda: manager.submit(config, name))
         return JSONResponse(info.to_dict(), status_code=201)
@@ -117,7 +117,7 @@ def create_router(manager: JobManager, dependencies: list[Any] | None = None) ->
                          [f"unknown key {key!r}" for key in unknown])
         new_name = body.get("name")
         if new_name is not None:
-            call(lambda: _check_name(new_name))
+            call(lambda: check_job_name(new_name))
         info = call(lambda: manager.rerun(name, new_name))
         return JSONResponse(info.to_dict(), status_code=201)
 
@@ -132,22 +132,14 @@ def create_router(manager: JobManager, dependencies: list[Any] | None = None) ->
 def checked_settings(manager: JobManager, values: Any, name: str) -> TrainConfig:
     """The submitted ``config`` as a TrainConfig. Raises ConfigError listing every problem at once: unknown
     keys and wrong types, and what the valid keys cannot train with (a missing photo folder, a resolution
-    that is not a multiple of 8, ...).
-
-    ``TrainConfig.from_dict`` stops before the second kind, so on its refusal the settings are built again
-    from the valid keys alone and checked as the job would run them. A problem that names a refused key is
-    left out there: it would judge a default, not what was sent, and the refusal already names that key."""
-    try:
-        return TrainConfig.from_dict(values, source="config")
-    except ConfigError as error:
-        if not isinstance(values, dict):
-            raise
-        refused = _refused_keys(values)
-        valid = TrainConfig.from_dict({key: value for key, value in values.items() if key not in refused},
-                                      source="config")
-        also = [problem for problem in manager.problems(valid, name)
-                if not any(re.search(rf"\b{re.escape(key)}\b", problem) for key in refused)]
-        raise ConfigError(error.problems + also) from error
+    that is not a multiple of 8, ...), checked as the job would run them. A problem that names a refused key
+    is left out: it would judge a default, not what was sent, and the refusal already names that key."""
+    parsed = parse_settings(values, source="config")
+    if not parsed.problems:
+        return parsed.config
+    also = [problem for problem in manager.problems(parsed.config, name)
+            if not any(re.search(rf"\b{re.escape(key)}\b", problem) for key in parsed.refused)]
+    raise ConfigError(parsed.problems + also)
 
 
 def _submission_problems(manager: JobManager, name: Any, values: Any) -> list[str]:
@@ -161,25 +153,3 @@ def _submission_problems(manager: JobManager, name: Any, values: Any) -> list[st
     except ConfigError as error:
         return error.problems
     return manager.problems(config, name)
-
-
-def _refused_keys(values: dict[str, Any]) -> set[str]:
-    """The keys ``TrainConfig.from_dict`` refuses: unknown names, wrongly typed values, a malformed chosen_settings."""
-    fields = {f.name: f for f in config_fields()}
-    refused = set()
-    for key, value in values.items():
-        if key == CHOSEN_KEY:
-            if not isinstance(value, (list, tuple)) or not all(isinstance(n, str) and n in fields for n in value):
-                refused.add(key)
-        elif key not in fields:
-            refused.add(key)
-        else:
-            try:
-                coerce_field_value(fields[key], value)
-            except (TypeError, ValueError):
-                refused.add(key)  # from_dict has reported it in its own words
-    return refused
-
-
-def _check_name(name: Any) -> None:
-    check_job_name(name)

@@ -7,7 +7,10 @@ import dataclasses
 import pytest
 
 from dreamcore.config import MEMORY_PRESET_CHOICES, TrainConfig
-from dreamcore.presets import (MEMORY_PRESETS, NEEDS_GIB, SAME_AS, apply_memory_preset, pick_memory_preset)
+from dreamcore.memory_tiers import MEMORY_TIERS, pick_memory_tier
+from dreamcore.presets import MEMORY_PRESETS, apply_memory_preset
+
+NEEDS_GIB = {tier.name: tier.needs_gib for tier in MEMORY_TIERS}
 
 GIB = 2**30
 
@@ -38,17 +41,17 @@ def test_every_memory_preset_gives_a_valid_recipe(name: str, tmp_path) -> None:
 @pytest.mark.parametrize("free_gib, expected", [(80, "16GB"), (11.61, "16GB"), (11.5, "12GB"), (9.61, "12GB"),
                                                 (9.5, "8GB"), (7.5, "8GB"), (3, "8GB")])
 def test_pick_follows_free_memory(free_gib: float, expected: str) -> None:
-    assert pick_memory_preset(int(free_gib * GIB)) == expected  # 24GB names the 16GB settings: never picked
+    assert pick_memory_tier(int(free_gib * GIB)) == expected  # 24GB names the 16GB settings: never picked
 
 
 def test_an_alias_tier_has_the_settings_and_need_of_the_tier_it_names() -> None:
-    for alias, tier in SAME_AS.items():
+    for alias, tier in ((t.name, t.same_as) for t in MEMORY_TIERS if t.same_as):
         assert MEMORY_PRESETS[alias] == MEMORY_PRESETS[tier] and NEEDS_GIB[alias] == NEEDS_GIB[tier]
 
 
 @pytest.mark.parametrize("free_gib, expected", [(80, "24GB"), (22.0, "24GB"), (21.9, "16GB"), (3, "16GB")])
 def test_pick_with_gradients_held_follows_free_memory(free_gib: float, expected: str) -> None:
-    assert pick_memory_preset(int(free_gib * GIB), holding_gradients=True) == expected
+    assert pick_memory_tier(int(free_gib * GIB), holding_gradients=True) == expected
 
 
 def _speed_problems(config: TrainConfig) -> list[str]:

@@ -49,11 +49,12 @@ def test_portrait_preset_is_the_guides_recipe_with_dreamcores_text_encoder_and_r
 
 
 def test_gpu_presets_name_the_memory_tiers_in_order() -> None:
-    from dreamcore.presets import MEMORY_PRESETS, NEEDS_GIB
+    from dreamcore.memory_tiers import MEMORY_TIERS, memory_tier
 
     tiers = [PRESETS[name]["memory_preset"] for name in preset_names() if name.startswith("GPU ")]
-    assert set(tiers) == set(MEMORY_PRESETS)
-    assert [NEEDS_GIB[tier] for tier in tiers] == sorted(NEEDS_GIB[tier] for tier in tiers)
+    assert set(tiers) == {tier.name for tier in MEMORY_TIERS}
+    needs = [memory_tier(tier).needs_gib for tier in tiers]
+    assert needs == sorted(needs)
 
 
 def test_apply_preset_keeps_other_fields_and_unknown_names_are_refused() -> None:
