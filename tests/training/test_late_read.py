@@ -7,18 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamcore import TrainConfig
 from dreamcore.training import train
 from dreamcore.training.late_read import LateValues
 from dreamcore.training.loop import Trainer
 
-
-def tiny_config(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(pretrained_model_name_or_path=str(model), instance_data_dir=str(photos),
-                  instance_prompt="photo of sks person", output_dir=str(out), resolution=64, learning_rate=1e-3,
-                  lr_warmup_steps=0, n_save_sample=1, save_infer_steps=2, seed=7)
-    values.update(overrides)
-    return TrainConfig(**values)
+from tiny_runs import tiny_config
 
 
 def test_late_values_keep_the_order_of_tensors_and_floats() -> None:

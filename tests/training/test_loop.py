@@ -13,14 +13,7 @@ from dreamcore import TrainConfig
 from dreamcore.events import StopRequest
 from dreamcore.training import TrainingError, compute_loss, train
 
-
-def tiny_config(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(pretrained_model_name_or_path=str(model), instance_data_dir=str(photos),
-                  instance_prompt="photo of sks person", output_dir=str(out), resolution=64, max_train_steps=6,
-                  learning_rate=1e-3, lr_warmup_steps=0, checkpointing_steps=0, n_save_sample=1,
-                  save_infer_steps=2, seed=7)
-    values.update(overrides)
-    return TrainConfig(**values)
+from tiny_runs import tiny_config
 
 
 def test_prior_loss_is_computed_on_the_class_half() -> None:

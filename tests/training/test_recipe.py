@@ -20,14 +20,7 @@ from dreamcore.training.optim import (TEXT_ENCODER_GROUP, TOKEN_EMBEDDING_GROUP,
                                       parameter_groups)
 from dreamcore.training.tokens import identifier_token_ids, train_only_rows
 
-
-def tiny_config(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(pretrained_model_name_or_path=str(model), instance_data_dir=str(photos),
-                  instance_prompt="photo of sks person", output_dir=str(out), resolution=64, max_train_steps=3,
-                  learning_rate=1e-3, lr_warmup_steps=0, checkpointing_steps=0, n_save_sample=1,
-                  save_infer_steps=2, seed=7)
-    values.update(overrides)
-    return TrainConfig(**values)
+from tiny_runs import tiny_config
 
 
 # --- the loss ---------------------------------------------------------------------------------------------
@@ -210,7 +203,8 @@ def test_token_embedding_with_lora_is_refused_with_the_field_named(photo_dir: Pa
 def test_a_default_run_trains_the_rare_tokens_row_and_nothing_else_of_the_text_encoder(
         tiny_model_dir: Path, photo_dir: Path, tmp_path: Path, tokenizer) -> None:
     logs: list[str] = []
-    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", class_prompt="photo of a person")
+    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", max_train_steps=3,
+                         class_prompt="photo of a person")
     assert config.token_embedding_trains
     result = train(config, callbacks=[lambda e: logs.append(e.message) if e.kind == "log" else None])
     before = load_file(str(tiny_model_dir / "text_encoder" / "model.safetensors"))

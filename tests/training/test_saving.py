@@ -11,17 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreamcore import TrainConfig
 from dreamcore.training import train
 from dreamcore.training.saving import BackgroundWriter, host_copy
 
-
-def tiny_config(model: Path, photos: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(pretrained_model_name_or_path=str(model), instance_data_dir=str(photos),
-                  instance_prompt="photo of sks person", output_dir=str(out), resolution=64, learning_rate=1e-3,
-                  lr_warmup_steps=0, checkpointing_steps=0, n_save_sample=1, save_infer_steps=1, seed=7)
-    values.update(overrides)
-    return TrainConfig(**values)
+from tiny_runs import tiny_config
 
 
 def test_host_copy_is_a_copy_in_the_same_nesting() -> None:
