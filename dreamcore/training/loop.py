@@ -424,12 +424,7 @@ class Trainer:
                 {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()},
                 optimizer, self.lr_scheduler, scaler, self.noise_generator,
                 json.dumps(self.config.to_dict(), indent=2) + "\n")
-
-            def write_and_report() -> Callable[[], None]:
-                write()
-                return lambda: self.emit(CheckpointSaved(step, str(folder), "state"))
-
-            self.saver.submit(write_and_report)
+            self.saver.submit(write, lambda: self.emit(CheckpointSaved(step, str(folder), "state")))
         if sharded:
             optimizer.keep_own_parts_only()
         self.accelerator.wait_for_everyone()
@@ -543,12 +538,7 @@ class Trainer:
                 else:  # the weights copied to the host now, the file written while training goes on
                     write = single_file_writer(components, path, half=config.save_half, metadata=metadata,
                                                user_metadata=user_metadata)
-
-                    def write_and_report() -> Callable[[], None]:
-                        write()
-                        return lambda: self.report_checkpoint(step, path, final)
-
-                    self.saver.submit(write_and_report)
+                    self.saver.submit(write, lambda: self.report_checkpoint(step, path, final))
                 if not config.use_lora:
                     outputs["single_file"] = str(path)
         finally:
@@ -812,95 +802,101 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     trainer.prepare_models()
     trainer.prepare_data(class_images)
     try:
-        start_step = trainer.restore_state() if config.resume_from_checkpoint else 0
-
-        processes = trainer.accelerator.num_processes
-        emit(Stage("train", f"{plan.total_steps} steps on {trainer.device}"
-                   + (f" x {processes} processes" if processes > 1 else "")))
-        losses: list[float] = []
-        outputs: dict[str, str] = {}
-        status = "completed"
-        started = time.perf_counter()
-        step = start_step
-        micro_steps = config.gradient_accumulation_steps
-
-        def report(launched: tuple[int, LateValues]) -> None:
-            """Check and announce a finished step's loss (read one step late: see late_read.py)."""
-            done, late = launched
-            values = late.values()
-            micro_losses, micro_priors, learning_rate = values[:micro_steps], values[micro_steps:-1], values[-1]
-            # summed on the host in micro-step order, as Python floats (float64)
-            accumulated = sum(value / micro_steps for value in micro_losses)
-            accumulated_prior = sum(value / micro_steps for value in micro_priors)
-            if not math.isfinite(accumulated):
-                raise TrainingError(
-                    f"the loss became {accumulated} at step {done}. Likely causes: fp16 overflow (use "
-                    "mixed_precision bf16, or keep the VAE in fp32 as dreamcore does), a learning rate too high "
-                    f"({config.learning_rate}; the guide uses 1e-6), or a damaged base model. No checkpoint was "
-                    "written from this step; resume from the last saved state after changing the setting.")
-            losses.append(accumulated)
-            elapsed = time.perf_counter() - started
-            rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
-            emit(Progress(done, plan.total_steps, accumulated, learning_rate, rate,
-                          (plan.total_steps - done) / rate if rate > 0 else 0.0,
-                          accumulated_prior if config.with_prior_preservation else None))
-
-        unread: tuple[int, LateValues] | None = None  # the last launched step, whose values are still on the GPU
-        while step < plan.total_steps:
-            if stop is not None and stop.is_set():
-                status = "stopped"
-                break
-            step_losses, step_priors = [], []
-            for micro in range(micro_steps):
-                index = step * micro_steps + micro
-                with accumulate(trainer.accelerator, list(trainer.wrapped.values())):
-                    loss, prior_loss = trainer.micro_step(index)
-                step_losses.append(loss)
-                if prior_loss is not None:
-                    step_priors.append(prior_loss)
-            trainer.optimizer_step()
-            trainer.saver.poll()  # a save that finished is reported; one that failed is raised here
-            step += 1
-            launched = (step, LateValues([*step_losses, *step_priors, trainer.lr_scheduler.get_last_lr()[0]]))
-            if unread is not None:  # this step is queued behind it, so the GPU stays busy while the host reads
-                report(unread)
-            unread = launched
-            state_due = bool(config.checkpointing_steps) and step % config.checkpointing_steps == 0
-            checkpoint_due = bool(config.save_interval) and step % config.save_interval == 0
-            if (state_due or checkpoint_due) and step < plan.total_steps:
-                report(unread)  # nothing is saved from a step whose loss was not checked
-                unread = None
-                if state_due:
-                    trainer.save_state(step)
-                if checkpoint_due:
-                    trainer.save_checkpoint(step, final=False)
-                    if trainer.likeness is not None and trainer.likeness.should_stop():
-                        emit.log(f"likeness has not risen for {config.likeness_early_stop} checkpoints: stopping early "
-                                 f"at step {step} (likeness_early_stop).")
-                        break
-        if unread is not None:
-            report(unread)
-
-        if status == "stopped":
-            emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
-            trainer.save_state(step)
-            outputs = trainer.save_checkpoint(step, final=False)
-            trainer.saver.wait()
-        else:
-            emit(Stage("export", "final model"))
-            trainer.saver.wait()  # the last checkpoint's files are complete before the final export reads or prunes
-            outputs = trainer.save_checkpoint(step, final=True)
-            if trainer.likeness is not None and config.keep_best:
-                outputs.update(export_best_checkpoint(trainer, step, emit))
-        if trainer.likeness is not None:
-            save_run_report(plan.output_dir / CONFIG_FILE_NAME, config, {"likeness": trainer.likeness.report()})
-        outputs["state"] = str(plan.output_dir / STATE_DIR_NAME) if status == "stopped" else ""
-        outputs["config"] = str(plan.output_dir / CONFIG_FILE_NAME)
-        outputs = {k: v for k, v in outputs.items() if v}
-        if trainer.photo_loader is not None:
-            trainer.photo_loader.shutdown()
+        return run_steps(trainer, emit, stop)
     except BaseException:
         trainer.saver.finish_after_error(emit.log)  # the files of a save in flight are completed, not cut
         raise
+
+
+def run_steps(trainer: Trainer, emit: Emitter, stop: StopSignal | None) -> TrainResult:
+    """The training loop of a prepared trainer, from its first (or resumed) step to the exported model."""
+    plan, config = trainer.plan, trainer.config
+    start_step = trainer.restore_state() if config.resume_from_checkpoint else 0
+
+    processes = trainer.accelerator.num_processes
+    emit(Stage("train", f"{plan.total_steps} steps on {trainer.device}"
+               + (f" x {processes} processes" if processes > 1 else "")))
+    losses: list[float] = []
+    outputs: dict[str, str] = {}
+    status = "completed"
+    started = time.perf_counter()
+    step = start_step
+    micro_steps = config.gradient_accumulation_steps
+
+    def report(launched: tuple[int, LateValues]) -> None:
+        """Check and announce a finished step's loss (read one step late: see late_read.py)."""
+        done, late = launched
+        values = late.values()
+        micro_losses, micro_priors, learning_rate = values[:micro_steps], values[micro_steps:-1], values[-1]
+        # summed on the host in micro-step order, as Python floats (float64)
+        accumulated = sum(value / micro_steps for value in micro_losses)
+        accumulated_prior = sum(value / micro_steps for value in micro_priors)
+        if not math.isfinite(accumulated):
+            raise TrainingError(
+                f"the loss became {accumulated} at step {done}. Likely causes: fp16 overflow (use "
+                "mixed_precision bf16, or keep the VAE in fp32 as dreamcore does), a learning rate too high "
+                f"({config.learning_rate}; the guide uses 1e-6), or a damaged base model. No checkpoint was "
+                "written from this step; resume from the last saved state after changing the setting.")
+        losses.append(accumulated)
+        elapsed = time.perf_counter() - started
+        rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
+        emit(Progress(done, plan.total_steps, accumulated, learning_rate, rate,
+                      (plan.total_steps - done) / rate if rate > 0 else 0.0,
+                      accumulated_prior if config.with_prior_preservation else None))
+
+    unread: tuple[int, LateValues] | None = None  # the last launched step, whose values are still on the GPU
+    while step < plan.total_steps:
+        if stop is not None and stop.is_set():
+            status = "stopped"
+            break
+        step_losses, step_priors = [], []
+        for micro in range(micro_steps):
+            index = step * micro_steps + micro
+            with accumulate(trainer.accelerator, list(trainer.wrapped.values())):
+                loss, prior_loss = trainer.micro_step(index)
+            step_losses.append(loss)
+            if prior_loss is not None:
+                step_priors.append(prior_loss)
+        trainer.optimizer_step()
+        trainer.saver.poll()  # a save that finished is reported; one that failed is raised here
+        step += 1
+        launched = (step, LateValues([*step_losses, *step_priors, trainer.lr_scheduler.get_last_lr()[0]]))
+        if unread is not None:  # this step is queued behind it, so the GPU stays busy while the host reads
+            report(unread)
+        unread = launched
+        state_due = bool(config.checkpointing_steps) and step % config.checkpointing_steps == 0
+        checkpoint_due = bool(config.save_interval) and step % config.save_interval == 0
+        if (state_due or checkpoint_due) and step < plan.total_steps:
+            report(unread)  # nothing is saved from a step whose loss was not checked
+            unread = None
+            if state_due:
+                trainer.save_state(step)
+            if checkpoint_due:
+                trainer.save_checkpoint(step, final=False)
+                if trainer.likeness is not None and trainer.likeness.should_stop():
+                    emit.log(f"likeness has not risen for {config.likeness_early_stop} checkpoints: stopping early "
+                             f"at step {step} (likeness_early_stop).")
+                    break
+    if unread is not None:
+        report(unread)
+
+    if status == "stopped":
+        emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
+        trainer.save_state(step)
+        outputs = trainer.save_checkpoint(step, final=False)
+        trainer.saver.wait()
+    else:
+        emit(Stage("export", "final model"))
+        trainer.saver.wait()  # the last checkpoint's files are complete before the final export reads or prunes
+        outputs = trainer.save_checkpoint(step, final=True)
+        if trainer.likeness is not None and config.keep_best:
+            outputs.update(export_best_checkpoint(trainer, step, emit))
+    if trainer.likeness is not None:
+        save_run_report(plan.output_dir / CONFIG_FILE_NAME, config, {"likeness": trainer.likeness.report()})
+    outputs["state"] = str(plan.output_dir / STATE_DIR_NAME) if status == "stopped" else ""
+    outputs["config"] = str(plan.output_dir / CONFIG_FILE_NAME)
+    outputs = {k: v for k, v in outputs.items() if v}
+    if trainer.photo_loader is not None:
+        trainer.photo_loader.shutdown()
     emit(Finished(status, step, outputs))
     return TrainResult(status, step, outputs, losses)

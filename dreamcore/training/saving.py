@@ -36,14 +36,14 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
 
-    def submit(self, write: Callable[[], Callable[[], None] | None]) -> None:
-        """Run ``write`` on the writer thread once the save before it is done. ``write`` returns what to report
-        when it has finished (called by ``poll`` on the training thread), or None."""
+    def submit(self, write: Callable[[], Any], report: Callable[[], None] | None = None) -> None:
+        """Run ``write`` on the writer thread once the save before it is done; ``report`` (what to say when it
+        has finished) is called by ``poll`` on the training thread."""
         self.wait()
 
         def run() -> None:
             try:
-                report = write()
+                write()
             except BaseException as error:  # handed to the training thread, which raises it
                 with self._lock:
                     self._error = error

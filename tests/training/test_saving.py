@@ -35,14 +35,16 @@ def test_one_write_at_a_time_reported_on_the_callers_thread() -> None:
         def write():
             running.append(name)
             release.wait(5)
-            return lambda: reported.append((name, threading.current_thread().name))
         return write
 
-    writer.submit(slow("first"))
+    def report(name: str):
+        return lambda: reported.append((name, threading.current_thread().name))
+
+    writer.submit(slow("first"), report("first"))
     time.sleep(0.05)
     assert writer.busy() and running == ["first"] and reported == []
     threading.Timer(0.2, release.set).start()
-    writer.submit(slow("second"))  # waits for the first to finish
+    writer.submit(slow("second"), report("second"))  # waits for the first to finish
     assert running == ["first", "second"]
     assert reported == [("first", threading.current_thread().name)]
     writer.wait()
