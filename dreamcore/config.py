@@ -502,7 +502,8 @@ def parse_settings(values: dict[str, Any], source: str = "settings") -> ParsedSe
     else:
         unknown = [name for name in chosen if name not in known]
         problems.extend(f"{source}: {CHOSEN_KEY}: unknown setting {name!r}" for name in unknown)
-        refused.update([CHOSEN_KEY] if unknown else [])
+        if unknown:
+            refused.add(CHOSEN_KEY)
         chosen = [name for name in chosen if name in known]
     config = TrainConfig(**converted, chosen_settings=tuple(sorted(set(chosen))))
     return ParsedSettings(config, problems, frozenset(refused))

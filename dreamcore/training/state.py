@@ -32,14 +32,6 @@ class ResumeError(ValueError):
     pass
 
 
-def save_training_state(folder: Path, progress: TrainingProgress, trained_modules: dict[str, torch.nn.Module],
-                        optimizer: torch.optim.Optimizer, lr_scheduler: Any, scaler_state: dict | None,
-                        noise_generator: torch.Generator, config_json: str) -> Path:
-    """Write the resumable state now (``training_state_writer`` without the thread)."""
-    return training_state_writer(folder, progress, trained_modules, optimizer, lr_scheduler, scaler_state,
-                                 noise_generator, config_json)()
-
-
 def training_state_writer(folder: Path, progress: TrainingProgress, trained_modules: dict[str, torch.nn.Module],
                           optimizer: torch.optim.Optimizer, lr_scheduler: Any, scaler_state: dict | None,
                           noise_generator: torch.Generator, config_json: str) -> Callable[[], Path]:

@@ -12,7 +12,7 @@ from dreamcore import TrainConfig
 from dreamcore.config import ConfigError
 from dreamcore.training import train
 from dreamcore.training.optim import build_lr_scheduler
-from dreamcore.training.state import TrainingProgress, load_training_state, save_training_state
+from dreamcore.training.state import TrainingProgress, load_training_state, training_state_writer
 
 
 def _run(lr: float | torch.Tensor) -> tuple[torch.nn.Linear, torch.optim.Optimizer, object]:
@@ -36,8 +36,9 @@ def test_a_state_with_a_tensor_lr_resumes_into_either_kind_of_optimizer(tmp_path
     module, optimizer, scheduler = _run(torch.tensor(1e-3))
     _steps(module, optimizer, scheduler, 2)
     expected = float(optimizer.param_groups[0]["lr"])
-    folder = save_training_state(tmp_path / "state", TrainingProgress(2, 10, 0), {"unet": module}, optimizer,
-                                 scheduler, None, torch.Generator().manual_seed(0), json.dumps({}))
+    write = training_state_writer(tmp_path / "state", TrainingProgress(2, 10, 0), {"unet": module}, optimizer,
+                                  scheduler, None, torch.Generator().manual_seed(0), json.dumps({}))
+    folder = write()
     saved = torch.load(folder / "optimizer.pt", weights_only=True)
     assert type(saved["optimizer"]["param_groups"][0]["lr"]) is float
     assert all(type(rate) is float for rate in saved["lr_scheduler"]["base_lrs"] + saved["lr_scheduler"]["_last_lr"])
