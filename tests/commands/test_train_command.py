@@ -77,7 +77,7 @@ def test_the_guides_command_runs_on_a_tiny_model(tmp_path: Path) -> None:
     again = run_dreamcore("generate", "--model", str(exported), "--prompt", "photo of ukj person",
                           "--seed", "5", "--num_inference_steps", "2", "--out", str(tmp_path / "gen2"))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (tmp_path / "gen" / "5.png").read_bytes() == (tmp_path / "gen2" / "5.png").read_bytes()
+    assert (tmp_path / "gen" / "00000-5.png").read_bytes() == (tmp_path / "gen2" / "00000-5.png").read_bytes()
 
 
 def test_bad_settings_exit_with_every_problem(tmp_path: Path) -> None:
