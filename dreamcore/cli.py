@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "train": "dreamcore.commands.train",
     "generate": "dreamcore.commands.generate",
+    "grid": "dreamcore.commands.grid",
     "tiny-model": "dreamcore.commands.tiny_model",
     "demo": "dreamcore.commands.demo",
     "convert": "dreamcore.convert.command",

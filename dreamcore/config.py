@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from dreamcore.fileio import atomic_write_text
 from dreamcore.memory_tiers import MEMORY_TIERS, TIER_NAMES, auto_tiers
 
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v")
 # Memory presets (the tiers live in dreamcore/memory_tiers.py): "auto" picks one from the GPU's free
@@ -42,6 +42,8 @@ RUN_REPORT_KEY = "run_report"
 
 # A hub repo id ("owner/name"); such ids are resolved from a local Hugging Face cache only.
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A saved state named by its step: step-N (dreamcore's folder name) or checkpoint-N (diffusers' name for it).
+STATE_NAME = re.compile(r"(step|checkpoint)-(\d+)")
 
 
 class ConfigError(ValueError):
@@ -67,6 +69,7 @@ class Concept:
     instance_data_dir: str
     class_prompt: str = ""
     class_data_dir: str = ""
+    num_class_images: int | None = None  # this concept's own count (ShivamShrirao's lists); None = the run's
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,15 @@ class TrainConfig:
     revision: str = _field(
         "", "Branch of a hub repo in the local cache (the guide's 'fp16'); ignored for local folders and files.",
         "Model")
+    variant: str = _field(
+        "", "Weights variant of a diffusers folder to read, e.g. 'fp16' for its *.fp16.safetensors files (a folder "
+        "holding only those is read without it).", "Model")
     tokenizer_name: str = _field("", "Tokenizer folder to use instead of the model's own.", "Model")
+    tokenizer_max_length: int | None = _field(
+        None, "Tokens per prompt in training (prompts are padded or cut to it); empty = the tokenizer's 77.", "Model")
+    text_encoder_use_attention_mask: bool = _field(
+        False, "Pass the prompts' attention mask to the text encoder in training, so padding is not attended to "
+                "(as diffusers' flag; SD was trained without it).", "Model")
     model_family: str = _field(
         "auto", "Model type; 'auto' detects it from the weights as the WebUI does.", "Model",
         choices=MODEL_FAMILIES)
@@ -95,8 +106,9 @@ class TrainConfig:
         "default: <output_dir>/class_images/<class prompt>.", "Concept")
     class_prompt: str = _field("", "Prompt of the subject's class, e.g. 'photo of a person'.", "Concept")
     concepts_list: str = _field(
-        "", "JSON file: a list of {instance_prompt, class_prompt, instance_data_dir, class_data_dir}; "
-        "several concepts train together. Replaces the four fields above.", "Concept")
+        "", "JSON file: a list of {instance_prompt, class_prompt, instance_data_dir, class_data_dir} (and "
+        "optionally num_class_images, that concept's own count); several concepts train together. Replaces the "
+        "four fields above.", "Concept")
     resolution: int = _field(512, "Training resolution in pixels (a multiple of 8).", "Concept")
     center_crop: bool = _field(False, "Centre-crop photos to a square; otherwise a random crop.", "Concept")
     hflip: bool = _field(False, "Randomly mirror photos (augmentation; turns off latent caching).", "Concept")
@@ -156,7 +168,7 @@ class TrainConfig:
                             "Training")
     lr_scheduler: str = _field("constant", "Learning-rate schedule.", "Training", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _field(500, "Warm-up steps (ignored by 'constant').", "Training")
-    lr_num_cycles: int = _field(1, "Cycles of the cosine schedule.", "Training")
+    lr_num_cycles: int = _field(1, "Hard restarts of cosine_with_restarts (cosine: half-waves).", "Training")
     lr_power: float = _field(1.0, "Power of the polynomial schedule.", "Training")
     cache_latents: bool = _field(
         True, "Encode photos once and keep the latents (only when no random augmentation is on).", "Training")
@@ -234,13 +246,19 @@ class TrainConfig:
 
     # --- Saving and samples ------------------------------------------------------------------------
     save_interval: int = _field(
-        0, "Every N steps save a checkpoint (single file) and samples; 0 = only at the end.", "Saving",
-        aliases=("--validation_steps",))
+        0, "Every N steps save a checkpoint (single file) and samples; 0 = only at the end.", "Saving")
+    save_min_steps: int = _field(0, "No checkpoint (save_interval) before this step.", "Saving")
+    validation_steps: int = _field(
+        0, "Every N steps make samples only (no checkpoint), into samples/step-N; 0 = off.", "Saving")
     checkpointing_steps: int = _field(
-        500, "Every N steps save the resumable training state (optimizer, scheduler, RNG, step).", "Saving")
-    checkpoints_total_limit: int | None = _field(None, "Keep at most this many step checkpoints.", "Saving")
+        500, "Every N steps, and at the end, save the resumable training state (optimizer, scheduler, RNG, step) "
+        "as state/step-N; 0 = only when stopped.", "Saving")
+    checkpoints_total_limit: int | None = _field(
+        None, "Keep at most this many step checkpoints, and as many resumable states (oldest removed once a newer "
+        "one is complete).", "Saving")
     resume_from_checkpoint: str = _field(
-        "", "Continue from a saved state: 'latest' or a state folder.", "Saving")
+        "", "Continue from a saved state: 'latest' (a new run if none is saved), step-N or checkpoint-N (a state of "
+        "output_dir), or a state folder.", "Saving")
     save_sample_prompt: str = _field(
         "", "Prompt of the samples made at each save (default: the instance prompt).", "Saving",
         aliases=("--validation_prompt",))
@@ -349,10 +367,11 @@ class TrainConfig:
         if self.likeness_early_stop < 0:
             problems.append(f"likeness_early_stop: must not be negative (got {self.likeness_early_stop}).")
         problems.extend(_output_dir_problems(Path(self.output_dir)))
-        if self.resume_from_checkpoint and self.resume_from_checkpoint != "latest" and not Path(
-                self.resume_from_checkpoint).is_dir():
+        if self.resume_from_checkpoint and self.resume_from_checkpoint != "latest" and not STATE_NAME.fullmatch(
+                self.resume_from_checkpoint) and not Path(self.resume_from_checkpoint).is_dir():
             problems.append(f"resume_from_checkpoint: {self.resume_from_checkpoint!r} is not a saved state folder; "
-                            "use 'latest' or a folder under <output_dir>/state.")
+                            "use 'latest', step-N (checkpoint-N) or a folder under <output_dir>/state.")
+        problems.extend(_diffusers_flag_problems(self))
         problems.extend(_speed_problems(self))
         problems.extend(_lora_problems(self))
         if self.model_name and not re.fullmatch(r"[\w.+-][\w .+-]*", self.model_name):
@@ -437,6 +456,24 @@ class TrainConfig:
         path = Path(path)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """A copy whose local paths are absolute, so its train_config.json runs from any folder. Model and
+        tokenizer names that are not local paths are hub ids and stay as they are; so do resume_from_checkpoint's
+        names ('latest', step-N)."""
+        changes = {}
+        for name in ("instance_data_dir", "class_data_dir", "concepts_list", "output_dir"):
+            value = getattr(self, name)
+            if value and not os.path.isabs(value):
+                changes[name] = os.path.abspath(os.path.expanduser(value))
+        for name in ("pretrained_model_name_or_path", "pretrained_vae_name_or_path", "tokenizer_name"):
+            value = getattr(self, name)
+            if value and not os.path.isabs(value) and Path(value).expanduser().exists():
+                changes[name] = os.path.abspath(os.path.expanduser(value))
+        resume = self.resume_from_checkpoint
+        if resume and resume != "latest" and not STATE_NAME.fullmatch(resume) and not os.path.isabs(resume):
+            changes["resume_from_checkpoint"] = os.path.abspath(os.path.expanduser(resume))
+        return self.replace(**changes)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes``, which are not recorded as the person's choices (``choose`` records them)."""
@@ -632,12 +669,17 @@ def _read_concepts_file(path: Path, problems: list[str]) -> list[Concept]:
         missing = [k for k in ("instance_prompt", "instance_data_dir") if not entry.get(k)]
         if missing:
             problems.append(f"{where}: missing {', '.join(missing)}.")
-        bad_types = [k for k in allowed if k in entry and not isinstance(entry[k], str)]
+        bad_types = [k for k in allowed if k in entry and k != "num_class_images" and not isinstance(entry[k], str)]
         if bad_types:
             problems.append(f"{where}: {', '.join(sorted(bad_types))} must be text.")
-        if unknown or missing or bad_types:
+        count = entry.get("num_class_images")
+        bad_count = count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0)
+        if bad_count:
+            problems.append(f"{where}: num_class_images must be a whole number, 0 or more (got {count!r}); leave it "
+                            "out for the run's num_class_images.")
+        if unknown or missing or bad_types or bad_count:
             continue
-        concepts.append(Concept(**{k: entry.get(k, "") for k in allowed}))
+        concepts.append(Concept(**{k: entry[k] for k in allowed if k in entry}))
     return concepts
 
 
@@ -727,6 +769,21 @@ def _did_you_mean(key: str, known: Iterable[str]) -> str:
 
     close = difflib.get_close_matches(key, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _diffusers_flag_problems(config: TrainConfig) -> list[str]:
+    """Settings that came from diffusers' and ShivamShrirao's scripts."""
+    problems = []
+    for name in ("save_min_steps", "validation_steps"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name}: must not be negative (got {getattr(config, name)}); 0 is off.")
+    if config.tokenizer_max_length is not None and config.tokenizer_max_length < 1:
+        problems.append(f"tokenizer_max_length: must be at least 1 (got {config.tokenizer_max_length}); leave it "
+                        "empty for the tokenizer's own length.")
+    if config.variant and Path(config.pretrained_model_name_or_path).is_file():
+        problems.append(f"variant: {config.variant!r} picks the weight files of a diffusers folder, but the base "
+                        f"model {config.pretrained_model_name_or_path} is a single file; leave variant empty.")
+    return problems
 
 
 def _lora_problems(config: TrainConfig) -> list[str]:

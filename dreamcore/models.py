@@ -39,13 +39,14 @@ FAMILY_CHOICES = ("auto", "sd1", "sd2", "sd2-v")
 
 
 def load_base_model(path: str, vae: str = "", revision: str = "", family: str = "auto",
-                    tokenizer: str = "") -> ModelComponents:
+                    tokenizer: str = "", variant: str = "") -> ModelComponents:
     """Load a Stable Diffusion 1.x/2.x model as fp32 CPU modules plus its training noise scheduler.
 
     ``path``: a diffusers folder, a single ``.safetensors``/``.ckpt`` file (``<name>.yaml`` beside it is
     honoured), or a hub repo id present in the local Hugging Face cache (``revision`` picks its branch).
     ``vae``: a replacement VAE (diffusers folder, single file or cached repo id). ``tokenizer``: a tokenizer
-    folder or cached repo id to use instead of the model's. The scheduler returned is a ``DDPMScheduler``
+    folder or cached repo id to use instead of the model's. ``variant`` ("fp16"): a diffusers folder's weight
+    files of that variant (``*.fp16.safetensors``). The scheduler returned is a ``DDPMScheduler``
     with the model's prediction type (epsilon, or v_prediction for SD2-v).
     """
     if family not in FAMILY_CHOICES:
@@ -59,7 +60,7 @@ def load_base_model(path: str, vae: str = "", revision: str = "", family: str = 
 
         components = load_single_file(source, family=family)
     else:
-        components = _load_diffusers_folder(source, family)
+        components = _load_diffusers_folder(source, family, variant)
     if vae:
         components.vae = load_vae(vae)
         components.architecture = _architecture(components)
@@ -204,7 +205,7 @@ def _resolve_source(name: str, revision: str, what: str) -> Path:
                          "(owner/name); check the path")
 
 
-def _load_diffusers_folder(folder: Path, family: str) -> ModelComponents:
+def _load_diffusers_folder(folder: Path, family: str, variant: str = "") -> ModelComponents:
     if not (folder / "model_index.json").is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
         raise ModelLoadError(f"{folder} is not a diffusers model folder (no model_index.json; found {found}); give "
@@ -213,9 +214,9 @@ def _load_diffusers_folder(folder: Path, family: str) -> ModelComponents:
         if not (folder / component / "config.json").is_file():
             raise ModelLoadError(f"{folder} lacks its {component} (no {component}/config.json); the folder is "
                                  "incomplete - copy or download the whole model again")
-    unet = _from_pretrained("UNet2DConditionModel", folder, "unet", "UNet")
-    vae = _from_pretrained("AutoencoderKL", folder, "vae", "VAE")
-    text_encoder = _from_pretrained("CLIPTextModel", folder, "text_encoder", "text encoder")
+    unet = _from_pretrained("UNet2DConditionModel", folder, "unet", "UNet", variant)
+    vae = _from_pretrained("AutoencoderKL", folder, "vae", "VAE", variant)
+    text_encoder = _from_pretrained("CLIPTextModel", folder, "text_encoder", "text encoder", variant)
     detected = "sd1" if text_encoder.config.hidden_act == "quick_gelu" else "sd2"
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if scheduler_file.is_file():
@@ -253,7 +254,7 @@ def _architecture(components: ModelComponents) -> dict[str, dict[str, Any]] | No
     return configs if differs_from_published(configs, components.family) else None
 
 
-def _from_pretrained(class_name: str, folder: Path, subfolder: str | None, what: str) -> Any:
+def _from_pretrained(class_name: str, folder: Path, subfolder: str | None, what: str, variant: str = "") -> Any:
     from safetensors import SafetensorError
 
     if class_name == "CLIPTextModel":
@@ -264,7 +265,10 @@ def _from_pretrained(class_name: str, folder: Path, subfolder: str | None, what:
     kwargs: dict[str, Any] = {"local_files_only": True}
     if subfolder:
         kwargs["subfolder"] = subfolder
-    variant = _only_variant(location)
+    if variant and not any(location.glob(f"*.{variant}.safetensors")) and not any(location.glob(f"*.{variant}.bin")):
+        raise ModelLoadError(f"{location}: no weights of the variant {variant!r} (*.{variant}.safetensors) in it; "
+                             "leave variant empty to read its plain weights")
+    variant = variant or _only_variant(location)
     if variant:
         kwargs["variant"] = variant
     try:

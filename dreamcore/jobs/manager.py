@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-
-from dreamcore.config import ConfigError, TrainConfig
+from dreamcore.config import STATE_NAME, ConfigError, TrainConfig
 from dreamcore.fileio import atomic_directory
 from dreamcore.jobs.advice import advice_for_exit, describe_exit
 from dreamcore.jobs.events_file import EventsReader, JobProgress
@@ -419,9 +418,9 @@ class JobManager:
 
     @staticmethod
     def _has_saved_state(folder: JobFolder) -> bool:
-        from dreamcore.training.state import PROGRESS_FILE, STATE_DIR_NAME  # imports torch: only when resuming
+        from dreamcore.training.state import latest_state_folder  # imports torch: only when resuming
 
-        return (folder.output / STATE_DIR_NAME / PROGRESS_FILE).is_file()
+        return latest_state_folder(folder.output) is not None
 
     @staticmethod
     def _job_config(config: TrainConfig, folder: JobFolder) -> TrainConfig:
@@ -439,7 +438,8 @@ class JobManager:
             value = getattr(config, name)
             if value and not Path(value).is_absolute() and Path(value).exists():
                 changes[name] = str(Path(value).resolve())
-        if config.resume_from_checkpoint not in ("", "latest") and not Path(config.resume_from_checkpoint).is_absolute():
+        if config.resume_from_checkpoint not in ("", "latest") and not STATE_NAME.fullmatch(
+                config.resume_from_checkpoint) and not Path(config.resume_from_checkpoint).is_absolute():
             changes["resume_from_checkpoint"] = str(Path(config.resume_from_checkpoint).resolve())
         return config.replace(**changes)
 

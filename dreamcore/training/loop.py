@@ -7,13 +7,14 @@ images and their loss is added with ``prior_loss_weight``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +32,13 @@ from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, 
                                      image_to_tensor, needs_random_augmentation)
 from dreamcore.training.late_read import LateValues
 from dreamcore.training.optim import build_lr_scheduler, build_optimizer, parameter_groups
-from dreamcore.training.tokens import identifier_token_ids, train_only_rows
+from dreamcore.training.tokens import identifier_token_ids, split_identifier_words, train_only_rows
 from dreamcore.training.sampling import generate_samples, write_samples
 from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, effective_precision,
                                       is_full_size, plan_run, use_expandable_segments, weight_dtype)
 from dreamcore.training.saving import BackgroundWriter
-from dreamcore.training.state import (PROGRESS_FILE, STATE_DIR_NAME, ResumeError, TrainingProgress,
-                                      load_training_state, resolve_state_folder, training_state_writer)
+from dreamcore.training.state import (STATE_DIR_NAME, ResumeError, TrainingProgress, load_training_state,
+                                      prune_states, resolve_state_folder, state_folder, training_state_writer)
 
 
 @dataclass
@@ -78,6 +79,13 @@ def min_snr_weights(noise_scheduler: Any, gamma: float, device: torch.device) ->
     snr = alphas_cumprod / (1 - alphas_cumprod)
     divisor = snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr
     return (snr.clamp(max=gamma) / divisor).float().to(device)
+
+
+def prompt_attention_mask(token_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 for each prompt's tokens up to and including its first end token, 0 for the padding after it: the
+    tokenizer's attention mask, derived from the ids so that cached ids and a recorded step need nothing more."""
+    is_end = (token_ids == eos_token_id).long()
+    return (torch.cumsum(is_end, dim=1) - is_end == 0).long()
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,10 @@ class Trainer:
         from dreamcore.training.fast_step import apply_memory_layout
 
         config, models = self.config, self.models
+        positions = models.text_encoder.config.max_position_embeddings
+        if config.tokenizer_max_length is not None and config.tokenizer_max_length > positions:
+            raise TrainingError(f"tokenizer_max_length: {config.tokenizer_max_length} tokens, but this text encoder "
+                                f"reads at most {positions}; set it to {positions} or less, or leave it empty.")
         models.vae.requires_grad_(False).to(self.device).eval()
         if models.vae.dtype != torch.float32:
             models.vae.to(dtype=torch.float32)  # the VAE stays fp32 in every precision: no black images
@@ -268,13 +280,23 @@ class Trainer:
         if not config.text_encoder_trains:
             prompts = {e.prompt for c in concepts for e in (*c.instances, *c.classes)}
             with torch.no_grad():
-                self.prompt_cache = {p: self.models.text_encoder(self._tokenize([p]))[0][0] for p in prompts}
+                self.prompt_cache = {p: self._encode_prompts(self.models.text_encoder, self._tokenize([p]))[0]
+                                     for p in prompts}
 
     # --- one step ------------------------------------------------------------------------------------
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
         tokenizer = self.models.tokenizer
-        return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+        length = self.config.tokenizer_max_length or tokenizer.model_max_length
+        return tokenizer(prompts, padding="max_length", truncation=True, max_length=length,
                          return_tensors="pt").input_ids.to(self.device)
+
+    def _encode_prompts(self, text_encoder: Any, token_ids: torch.Tensor) -> torch.Tensor:
+        """The text encoder's hidden states of tokenized prompts (with text_encoder_use_attention_mask: not
+        attending to the padding)."""
+        if not self.config.text_encoder_use_attention_mask:
+            return text_encoder(token_ids)[0]
+        return text_encoder(token_ids, attention_mask=prompt_attention_mask(
+            token_ids, self.models.tokenizer.eos_token_id))[0]
 
     def _load_tensor(self, path: Path, index: int, slot: int) -> torch.Tensor:
         image = load_rgb_image(path)
@@ -360,7 +382,7 @@ class Trainer:
             noisy_latents = noisy_latents.to(torch.bfloat16)
         with self.accelerator.autocast():
             encoder_states = batch.encoder_input if self.prompt_cache is not None else \
-                self.step_text_encoder(batch.encoder_input)[0]
+                self._encode_prompts(self.step_text_encoder, batch.encoder_input)
             if not self.step_autocast:
                 encoder_states = encoder_states.to(torch.bfloat16)  # cached or from a frozen encoder
             model_pred = self.step_unet(noisy_latents, batch.timesteps, encoder_states).sample
@@ -412,7 +434,8 @@ class Trainer:
                                    if "text_encoder" in self.wrapped else self.models.text_encoder)
 
     def save_state(self, step: int) -> Path:
-        folder = self.plan.output_dir / STATE_DIR_NAME
+        """Write the resumable state of ``step`` as state/step-N (in the background); returns that folder."""
+        folder = state_folder(self.plan.output_dir, step)
         optimizer = self.raw_optimizer()
         sharded = self.averaging_inside_backward and self.config.shard_optimizer  # each process: its parts only
         if sharded:
@@ -424,16 +447,23 @@ class Trainer:
                 {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()},
                 optimizer, self.lr_scheduler, scaler, self.noise_generator,
                 json.dumps(self.config.to_dict(), indent=2) + "\n")
-            self.saver.submit(write, lambda: self.emit(CheckpointSaved(step, str(folder), "state")))
+            self.saver.submit(write, lambda: self.report_state(step, folder))
         if sharded:
             optimizer.keep_own_parts_only()
         self.accelerator.wait_for_everyone()
         return folder
 
-    def restore_state(self) -> int:
+    def report_state(self, step: int, folder: Path) -> None:
+        """A state is complete: say so, and keep at most checkpoints_total_limit of them."""
+        self.emit(CheckpointSaved(step, str(folder), "state"))
+        limit = self.config.checkpoints_total_limit
+        if limit is not None:
+            for old in prune_states(self.plan.output_dir, limit, up_to_step=step):
+                self.emit.log(f"removed {STATE_DIR_NAME}/{old.name} (checkpoints_total_limit={limit})")
+
+    def restore_state(self, folder: Path) -> int:
         optimizer = self.raw_optimizer()
         try:
-            folder = resolve_state_folder(self.config.resume_from_checkpoint, self.plan.output_dir)
             progress, scaler_state = load_training_state(
                 folder, {name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()}, optimizer,
                 self.lr_scheduler, self.noise_generator)
@@ -441,9 +471,6 @@ class Trainer:
             raise TrainingError(str(error)) from None
         if scaler_state is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(scaler_state)
-        if progress.seed != self.config.seed:
-            raise TrainingError(f"{folder}: the saved run used seed {progress.seed}, this one {self.config.seed}; "
-                                "resume with the same seed to continue the same run.")
         self.emit.log(f"resumed from {folder} at step {progress.step}")
         return progress.step
 
@@ -472,41 +499,68 @@ class Trainer:
                           "diverged, so the run was not the data-parallel training it should be. The main "
                           "process's weights are saved; please report this with the run's config.json.", "error")
 
-    def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
-        """Samples plus the single-file model (and, at the end, the diffusers folder)."""
-        from dreamcore.convert import save_single_file
-        from dreamcore.convert.single_file import single_file_writer
-        from dreamcore.models import build_pipeline, save_diffusers_folder
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[tuple[ModelComponents, Any]]:
+        """The live models and a pipeline of them, in eval mode with the VAE on the device; training mode (and
+        the parked VAE) restored after."""
+        from dreamcore.models import build_pipeline
 
-        config, plan = self.config, self.plan
-        outputs: dict[str, str] = {}
-        if final:  # no step follows: the optimizer's moments (4-8 bytes a weight) make room for the samples
-            self.release_optimizer_memory()
-            self.check_weights_across_processes(step)
         components = self.live_components()
         for module in self.wrapped.values():
             module.eval()
         if self.vae_parked:
             self.models.vae.to(self.device)
         try:
-            pipeline = build_pipeline(components)
-            sample_folder = plan.output_dir / "samples" / f"step-{step:06d}"
-            prompt = config.save_sample_prompt or plan.concepts[0].concept.instance_prompt
-            # Each process draws every N-th sample; the main process gathers and writes them.
-            accelerator = self.accelerator
-            with self.autocast():
-                samples = generate_samples(pipeline, prompt, config.save_sample_negative_prompt,
-                                           list(range(accelerator.process_index, config.n_save_sample,
-                                                      accelerator.num_processes)),
-                                           config.seed, config.save_guidance_scale, config.save_infer_steps,
-                                           config.resolution, config.sample_batch_size)
-            if accelerator.num_processes > 1:
-                from accelerate.utils import gather_object
+            yield components, build_pipeline(components)
+        finally:
+            for module in self.wrapped.values():
+                module.train()
+            if self.vae_parked:
+                self.models.vae.to("cpu")
 
-                samples = gather_object(samples)
-            if accelerator.is_main_process:
-                paths = write_samples(samples, sample_folder, config.seed)
-                self.emit(SamplesSaved(step, tuple(str(p) for p in paths), prompt))
+    def make_samples(self, pipeline: Any, step: int) -> Path | None:
+        """The samples of ``step`` into samples/step-N; returns that folder in the main process (None elsewhere).
+        Each process draws every N-th sample; the main process gathers and writes them."""
+        config, accelerator = self.config, self.accelerator
+        prompt = config.save_sample_prompt or self.plan.concepts[0].concept.instance_prompt
+        with self.autocast():
+            samples = generate_samples(pipeline, prompt, config.save_sample_negative_prompt,
+                                       list(range(accelerator.process_index, config.n_save_sample,
+                                                  accelerator.num_processes)),
+                                       config.seed, config.save_guidance_scale, config.save_infer_steps,
+                                       config.resolution, config.sample_batch_size)
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            samples = gather_object(samples)
+        if not accelerator.is_main_process:
+            return None
+        sample_folder = self.plan.output_dir / "samples" / f"step-{step:06d}"
+        paths = write_samples(samples, sample_folder, config.seed)
+        self.emit(SamplesSaved(step, tuple(str(p) for p in paths), prompt))
+        return sample_folder
+
+    def validate(self, step: int) -> None:
+        """Samples only, no checkpoint (validation_steps)."""
+        with self.sampling() as (_, pipeline):
+            self.make_samples(pipeline, step)
+        self.accelerator.wait_for_everyone()
+
+    def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
+        """Samples plus the single-file model (and, at the end, the diffusers folder)."""
+        from dreamcore.convert import save_single_file
+        from dreamcore.convert.single_file import single_file_writer
+        from dreamcore.models import save_diffusers_folder
+
+        config, plan = self.config, self.plan
+        outputs: dict[str, str] = {}
+        if final:  # no step follows: the optimizer's moments (4-8 bytes a weight) make room for the samples
+            self.release_optimizer_memory()
+            self.check_weights_across_processes(step)
+        with self.sampling() as (components, pipeline):
+            sample_folder = self.make_samples(pipeline, step)
+            if sample_folder is not None:  # the main process
+                prompt = config.save_sample_prompt or plan.concepts[0].concept.instance_prompt
                 outputs["samples"] = str(sample_folder)
                 if self.likeness is not None:
                     with self.autocast():
@@ -541,11 +595,6 @@ class Trainer:
                     self.saver.submit(write, lambda: self.report_checkpoint(step, path, final))
                 if not config.use_lora:
                     outputs["single_file"] = str(path)
-        finally:
-            for module in self.wrapped.values():
-                module.train()
-            if self.vae_parked:
-                self.models.vae.to("cpu")
         self.accelerator.wait_for_everyone()
         return outputs
 
@@ -588,7 +637,7 @@ def load_models(config: TrainConfig) -> ModelComponents:
     from dreamcore.models import load_base_model
 
     return load_base_model(config.pretrained_model_name_or_path, vae=config.pretrained_vae_name_or_path,
-                           revision=config.revision,
+                           revision=config.revision, variant=config.variant,
                            family="auto" if config.model_family == "auto" else config.model_family,
                            tokenizer=config.tokenizer_name)
 
@@ -622,13 +671,16 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
         return [[] for _ in plan.concepts]
     # The stage starts once every process has loaded its models: waiting for a slower process is loading time.
     accelerator.wait_for_everyone()
-    emit(Stage("class_images", f"{config.num_class_images} per concept"))
+    counts = sorted({c.num_class_images for c in plan.concepts})
+    emit(Stage("class_images", f"{counts[0]} per concept" if len(counts) == 1 else
+               "per concept: " + ", ".join(str(c.num_class_images) for c in plan.concepts)))
     warn = lambda message: emit.log(message, "warning")  # noqa: E731
     pipeline = None
     result = []
     for concept_plan in plan.concepts:
         prompt = concept_plan.concept.class_prompt
-        existing, indices = missing_class_images(concept_plan.class_dir, prompt, config.num_class_images, warn)
+        wanted = concept_plan.num_class_images
+        existing, indices = missing_class_images(concept_plan.class_dir, prompt, wanted, warn)
         accelerator.wait_for_everyone()
         if indices:
             if pipeline is None:
@@ -641,12 +693,12 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
                 pipeline.vae.enable_slicing()
             done = len(existing)
             # "n of N" before the first batch: the models are on the device and generation starts now.
-            emit(ClassImagesProgress(done, config.num_class_images))
+            emit(ClassImagesProgress(done, wanted))
 
             def on_batch(count: int) -> None:
                 nonlocal done
                 done += count * accelerator.num_processes
-                emit(ClassImagesProgress(min(done, config.num_class_images), config.num_class_images))
+                emit(ClassImagesProgress(min(done, wanted), wanted))
 
             with trainer.autocast():
                 generate_class_images(pipeline, concept_plan.class_dir, prompt, config.class_negative_prompt,
@@ -655,12 +707,12 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
                                       config.class_infer_steps, config.resolution, on_batch, stop)
             accelerator.wait_for_everyone()
         images = usable_class_images(concept_plan.class_dir, warn)
-        if len(images) < config.num_class_images and not (stop is not None and stop.is_set()):
+        if len(images) < wanted and not (stop is not None and stop.is_set()):
             shared = (" Each process writes its share of them there: with several machines the folder must be on "
                       "storage every machine sees." if accelerator.num_processes > 1 else "")
-            raise TrainingError(f"class images: only {len(images)} of {config.num_class_images} usable in "
+            raise TrainingError(f"class images: only {len(images)} of {wanted} usable in "
                                 f"{concept_plan.class_dir}; see the warnings above.{shared}")
-        result.append(sorted(images)[:config.num_class_images])
+        result.append(sorted(images)[:wanted])
     if pipeline is not None and torch.cuda.is_available():
         # Sampling's activations stay in the allocator's cache; hand them back before training allocates.
         del pipeline
@@ -679,13 +731,40 @@ def _with_memory_preset(plan: RunPlan, emit: Emitter) -> RunPlan:
 
 
 def _with_resume_checked(plan: RunPlan, emit: Emitter) -> RunPlan:
-    """"latest" with no saved state yet starts a new run, as diffusers does (scripts pass it on every launch).
-    (A named folder without a state is refused by the config's validation, before any model loads.)"""
-    if plan.config.resume_from_checkpoint == "latest" and \
-            not (plan.output_dir / STATE_DIR_NAME / PROGRESS_FILE).is_file():
-        emit.log(f"resume_from_checkpoint latest: no saved training state in {plan.output_dir / STATE_DIR_NAME} "
-                 "yet, so this is a new run.")
-        return dataclasses.replace(plan, config=plan.config.replace(resume_from_checkpoint=""))
+    """The plan with the state it resumes from, checked against the run before any model loads. "latest" with no
+    saved state yet starts a new run, as diffusers does (scripts pass it on every launch)."""
+    from dreamcore.config import ConfigError
+    from dreamcore.training.state import read_progress, saved_states
+
+    config = plan.config
+    start = 0
+    if config.resume_from_checkpoint:
+        try:
+            folder = resolve_state_folder(config.resume_from_checkpoint, plan.output_dir)
+            progress = None if folder is None else read_progress(folder)
+        except ResumeError as error:
+            raise ConfigError([str(error)]) from None
+        if folder is None:
+            emit.log(f"resume_from_checkpoint latest: no saved training state in {plan.output_dir / STATE_DIR_NAME} "
+                     "yet, so this is a new run.")
+        else:
+            if progress.seed != config.seed:
+                raise ConfigError([f"seed: the state in {folder} was saved by a run with seed {progress.seed}, this "
+                                   f"one has {config.seed}; resume with the same seed to continue the same run."])
+            if progress.step > plan.total_steps:
+                raise ConfigError([f"max_train_steps: the state in {folder} is at step {progress.step}, beyond this "
+                                   f"run's {plan.total_steps}; give max_train_steps above {progress.step} to train on."])
+            if progress.step == plan.total_steps:
+                emit.log(f"the state in {folder} is at step {progress.step}, this run's max_train_steps: nothing "
+                         "is left to train, so only the final model is written again. A larger max_train_steps "
+                         "continues the run.")
+            plan = dataclasses.replace(plan, resume_folder=folder)
+            start = progress.step
+    later = [f"step-{step}" for step, _ in saved_states(plan.output_dir / STATE_DIR_NAME) if step > start]
+    if later:
+        emit.log(f"{plan.output_dir / STATE_DIR_NAME} holds states of an earlier run beyond this run's start (step "
+                 f"{start}): {', '.join(later)}. This run replaces each when it reaches its step; until then "
+                 "'resume_from_checkpoint latest' would pick them.", "warning")
     return plan
 
 
@@ -782,6 +861,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     is_main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
     emit = Emitter(callbacks if is_main else [])
     emit(Stage("validate"))
+    config = config.with_absolute_paths()  # its train_config.json then runs from any folder
     plan = plan_run(config, warn=lambda m: emit.log(m, "warning"))
     plan = _with_memory_preset(plan, emit)
     plan = _with_resume_checked(plan, emit)
@@ -792,6 +872,10 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     config.save(plan.output_dir / CONFIG_FILE_NAME)
     emit(Stage("load", config.pretrained_model_name_or_path))
     models = load_models(config)
+    for word, pieces in split_identifier_words(models.tokenizer, [c.concept for c in plan.concepts]).items():
+        emit.log(f"instance_prompt: {word!r} is {len(pieces)} tokens to the text encoder ({', '.join(pieces)}), so the "
+                 "subject is learnt as a mix of words that mean something already; a rare word of one token, such "
+                 "as 'sks', is cleaner.", "warning")
     trainer = _trainer_class(config)(plan, models, emit, stop)
     if trainer.device.type == "cpu" and is_full_size(models.unet):
         emit.log("Training a full-size model on the CPU: expect minutes per step, i.e. days for a full run. "
@@ -811,7 +895,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
 def run_steps(trainer: Trainer, emit: Emitter, stop: StopSignal | None) -> TrainResult:
     """The training loop of a prepared trainer, from its first (or resumed) step to the exported model."""
     plan, config = trainer.plan, trainer.config
-    start_step = trainer.restore_state() if config.resume_from_checkpoint else 0
+    start_step = 0 if plan.resume_folder is None else trainer.restore_state(plan.resume_folder)
 
     processes = trainer.accelerator.num_processes
     emit(Stage("train", f"{plan.total_steps} steps on {trainer.device}"
@@ -865,12 +949,16 @@ def run_steps(trainer: Trainer, emit: Emitter, stop: StopSignal | None) -> Train
             report(unread)
         unread = launched
         state_due = bool(config.checkpointing_steps) and step % config.checkpointing_steps == 0
-        checkpoint_due = bool(config.save_interval) and step % config.save_interval == 0
-        if (state_due or checkpoint_due) and step < plan.total_steps:
+        checkpoint_due = bool(config.save_interval) and step % config.save_interval == 0 and \
+            step >= config.save_min_steps
+        samples_due = bool(config.validation_steps) and step % config.validation_steps == 0 and not checkpoint_due
+        if (state_due or checkpoint_due or samples_due) and step < plan.total_steps:
             report(unread)  # nothing is saved from a step whose loss was not checked
             unread = None
             if state_due:
                 trainer.save_state(step)
+            if samples_due:
+                trainer.validate(step)
             if checkpoint_due:
                 trainer.save_checkpoint(step, final=False)
                 if trainer.likeness is not None and trainer.likeness.should_stop():
@@ -880,20 +968,26 @@ def run_steps(trainer: Trainer, emit: Emitter, stop: StopSignal | None) -> Train
     if unread is not None:
         report(unread)
 
+    state = None
     if status == "stopped":
         emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
-        trainer.save_state(step)
+        state = trainer.save_state(step)
         outputs = trainer.save_checkpoint(step, final=False)
         trainer.saver.wait()
     else:
         emit(Stage("export", "final model"))
         trainer.saver.wait()  # the last checkpoint's files are complete before the final export reads or prunes
+        if config.checkpointing_steps and step > start_step:
+            # a state of the last step too, so that a longer run continues from it (copied to the host now,
+            # written while the final model is exported; the export frees the optimizer's memory after it)
+            trainer.save_state(step)
         outputs = trainer.save_checkpoint(step, final=True)
+        trainer.saver.wait()
         if trainer.likeness is not None and config.keep_best:
             outputs.update(export_best_checkpoint(trainer, step, emit))
     if trainer.likeness is not None:
         save_run_report(plan.output_dir / CONFIG_FILE_NAME, config, {"likeness": trainer.likeness.report()})
-    outputs["state"] = str(plan.output_dir / STATE_DIR_NAME) if status == "stopped" else ""
+    outputs["state"] = str(state) if state is not None else ""
     outputs["config"] = str(plan.output_dir / CONFIG_FILE_NAME)
     outputs = {k: v for k, v in outputs.items() if v}
     if trainer.photo_loader is not None:

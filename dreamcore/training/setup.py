@@ -29,6 +29,7 @@ class ConceptPlan:
     concept: Concept
     photos: tuple[Path, ...]
     class_dir: Path | None  # None without prior preservation
+    num_class_images: int = 0  # class images this concept trains with (its own count, or the run's)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class RunPlan:
     concepts: tuple[ConceptPlan, ...]
     output_dir: Path
     model_name: str
+    resume_folder: Path | None = None  # the saved state this run continues from
 
     @property
     def total_steps(self) -> int:
@@ -67,11 +69,17 @@ def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> RunPlan:
         if not photos:
             problems.append(f"concept {index + 1}: no usable photos in {concept.instance_data_dir} (see the "
                             "skipped files above); add readable JPEG or PNG photos of the subject.")
-        class_dir = None
+        class_dir, class_count = None, 0
         if config.with_prior_preservation:
             class_dir = Path(concept.class_data_dir) if concept.class_data_dir else \
                 output_dir / "class_images" / slug(concept.class_prompt)
-        concepts.append(ConceptPlan(concept, tuple(photos), class_dir))
+            class_count = config.num_class_images if concept.num_class_images is None else concept.num_class_images
+        concepts.append(ConceptPlan(concept, tuple(photos), class_dir, class_count))
+    counts = {c.num_class_images for c in concepts if c.class_dir is not None}
+    if 0 in counts and len(counts) > 1 and config.train_batch_size > 1:
+        problems.append("concepts_list: with train_batch_size above 1 a batch mixes concepts, so either every "
+                        "concept has class images or none has; give each concept a num_class_images of 1 or more, "
+                        "or set train_batch_size 1.")
     if problems:
         raise ConfigError(problems)
     photo_count = sum(len(c.photos) for c in concepts)

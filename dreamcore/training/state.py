@@ -1,12 +1,16 @@
 """Resumable training state: trained weights, optimizer, schedule, random generators and the step.
 
-Everything needed to continue a run exactly as if it had not stopped is written into one folder,
-atomically (``<output_dir>/state``): a resumed run reaches the same weights as an uninterrupted one.
+Everything needed to continue a run exactly as if it had not stopped is written into one folder per saved
+step, atomically (``<output_dir>/state/step-N``): a resumed run reaches the same weights as an uninterrupted
+one. ``checkpoint-N`` names the same folder (diffusers' name for it). Outputs of earlier versions hold one
+state directly in ``<output_dir>/state``; they resume as before.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,11 +18,13 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from dreamcore.config import STATE_NAME
 from dreamcore.fileio import atomic_directory
 from dreamcore.lora.adapters import load_trainable_state_dict, trainable_state_dict
 
 STATE_DIR_NAME = "state"
 PROGRESS_FILE = "progress.json"
+_NUMBERED = re.compile(r"step-(\d+)")  # the folders this version writes
 
 
 @dataclass
@@ -77,19 +83,93 @@ def _plain_learning_rates(state: dict) -> dict:
     return state
 
 
-def resolve_state_folder(resume_from: str, output_dir: Path) -> Path:
-    folder = output_dir / STATE_DIR_NAME if resume_from == "latest" else Path(resume_from)
-    if not (folder / PROGRESS_FILE).is_file():
-        raise ResumeError(f"resume_from_checkpoint: no saved training state in {folder} "
-                          f"(expected {PROGRESS_FILE} there); start without resume_from_checkpoint.")
+def state_folder(output_dir: Path, step: int) -> Path:
+    """Where the state of ``step`` is written."""
+    return output_dir / STATE_DIR_NAME / f"step-{step}"
+
+
+def saved_states(states_dir: Path) -> list[tuple[int, Path]]:
+    """The complete numbered states in a ``state`` folder, (step, folder), oldest first. A folder without its
+    progress file is not one (the atomic write puts it in place last of all, with everything else)."""
+    if not states_dir.is_dir():
+        return []
+    found = []
+    for folder in states_dir.iterdir():
+        match = _NUMBERED.fullmatch(folder.name)
+        if match and (folder / PROGRESS_FILE).is_file():
+            found.append((int(match.group(1)), folder))
+    return sorted(found)
+
+
+def latest_state_folder(output_dir: Path) -> Path | None:
+    """The newest state of a run's output folder: its highest step-N, else the single state of an older
+    output (``state/`` itself), else None."""
+    return _latest_in(output_dir / STATE_DIR_NAME)
+
+
+def _latest_in(states_dir: Path) -> Path | None:
+    numbered = saved_states(states_dir)
+    if numbered:
+        return numbered[-1][1]
+    return states_dir if (states_dir / PROGRESS_FILE).is_file() else None
+
+
+def resolve_state_folder(resume_from: str, output_dir: Path) -> Path | None:
+    """The state folder ``resume_from`` names; None for "latest" when the run has saved none yet.
+
+    ``resume_from``: "latest"; "step-N" or "checkpoint-N" (a state of ``output_dir``); or a path: a state
+    folder, a folder of states (its newest) or a run's output folder (its newest)."""
+    if resume_from == "latest":
+        return latest_state_folder(output_dir)
+    name = STATE_NAME.fullmatch(resume_from)
+    if name:
+        folder = state_folder(output_dir, int(name.group(2)))
+        if (folder / PROGRESS_FILE).is_file():
+            return folder
+        raise ResumeError(f"resume_from_checkpoint: there is no state of step {name.group(2)} in "
+                          f"{output_dir / STATE_DIR_NAME} ({_saved_list(output_dir / STATE_DIR_NAME)}); "
+                          "give one of those, 'latest', or a state folder.")
+    path = Path(resume_from)
+    if (path / PROGRESS_FILE).is_file() and not saved_states(path):
+        return path
+    folder = _latest_in(path) or _latest_in(path / STATE_DIR_NAME)
+    if folder is None:
+        raise ResumeError(f"resume_from_checkpoint: no saved training state in {path} (expected {PROGRESS_FILE} "
+                          f"there, in its step-N folders or in {path / STATE_DIR_NAME}); give a state folder such "
+                          "as <output_dir>/state/step-500, or 'latest'.")
     return folder
+
+
+def _saved_list(states_dir: Path) -> str:
+    steps = [f"step-{step}" for step, _ in saved_states(states_dir)]
+    return "saved: " + ", ".join(steps) if steps else "none saved"
+
+
+def prune_states(output_dir: Path, keep: int, up_to_step: int) -> list[Path]:
+    """Remove all but the ``keep`` newest numbered states up to ``up_to_step`` (the one just written); returns
+    the folders removed. States of later steps, left by an earlier run, are not this run's to count."""
+    numbered = [entry for entry in saved_states(output_dir / STATE_DIR_NAME) if entry[0] <= up_to_step]
+    removed = [folder for _, folder in numbered[:max(0, len(numbered) - keep)]]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
+
+
+def read_progress(folder: Path) -> TrainingProgress:
+    """The step, length and seed of a saved state (cheap: no weights are read)."""
+    path = folder / PROGRESS_FILE
+    try:
+        return TrainingProgress(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
+        raise ResumeError(f"{path}: the saved state's progress file cannot be read ({error}); resume from another "
+                          "state (step-N) or start without resume_from_checkpoint.") from None
 
 
 def load_training_state(folder: Path, trained_modules: dict[str, torch.nn.Module],
                         optimizer: torch.optim.Optimizer, lr_scheduler: Any,
                         noise_generator: torch.Generator) -> tuple[TrainingProgress, dict | None]:
     """Restore a saved state in place; returns the progress and the gradient scaler's state."""
-    progress = TrainingProgress(**json.loads((folder / PROGRESS_FILE).read_text()))
+    progress = read_progress(folder)
     for name, module in trained_modules.items():
         path = folder / f"{name}.safetensors"
         if not path.is_file():

@@ -8,6 +8,7 @@ meaning the base model gave it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import torch
@@ -51,3 +52,25 @@ def train_only_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
         return grad * masks[key]
 
     weight.register_hook(keep_rows)
+
+
+def split_identifier_words(tokenizer: Any, concepts: Iterable[Concept]) -> dict[str, list[str]]:
+    """The words of the instance prompts that their class prompts lack (the rare words naming a subject) and
+    that the tokenizer cuts into several tokens ("ukj" -> "uk", "j"), each with its pieces. Such a word is
+    learnt as a combination of common tokens, which carry meaning of their own."""
+    split: dict[str, list[str]] = {}
+    for concept in concepts:
+        if not concept.class_prompt:
+            continue  # without a class prompt the rare word cannot be told from the others
+        class_words = set(_words(concept.class_prompt))
+        for word in _words(concept.instance_prompt):
+            if word in class_words or word in split:
+                continue
+            ids = tokenizer(word, add_special_tokens=False).input_ids
+            if len(ids) > 1:
+                split[word] = [token.removesuffix("</w>") for token in tokenizer.convert_ids_to_tokens(ids)]
+    return split
+
+
+def _words(prompt: str) -> list[str]:
+    return re.findall(r"[\w']+", prompt.lower())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dreamcore import TrainConfig
 from dreamcore.config import ConfigError
@@ -75,3 +76,80 @@ def test_resume_latest_without_a_state_starts_a_new_run_and_a_named_empty_folder
         train(config.replace(resume_from_checkpoint=str(tmp_path / "missing")),
               callbacks=[lambda e: stages.append(e.name) if e.kind == "stage" else None])
     assert stages == ["validate"]  # refused before the model loads
+
+
+def _fake_state(folder: Path, step: int, seed: int = 7) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "progress.json").write_text(json.dumps({"step": step, "total_steps": 10, "seed": seed}))
+    return folder
+
+
+def test_states_are_found_by_step_name_or_path_newest_for_latest_and_older_outputs_still_resume(
+        tmp_path: Path) -> None:
+    from dreamcore.training.state import ResumeError, latest_state_folder, resolve_state_folder
+
+    out = tmp_path / "out"
+    assert resolve_state_folder("latest", out) is None
+    legacy = _fake_state(out / "state", 3)  # an output of the single-state layout
+    assert resolve_state_folder("latest", out) == legacy
+    for step in (2, 10, 4):
+        _fake_state(out / "state" / f"step-{step}", step)
+    (out / "state" / "step-12").mkdir()  # not complete: no progress file
+    assert latest_state_folder(out) == out / "state" / "step-10"  # numbers, not names, order them
+    assert resolve_state_folder("checkpoint-4", out) == out / "state" / "step-4"
+    assert resolve_state_folder("step-2", out) == out / "state" / "step-2"
+    assert resolve_state_folder(str(out / "state" / "step-4"), out) == out / "state" / "step-4"
+    assert resolve_state_folder(str(out), tmp_path / "elsewhere") == out / "state" / "step-10"
+    with pytest.raises(ResumeError, match="no state of step 6 .*saved: step-2, step-4, step-10"):
+        resolve_state_folder("checkpoint-6", out)
+    with pytest.raises(ResumeError, match="no saved training state in"):
+        resolve_state_folder(str(tmp_path), out)
+
+
+def test_the_state_limit_keeps_the_newest_up_to_the_step_just_written(tmp_path: Path) -> None:
+    from dreamcore.training.state import prune_states
+
+    for step in (2, 4, 6, 8):
+        _fake_state(tmp_path / "state" / f"step-{step}", step)
+    removed = prune_states(tmp_path, keep=2, up_to_step=6)  # step-8 is an earlier run's: not counted
+    assert [p.name for p in removed] == ["step-2"]
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["step-4", "step-6", "step-8"]
+
+
+def _progress_steps(events: list) -> list[int]:
+    return [e.step for e in events if e.kind == "progress"]
+
+
+def test_a_finished_run_extended_continues_from_its_last_step_to_the_same_weights(
+        tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    from tests.training.tiny_runs import tiny_config
+
+    whole = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "whole", max_train_steps=6,
+                              checkpointing_steps=2))
+    short = tiny_config(tiny_model_dir, photo_dir, tmp_path / "run", max_train_steps=4, checkpointing_steps=2)
+    train(short)
+    assert sorted(p.name for p in (tmp_path / "run" / "state").iterdir()) == ["step-2", "step-4"]  # 4: the end
+    events: list = []
+    extended = train(short.replace(max_train_steps=6, resume_from_checkpoint="latest"), callbacks=[events.append])
+    assert _progress_steps(events) == [5, 6]  # steps 1-4 are not repeated
+    assert any(e.kind == "log" and "at step 4" in e.message for e in events)
+    assert extended.losses == pytest.approx(whole.losses[4:], rel=1e-5)
+    resumed_unet = load_file(str(tmp_path / "run" / "state" / "step-6" / "unet.safetensors"))
+    whole_unet = load_file(str(tmp_path / "whole" / "state" / "step-6" / "unet.safetensors"))
+    for key, value in whole_unet.items():
+        torch.testing.assert_close(resumed_unet[key], value)
+
+
+def test_resuming_beyond_max_train_steps_or_with_another_seed_is_refused_before_the_model_loads(
+        tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    from tests.training.tiny_runs import tiny_config
+
+    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", max_train_steps=4)
+    _fake_state(tmp_path / "out" / "state" / "step-6", 6)
+    stages: list[str] = []
+    on_stage = lambda e: stages.append(e.name) if e.kind == "stage" else None  # noqa: E731
+    with pytest.raises(ConfigError, match="at step 6, beyond this run's 4; give max_train_steps above 6"):
+        train(config.replace(resume_from_checkpoint="checkpoint-6"), callbacks=[on_stage])
+    with pytest.raises(ConfigError, match="seed 7, this one has 99"):
+        train(config.replace(seed=99, max_train_steps=8, resume_from_checkpoint="latest"), callbacks=[on_stage])
+    assert stages == ["validate", "validate"]
