@@ -16,6 +16,7 @@ from typing import Any
 
 from dreamcore.components import ModelComponents
 from dreamcore.convert.architecture import base_family, differs_from_published, prediction_type, published_configs
+from dreamcore.convert.checkpoint_files import check_weights_file
 from dreamcore.convert.errors import ModelLoadError
 from dreamcore.convert.modules import diffusers_config, text_config_dict
 
@@ -272,10 +273,25 @@ def _from_pretrained(class_name: str, folder: Path, subfolder: str | None, what:
     if variant:
         kwargs["variant"] = variant
     try:
-        return getattr(library, class_name).from_pretrained(str(folder), **kwargs)
+        for weights_file in sorted(location.glob("*.safetensors")):
+            check_weights_file(weights_file)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{location}: could not load the {what}: {error}") from None
+    try:
+        model, loading = getattr(library, class_name).from_pretrained(str(folder), output_loading_info=True,
+                                                                      **kwargs)
     except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"{location}: could not load the {what} ({error}); the folder is incomplete or "
                              "damaged - copy or download it again") from None
+    # The libraries fill weights missing from the file with random values and only warn: refused here.
+    missing = [key for key in loading.get("missing_keys", ()) if not key.endswith("position_ids")]
+    mismatched = loading.get("mismatched_keys", ())
+    if missing or mismatched:
+        detail = f"no weight {missing[0]!r}" if missing else f"weight {mismatched[0][0]!r} has the wrong shape"
+        raise ModelLoadError(f"{location}: the {what}'s weights do not fit its config.json: {detail} "
+                             f"({len(missing)} missing, {len(mismatched)} of the wrong shape); the folder is damaged "
+                             "or mixes models - copy or download it again")
+    return model
 
 
 def _only_variant(location: Path) -> str | None:

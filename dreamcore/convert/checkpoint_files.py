@@ -14,7 +14,7 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -44,13 +44,63 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         head = handle.read(16)
     # Safetensors first: its 8-byte header length may begin with any byte, 0x80 included.
     if _looks_like_safetensors(head, size):
-        return _read_safetensors(path)
-    if head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTOCOL_BYTE:
-        return _read_torch_file(path)
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)  # reports what is wrong with the header
-    raise ModelLoadError(f"{path} is not a model file (neither safetensors nor a PyTorch checkpoint); choose a "
-                         ".safetensors or .ckpt Stable Diffusion model")
+        tensors, metadata = _read_safetensors(path)
+    elif head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTOCOL_BYTE:
+        if path.suffix.lower() == ".safetensors":
+            # Whoever named it meant it to be opened as safe; a pickle in disguise is not opened at all.
+            raise ModelLoadError(f"{path} is a PyTorch pickle checkpoint (.ckpt format) named .safetensors, which "
+                                 "never holds a pickle; it was not opened (it may be malicious, or renamed by "
+                                 "mistake). If it comes from a source you trust, rename it to .ckpt; otherwise use "
+                                 "a real .safetensors file of this model")
+        tensors, metadata = _read_torch_file(path)
+    elif path.suffix == ".safetensors":
+        tensors, metadata = _read_safetensors(path)  # reports what is wrong with the header
+    else:
+        raise ModelLoadError(f"{path} is not a model file (neither safetensors nor a PyTorch checkpoint); choose "
+                             "a .safetensors or .ckpt Stable Diffusion model")
+    _check_weight_dtypes(path, tensors)
+    return tensors, metadata
+
+
+def _check_weight_dtypes(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Weights and biases are floating point; integer ones are quantized weights (or damage) that training and
+    conversion cannot use. (Some other entries are integers by nature: position ids, EMA step counts.)"""
+    for key, tensor in tensors.items():
+        if key.endswith((".weight", ".bias")) and not tensor.is_floating_point():
+            count = sum(1 for k, t in tensors.items() if k.endswith((".weight", ".bias")) and not t.is_floating_point())
+            raise ModelLoadError(f"{path}: weight {key!r} is {str(tensor.dtype).removeprefix('torch.')}, not "
+                                 f"floating point ({count} such weights): the file holds quantized or damaged "
+                                 "weights, which dreamcore cannot train or convert; use an fp16 or fp32 model")
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Check a component's weights file (of a diffusers folder) without loading it: a pickle named
+    ``.safetensors`` is refused unopened, and integer weights are named. ModelLoadError if not usable."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return  # .bin files are read by torch.load(weights_only=True), which runs no code
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head and not _looks_like_safetensors(head, path.stat().st_size) and \
+            (head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTOCOL_BYTE):
+        raise ModelLoadError(f"{path} is a PyTorch pickle checkpoint named .safetensors, which never holds a pickle; "
+                             "it was not opened (it may be malicious, or renamed by mistake). Copy or download the "
+                             "model folder again from a source you trust")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            dtypes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}
+    except SafetensorError as error:
+        raise ModelLoadError(f"{path} could not be read as safetensors ({error}); it is truncated, damaged or not a "
+                             "safetensors file - copy or download the model folder again") from None
+    wrong = {key: dtype for key, dtype in dtypes.items()
+             if key.endswith((".weight", ".bias")) and not dtype.startswith(("F", "BF"))}
+    if wrong:
+        key, dtype = next(iter(wrong.items()))
+        raise ModelLoadError(f"{path}: weight {key!r} is {dtype}, not floating point ({len(wrong)} such weights): "
+                             "the file holds quantized or damaged weights, which dreamcore cannot train or convert; "
+                             "use an fp16 or fp32 model")
 
 
 def write_safetensors(path: str | Path, state_dict: Mapping[str, torch.Tensor],
@@ -59,7 +109,7 @@ def write_safetensors(path: str | Path, state_dict: Mapping[str, torch.Tensor],
     from safetensors.torch import save_file
 
     tensors = {key: tensor.detach().contiguous() for key, tensor in state_dict.items()}
-    with atomic_path(path) as temp:
+    with atomic_path(path, expected_bytes=_tensor_bytes(tensors.values())) as temp:
         save_file(tensors, str(temp), metadata=dict(metadata))
     return Path(path)
 
@@ -68,7 +118,8 @@ def write_ckpt(path: str | Path, state_dict: Mapping[str, torch.Tensor], metadat
     """Write a ``.ckpt`` (``{"state_dict": ..., CKPT_METADATA_KEY: ...}``) that the WebUI's check accepts."""
     payload = {"state_dict": {key: tensor.detach().contiguous() for key, tensor in state_dict.items()},
                CKPT_METADATA_KEY: dict(metadata)}
-    with atomic_path(path) as temp:
+    # torch writes a scratch file that is then copied without its extra members: twice the size, for a moment.
+    with atomic_path(path, expected_bytes=2 * _tensor_bytes(payload["state_dict"].values())) as temp:
         scratch = temp.with_name(temp.name + ".torch")
         try:
             torch.save(payload, scratch)
@@ -76,6 +127,10 @@ def write_ckpt(path: str | Path, state_dict: Mapping[str, torch.Tensor], metadat
         finally:
             scratch.unlink(missing_ok=True)
     return Path(path)
+
+
+def _tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 def _copy_webui_members(source: Path, destination: Path) -> None:
@@ -99,8 +154,8 @@ def _read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     except safe_pickle.UnsafePickleError as error:
         raise ModelLoadError(f"refused to load {path}: {error}. It may be malicious and was not run. Use a "
                              ".safetensors copy of this model from a source you trust") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile,
-            pickle.UnpicklingError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            zipfile.BadZipFile, pickle.UnpicklingError) as error:  # what a damaged pickle makes torch raise
         raise ModelLoadError(f"{path} could not be read as a PyTorch checkpoint ({error}); it is truncated or "
                              "damaged - download or copy it again") from None
     if not isinstance(loaded, dict):

@@ -29,6 +29,9 @@ def detect_family(state_dict: Mapping[str, torch.Tensor]) -> str:
         raise ModelLoadError("this is an SDXL model; dreamcore trains Stable Diffusion 1.x and 2.x only")
     if UNET_INPUT_CONV not in state_dict:
         raise ModelLoadError(_what_it_is_instead(keys))
+    if state_dict[UNET_INPUT_CONV].dim() != 4:
+        raise ModelLoadError(f"{UNET_INPUT_CONV} has shape {tuple(state_dict[UNET_INPUT_CONV].shape)}, not a "
+                             "convolution's four dimensions; the file is damaged or not a Stable Diffusion model")
     in_channels = state_dict[UNET_INPUT_CONV].shape[1]
     if in_channels == 9:
         raise ModelLoadError("this is an inpainting model (its UNet takes 9 input channels); use a regular "
