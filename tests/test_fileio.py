@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from dreamcore import fileio
-from dreamcore.fileio import OutputWriteError, atomic_directory, atomic_path, atomic_write_text
+from dreamcore.fileio import (DiskFullError, OutputWriteError, atomic_directory, atomic_path, atomic_write_text,
+                              remove_leftovers)
 
 
 def test_success_replaces_the_file(tmp_path: Path) -> None:
@@ -27,7 +28,7 @@ def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(fileio, "_fsync_file", full_disk)
-    with pytest.raises(OutputWriteError, match="disk is full") as raised:
+    with pytest.raises(DiskFullError, match="disk holding .* is full") as raised:
         with atomic_path(target) as temp:
             temp.write_text("half a model")
     assert str(target) in str(raised.value)
