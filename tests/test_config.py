@@ -194,3 +194,64 @@ def test_config_is_immutable() -> None:
     config = TrainConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.learning_rate = 1.0  # type: ignore[misc]
+
+
+def test_diffusers_flags_parse_into_their_own_settings(tmp_path: Path, photos: Path, model_dir: Path) -> None:
+    config = parse(["--pretrained_model_name_or_path", str(model_dir), "--instance_data_dir", str(photos),
+                    "--instance_prompt", "photo of sks person", "--output_dir", str(tmp_path / "out"),
+                    "--validation_steps", "100", "--save_interval", "500", "--save_min_steps", "1000",
+                    "--lr_scheduler", "cosine_with_restarts", "--lr_num_cycles", "3", "--variant", "fp16",
+                    "--tokenizer_max_length", "20", "--text_encoder_use_attention_mask", "--snr_gamma", "5",
+                    "--offset_noise", "--resume_from_checkpoint", "checkpoint-500"])
+    assert config.problems() == []
+    assert (config.validation_steps, config.save_interval, config.save_min_steps) == (100, 500, 1000)
+    assert (config.lr_scheduler, config.lr_num_cycles, config.variant) == ("cosine_with_restarts", 3, "fp16")
+    assert (config.tokenizer_max_length, config.text_encoder_use_attention_mask) == (20, True)
+    assert (config.snr_gamma, config.offset_noise) == (5.0, True)
+
+
+def test_diffusers_settings_that_cannot_work_are_named(tmp_path: Path, photos: Path) -> None:
+    single_file = tmp_path / "model.safetensors"
+    single_file.write_bytes(b"x")
+    config = TrainConfig(pretrained_model_name_or_path=str(single_file), instance_data_dir=str(photos),
+                         instance_prompt="photo of sks person", output_dir=str(tmp_path / "out"), variant="fp16",
+                         tokenizer_max_length=0, validation_steps=-1, save_min_steps=-2,
+                         resume_from_checkpoint="checkpoint-x")
+    problems = "\n".join(config.problems())
+    for expected in ("variant: 'fp16' picks the weight files of a diffusers folder", "tokenizer_max_length: must "
+                     "be at least 1", "validation_steps: must not be negative", "save_min_steps: must not be "
+                     "negative", "'checkpoint-x' is not a saved state folder"):
+        assert expected in problems
+
+
+def test_a_concepts_list_may_give_each_concept_its_own_class_image_count(tmp_path: Path, photos: Path,
+                                                                         model_dir: Path) -> None:
+    concepts = tmp_path / "concepts.json"
+    entry = {"instance_prompt": "photo of sks dog", "instance_data_dir": str(photos), "class_prompt": "photo of a dog"}
+    concepts.write_text(json.dumps([{**entry, "num_class_images": 7}, entry]))
+    config = TrainConfig(pretrained_model_name_or_path=str(model_dir), concepts_list=str(concepts),
+                         output_dir=str(tmp_path / "out"), with_prior_preservation=True, num_class_images=3)
+    assert [c.num_class_images for c in config.concepts()] == [7, None]
+    from dreamcore.training.setup import plan_run
+
+    plan = plan_run(config.replace(prepare_photos=False), warn=print)
+    assert [c.num_class_images for c in plan.concepts] == [7, 3]  # the run's count where a concept has none
+    for bad in (-1, 2.5, "7", True):
+        concepts.write_text(json.dumps([{**entry, "num_class_images": bad}]))
+        with pytest.raises(ConfigError, match="num_class_images must be a whole number"):
+            config.concepts()
+
+
+def test_saved_settings_hold_absolute_paths(tmp_path: Path, photos: Path, model_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(pretrained_model_name_or_path="model", pretrained_vae_name_or_path="stabilityai/sd-vae-ft-mse",
+                         instance_data_dir="photos", instance_prompt="photo of sks person", output_dir="out",
+                         resume_from_checkpoint="step-4")
+    absolute = config.with_absolute_paths()
+    assert (absolute.pretrained_model_name_or_path, absolute.instance_data_dir, absolute.output_dir) == \
+        (str(model_dir), str(photos), str(tmp_path / "out"))
+    # a hub id and a state named by its step are not paths
+    assert (absolute.pretrained_vae_name_or_path, absolute.resume_from_checkpoint) == \
+        ("stabilityai/sd-vae-ft-mse", "step-4")
+    assert absolute.chosen_settings == config.chosen_settings

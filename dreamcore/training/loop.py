@@ -980,7 +980,7 @@ def run_steps(trainer: Trainer, emit: Emitter, stop: StopSignal | None) -> Train
         if config.checkpointing_steps and step > start_step:
             # a state of the last step too, so that a longer run continues from it (copied to the host now,
             # written while the final model is exported; the export frees the optimizer's memory after it)
-            trainer.save_state(step)
+            state = trainer.save_state(step)
         outputs = trainer.save_checkpoint(step, final=True)
         trainer.saver.wait()
         if trainer.likeness is not None and config.keep_best:

@@ -177,7 +177,7 @@ def test_resume_of_a_lora_run_reaches_the_same_adapter_weights(tiny_model_dir: P
     first = train(interrupted, callbacks=[lambda e: stop.set() if e.kind == "progress" and e.step == 2 else None],
                   stop=stop)
     assert first.status == "stopped" and Path(first.outputs["lora"]).is_file()
-    state = load_file(str(Path(interrupted.output_dir) / "state" / "unet.safetensors"))
+    state = load_file(str(Path(first.outputs["state"]) / "unet.safetensors"))
     assert state and all(".lora_A." in k or ".lora_B." in k for k in state)  # adapters only in the state
     resumed = train(interrupted.replace(resume_from_checkpoint="latest"))
     assert resumed.status == "completed" and resumed.step == 6
