@@ -9,15 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dreamcore.jobs.generate_api import GenerateService
 from dreamcore.presets import PORTRAIT_PRESET
 
 from .controller import TrainingController
+from .generate_panel import with_generate_panel
 from .host import StandaloneHost
 from .tab import TAB_TITLE, build_tab
 
 
-def build_app(output_root: str | Path, share_api: bool = True) -> tuple[Any, Any, Any]:
-    """A FastAPI app with the REST API under /dreamcore/v1/ and the tab at /; returns (app, blocks, handlers)."""
+def build_app(output_root: str | Path, share_api: bool = True, access: Any = None,
+              allowed: Any = None) -> tuple[Any, Any, Any]:
+    """A FastAPI app with the REST API under /dreamcore/v1/ and the tab at /; returns (app, blocks, handlers).
+    ``access`` and ``allowed``: the REST API's request checks and allowed folders (dreamcore.jobs.access,
+    dreamcore.jobs.allowed); default: this computer only, no login, the output folder."""
     import gradio as gr
     from fastapi import FastAPI
 
@@ -31,18 +36,23 @@ def build_app(output_root: str | Path, share_api: bool = True) -> tuple[Any, Any
               "finished models are written there too.")
     blocks, handlers = build_tab(controller, PORTRAIT_PRESET, notice=notice)
     blocks.title = TAB_TITLE
+    generation = GenerateService(controller.manager(), output_root / "generated")
+    blocks, handlers.generate_panel = with_generate_panel(blocks, generation, host.checkpoint_dir())
     app = FastAPI(title="dreamcore")
     if share_api:
-        mount_job_routes(app, controller.manager())
+        from dreamcore.jobs.allowed import AllowedFolders
+
+        allowed = allowed or AllowedFolders([output_root], "start the app with --allow-dir FOLDER")
+        mount_job_routes(app, controller.manager(), access=access, allowed=allowed)
     app = gr.mount_gradio_app(app, blocks.queue(), path="/")
     return app, blocks, handlers
 
 
 def launch_standalone(output_root: str | Path, host: str = "127.0.0.1", port: int = 7861,
-                      share_api: bool = True) -> None:
+                      share_api: bool = True, access: Any = None, allowed: Any = None) -> None:
     """Serve the app until interrupted (binds ``host``: 127.0.0.1 unless told otherwise)."""
     import uvicorn
 
-    app, _blocks, _handlers = build_app(output_root, share_api)
+    app, _blocks, _handlers = build_app(output_root, share_api, access, allowed)
     print(f"dreamcore: open http://{host}:{port}/ (REST API under /dreamcore/v1/)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -19,6 +19,9 @@ logger = logging.getLogger("dreamcore.webui")
 SETTINGS_SECTION = ("dreamcore", "DreamBooth (dreamcore)")
 OPTION_OUTPUT_DIR = "dreamcore_output_dir"
 OPTION_DEFAULT_PRESET = "dreamcore_default_preset"
+OPTION_API_FOLDERS = "dreamcore_api_allowed_dirs"
+API_FOLDERS_HINT = ("add it under Settings > DreamBooth (dreamcore) > 'Further folders jobs of the REST API may "
+                    "use', then restart the WebUI")
 
 
 class WebUIExtension:
@@ -71,6 +74,9 @@ class WebUIExtension:
         shared.opts.add_option(OPTION_DEFAULT_PRESET, option(
             PORTRAIT_PRESET, "Preset the DreamBooth tab starts with", component=gr.Dropdown,
             component_args={"choices": preset_names()}))
+        shared.opts.add_option(OPTION_API_FOLDERS, option(
+            "", "Further folders jobs of the REST API may use (photos, base models), separated by ';'; the output "
+                "folder and the WebUI's model folders always are (applies after a restart)"))
 
     def on_ui_tabs(self) -> list[tuple[Any, str, str]]:
         """The tab is always returned: if dreamcore cannot run, it says why and what to do."""
@@ -99,19 +105,72 @@ class WebUIExtension:
         return [(blocks, TAB_TITLE, TAB_ELEM_ID)]
 
     def on_app_started(self, demo: Any, app: Any) -> None:
-        """Mount the jobs REST API (``/dreamcore/v1/...``) on the WebUI's FastAPI app."""
+        """Mount the jobs REST API (``/dreamcore/v1/...``) on the WebUI's FastAPI app, behind the WebUI's own
+        API login and address, with the output and model folders allowed."""
         if self.dependencies is not None and not self.dependencies.ok:
             return
-        mount_job_routes(app, self.controller.manager())
+        from modules import shared
+
+        mount_job_routes(app, self.controller.manager(), access=webui_api_access(shared.cmd_opts),
+                         allowed=self.api_folders())
+
+    def api_folders(self) -> Any:
+        """The folders jobs of the REST API may use: dreamcore's output folder (photos uploaded in the tab
+        live there), the WebUI's model folders, and those listed in our settings."""
+        from dreamcore.jobs.allowed import AllowedFolders
+        from modules import paths, shared
+
+        listed = str(self.host.option(OPTION_API_FOLDERS, "")).replace("\n", ";").split(";")
+        folders = [self.output_root(), Path(paths.models_path), self.host.checkpoint_dir(), self.host.lora_dir(),
+                   *(Path(folder.strip()) for folder in listed if folder.strip())]
+        vae_dir = getattr(shared.cmd_opts, "vae_dir", None)
+        if vae_dir:
+            folders.append(Path(vae_dir))
+        return AllowedFolders(folders, API_FOLDERS_HINT)
 
 
-def mount_job_routes(app: Any, manager: Any) -> bool:
-    """Include dreamcore.jobs' REST router in a FastAPI app; False (logged) when that module is absent."""
+def webui_api_access(cmd_opts: Any) -> Any:
+    """The REST API's request checks inside a WebUI, from its command line: the addresses it listens on
+    (--listen, --server-name), the origins its CORS settings allow, and its own API login: AUTOMATIC1111 and
+    Forge ``--api-auth user:password``, SD.Next ``--auth`` / ``--auth-file``, asked for as HTTP Basic, as the
+    WebUI asks for it on its /sdapi routes. Without such a login the routes have none either."""
+    from dreamcore.jobs.access import WILDCARD_ADDRESSES, ApiAccess, machine_names, parse_basic_credentials
+
+    server_name = (getattr(cmd_opts, "server_name", None) or "").strip().lower()
+    any_address = bool(getattr(cmd_opts, "listen", False)) or server_name in WILDCARD_ADDRESSES - {""}
+    names = set(machine_names()) if any_address else set()
+    if server_name and server_name not in WILDCARD_ADDRESSES:
+        names.add(server_name.strip("[]"))
+    origins = getattr(cmd_opts, "cors_allow_origins", None) or getattr(cmd_opts, "cors_origins", None) or ""
+    origin_pattern = getattr(cmd_opts, "cors_allow_origins_regex", None) or getattr(cmd_opts, "cors_regex", None)
+    credentials, hint = None, ""
+    api_auth = getattr(cmd_opts, "api_auth", None)
+    if api_auth:
+        credentials, hint = parse_basic_credentials(api_auth), "log in with the WebUI's --api-auth user and password"
+    elif getattr(cmd_opts, "auth", None) or getattr(cmd_opts, "auth_file", None):
+        credentials, hint = parse_basic_credentials(getattr(cmd_opts, "auth", None) or ""), \
+            "log in with the WebUI's --auth user and password"
+        auth_file = getattr(cmd_opts, "auth_file", None)
+        if auth_file:
+            try:
+                credentials.update(parse_basic_credentials(Path(auth_file).read_text(encoding="utf-8")))
+            except OSError as error:  # the WebUI itself fails on it too; our routes then let no one in
+                logger.error("dreamcore: cannot read the WebUI's --auth-file %s (%s); the REST API refuses every "
+                             "request until it can", auth_file, error)
+    return ApiAccess(host_names=frozenset(names), any_address=any_address,
+                     extra_origins=frozenset(o.strip().lower().rstrip("/") for o in origins.split(",") if o.strip()),
+                     extra_origin_pattern=origin_pattern or None, basic_credentials=credentials,
+                     login_hint=f"{hint}, as HTTP Basic authentication" if hint else "")
+
+
+def mount_job_routes(app: Any, manager: Any, access: Any = None, allowed: Any = None) -> bool:
+    """Include dreamcore.jobs' REST router in a FastAPI app, with its request checks (``access``) and the
+    folders jobs may use (``allowed``); False (logged) when that module is absent."""
     try:
         from dreamcore.jobs import api
     except ImportError as error:
         logger.warning("dreamcore: REST API not mounted (%s)", error)
         return False
-    app.include_router(api.create_router(manager))
+    app.include_router(api.create_router(manager, access=access, allowed=allowed))
     return True
 

@@ -5,6 +5,7 @@
     python -m dreamcore jobs run --gpus 0,1                     # ... one job on each of these GPUs at once
     python -m dreamcore jobs list | show NAME | cancel NAME | resume NAME | rerun NAME | remove NAME
     python -m dreamcore jobs serve --port 7862                  # the REST API alone (no gradio)
+    python -m dreamcore jobs serve --host 0.0.0.0 --allow-dir ~/photos   # on the network: a token is printed
 
 The queue lives in folders (``--output``/jobs, the same place the app and the WebUI tab use), so these
 commands see and change the jobs of a running app too; only one process runs the queue at a time.
@@ -14,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HELP = "Queue training jobs that run in child processes; list, cancel, resume, re-run them; serve the REST API."
 DEFAULT_OUTPUT = "dreamcore-output"
+TOKEN_VARIABLE = "DREAMCORE_API_TOKEN"
 
 
 def jobs_root(output: str | Path) -> Path:
@@ -56,11 +60,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve = actions.add_parser("serve", help="Serve the REST API (/dreamcore/v1/) and run the queue, without a UI.")
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: this computer only).")
     serve.add_argument("--port", type=int, default=7862)
+    add_server_arguments(serve)
     for parser_with_queue in (run_queue, serve):
         parser_with_queue.add_argument(
             "--gpus", default=None, metavar="IDS",
             help="Run one job on each of these CUDA devices at once, e.g. 0,1 (each job sees only its GPU). "
                  "Default: one job at a time on the GPUs this process sees.")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The REST API's login and folders (``jobs serve`` and ``ui``)."""
+    parser.add_argument(
+        "--token", default=os.environ.get(TOKEN_VARIABLE) or None,
+        help="Token the REST API requires, sent as 'Authorization: Bearer TOKEN' (default: the "
+             f"{TOKEN_VARIABLE} environment variable). Listening beyond this computer (--host) without one, "
+             "a new token is made and printed at start.")
+    parser.add_argument(
+        "--allow-dir", action="append", default=[], metavar="FOLDER",
+        help="A folder whose files jobs submitted through the REST API may use (photos, base models, class "
+             "images); repeat for several. The output folder is always allowed; any other path is refused.")
+    parser.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="A further host name the REST API answers to (e.g. a reverse proxy's name); repeatable. "
+             "localhost and the address it listens on always work.")
+
+
+def api_security(args: argparse.Namespace, output: Path) -> tuple[Any, Any]:
+    """The REST API's (ApiAccess, AllowedFolders) from the command line; prints the token it made, if any.
+    Raises ValueError for a folder that is not one."""
+    from dreamcore.jobs.access import ApiAccess, needs_token, new_token
+    from dreamcore.jobs.allowed import AllowedFolders
+
+    missing = [folder for folder in args.allow_dir if not Path(folder).expanduser().is_dir()]
+    if missing:
+        raise ValueError(f"--allow-dir: {', '.join(missing)} is not a folder; give existing folders.")
+    token = args.token
+    if token is None and needs_token(args.host):
+        token = new_token()
+        print(f"REST API token (send it as 'Authorization: Bearer <token>'): {token}", flush=True)
+    access = ApiAccess.for_listener(args.host, token, tuple(args.allow_host))
+    return access, AllowedFolders([output, *args.allow_dir], "start the server with --allow-dir FOLDER")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +140,13 @@ def run(args: argparse.Namespace) -> int:
 def _run_queue(root: Path, args: argparse.Namespace) -> int:
     from dreamcore.jobs import JobManager
 
+    security = None
+    if args.action == "serve":
+        try:
+            security = api_security(args, Path(args.output))
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     try:
         manager = JobManager(root, gpus=args.gpus.split(",") if args.gpus else None)
     except ValueError as error:
@@ -111,8 +157,8 @@ def _run_queue(root: Path, args: argparse.Namespace) -> int:
               file=sys.stderr)
         manager.shutdown()
         return 1
-    if args.action == "serve":
-        return _serve(manager, args.host, args.port)
+    if security is not None:
+        return _serve(manager, args.host, args.port, *security)
     try:
         print(f"running the queue in {root} (Ctrl+C stops the running job and saves its state)")
         seen: dict[str, tuple] = {}
@@ -133,17 +179,15 @@ def _run_queue(root: Path, args: argparse.Namespace) -> int:
         manager.shutdown(stop_running=True, timeout=600)
 
 
-def _serve(manager, host: str, port: int) -> int:
+def _serve(manager, host: str, port: int, access, allowed) -> int:
     import uvicorn
     from fastapi import FastAPI
 
     from dreamcore.jobs.api import create_router
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host}: anyone who can reach this port can start and delete training jobs "
-              "(there is no login).", file=sys.stderr)
+    print(f"jobs may use files in: {', '.join(str(folder) for folder in allowed.folders)}", flush=True)
     app = FastAPI(title="dreamcore jobs")
-    app.include_router(create_router(manager))
+    app.include_router(create_router(manager, access=access, allowed=allowed))
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:

@@ -14,9 +14,12 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dreamcore.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from dreamcore.jobs.process import ProcessIdentity
 
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
@@ -77,6 +80,9 @@ class JobRecord:
     finished_at: float | None = None
     attempt: int = 0
     pid: int | None = None
+    # With the pid, what tells the running child apart from a later process that reuses its pid.
+    pid_started_at: float | None = None
+    pid_command: list[str] | None = None
     returncode: int | None = None
     error: str = ""
     advice: str = ""
@@ -85,3 +91,12 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def process(self) -> ProcessIdentity | None:
+        """The running child's identity; None when none is recorded (also in records written before
+        dreamcore kept it: such a pid is never trusted)."""
+        from dreamcore.jobs.process import ProcessIdentity
+
+        if self.pid is None or self.pid_started_at is None or self.pid_command is None:
+            return None
+        return ProcessIdentity(self.pid, self.pid_started_at, tuple(self.pid_command))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,21 @@ class JobInfo:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The job as JSON-ready values; a loss that became NaN or infinite (a diverged run) is None, as JSON
+        has no such numbers."""
         values = dataclasses.asdict(self)
         values["progress_fraction"] = self.progress_fraction
-        return values
+        return _finite(values)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def build_job_info(folder: JobFolder, record: JobRecord, progress: JobProgress, log_lines: int = 40) -> JobInfo:

@@ -7,7 +7,12 @@
 Several managers may share one jobs root (the WebUI, the CLI, a test): the one holding
 ``<root>/.worker.lock`` runs the queue; the others read, submit, cancel and remove through the folders.
 A manager that takes the queue over (a restarted WebUI) adopts a child that still runs and marks a job
-whose child is gone as failed, so nothing shows "running" forever.
+whose child is gone as failed, so nothing shows "running" forever. A child is recognised by its pid, start
+time and command line together: a process that merely reuses the pid is never followed or killed.
+
+Every request reads and changes a job's record under one lock (``<root>/.jobs.lock``), so requests racing on
+one job (cancel, resume, remove, re-run at once) each see a whole state: each either applies or is refused
+with JobNotFoundError or JobConflictError.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from typing import Sequence
 from dreamcore.config import STATE_NAME, ConfigError, TrainConfig
 from dreamcore.fileio import atomic_directory
 from dreamcore.jobs.advice import advice_for_exit, describe_exit
+from dreamcore.jobs.allowed import AllowedFolders, is_hub_id
 from dreamcore.jobs.events_file import EventsReader, JobProgress
 from dreamcore.jobs.folder import FINAL_STATUSES, JobFolder, JobRecord, JobRecordError
 from dreamcore.jobs.info import JobInfo, build_job_info
 from dreamcore.jobs.locks import FileLock
 from dreamcore.jobs.names import check_job_name
-from dreamcore.jobs.process import ChildCommand, default_child_command, kill_process, process_alive, start_child
+from dreamcore.jobs.process import (ChildCommand, ProcessIdentity, default_child_command, identify, is_running,
+                                    kill_process, start_child)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +63,8 @@ class JobConflictError(JobError):
 class _Child:
     name: str
     pid: int
-    popen: subprocess.Popen | None  # None for a child adopted from an earlier manager
+    popen: subprocess.Popen | None  # None for a child adopted from an earlier manager ...
+    identity: ProcessIdentity | None = None  # ... which is then watched and ended by its identity
     gpu: str | None = None  # the CUDA_VISIBLE_DEVICES it was started with (None: the environment's)
     killed_at: float | None = None
 
@@ -93,19 +101,21 @@ class JobManager:
             self._thread.start()
 
     # --- requests -----------------------------------------------------------------------------------
-    def submit(self, config: TrainConfig, name: str) -> JobInfo:
+    def submit(self, config: TrainConfig, name: str, allowed: AllowedFolders | None = None) -> JobInfo:
         """Queue a job; it trains with ``config`` except that ``output_dir`` becomes ``<root>/<name>/output``
         (everything a job makes stays in its folder), its files are named after the job unless ``model_name``
         is set, and relative paths are made absolute.
+        ``allowed`` (the REST API): every local path must be absolute and inside those folders, and a relative
+        model value is a hub id, never looked up on the disk.
         Raises JobNameError, ConfigError (every problem at once) or JobConflictError (the name is taken)."""
         check_job_name(name)
         if not isinstance(config, TrainConfig):
             raise TypeError(f"submit: config must be a TrainConfig, got {type(config).__name__}")
         folder = self._folder(name)
-        config = self._job_config(config, folder)
-        problems = config.problems()
+        problems = self.problems(config, name, allowed)
         if problems:
             raise ConfigError(problems)
+        config = self._job_config(config, folder, local_models=allowed is None)
         now = time.time()
         with self._records_lock.hold():
             if folder.path.exists():
@@ -117,10 +127,15 @@ class JobManager:
         self._wake.set()
         return self.get(name)
 
-    def problems(self, config: TrainConfig, name: str) -> list[str]:
-        """Everything ``submit(config, name)`` would refuse in the settings, checked on the job's own copy
-        (its output folder, absolute paths); empty when they can train. Nothing is written."""
-        return self._job_config(config, self._folder(name)).problems()
+    def problems(self, config: TrainConfig, name: str, allowed: AllowedFolders | None = None) -> list[str]:
+        """Everything ``submit(config, name, allowed)`` would refuse in the settings, checked on the job's own
+        copy (its output folder, absolute paths); empty when they can train. Nothing is written. With
+        ``allowed``, paths outside those folders are all that is reported: nothing outside is looked at."""
+        if allowed is not None:
+            outside = allowed.problems(config)
+            if outside:
+                return outside
+        return self._job_config(config, self._folder(name), local_models=allowed is None).problems()
 
     def list(self) -> list[JobInfo]:
         """Every job under the root, oldest first; queued jobs carry their queue position."""
@@ -139,17 +154,17 @@ class JobManager:
     def get(self, name: str) -> JobInfo:
         folder = self._existing(name)
         info = self._info(folder)
+        if info is not None and info.status == "queued":
+            info = next((i for i in self.list() if i.name == name), None)
         if info is None:
             raise JobNotFoundError(f"no job named {name!r} under {self.root} (it was just removed).")
-        if info.status == "queued":
-            info.queue_position = next(i.queue_position for i in self.list() if i.name == name)
         return info
 
     def cancel(self, name: str) -> JobInfo:
         """A queued job is cancelled at once; a running one is asked to stop (it saves a resumable state)."""
-        folder = self._existing(name)
+        folder = self._folder(name)
         with self._records_lock.hold():
-            record = folder.read_record()
+            record = self._locked_record(folder)
             if record.status in FINAL_STATUSES:
                 raise JobConflictError(f"job {name!r} has already ended ({record.status}); nothing to cancel.")
             if record.status == "queued":
@@ -164,9 +179,9 @@ class JobManager:
 
     def resume(self, name: str) -> JobInfo:
         """Queue a failed or cancelled job again; it continues from its latest saved state."""
-        folder = self._existing(name)
+        folder = self._folder(name)
         with self._records_lock.hold():
-            record = folder.read_record()
+            record = self._locked_record(folder)
             if record.status in ("queued", "running"):
                 raise JobConflictError(f"job {name!r} is already {record.status}; it cannot be started twice.")
             if record.status == "completed":
@@ -187,33 +202,45 @@ class JobManager:
     def rerun(self, name: str, new_name: str | None = None) -> JobInfo:
         """Queue a fresh run of a job's settings under a new name (default: ``<name>-2``, ``-3``, ...),
         so the earlier run's outputs stay as they are."""
-        folder = self._existing(name)
-        config = TrainConfig.load(folder.config).replace(resume_from_checkpoint="")
+        folder = self._folder(name)
+        if new_name is not None:
+            check_job_name(new_name)
+        with self._records_lock.hold():
+            self._locked_record(folder)
+            config = TrainConfig.load(folder.config).replace(resume_from_checkpoint="")
         if config.model_name == name:
             # Files named after the job (the tab's jobs, or a name filled in at submit) follow the new name,
             # so the re-run's model does not come out under the earlier job's name.
             config = config.replace(model_name="")
-        if new_name is None:
-            base = name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
-            number = 2
+        if new_name is not None:
+            return self.submit(config, new_name)
+        base = name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
+        number = 2
+        while True:
             while self._folder(f"{base}-{number}").path.exists():
                 number += 1
-            new_name = f"{base}-{number}"
-        return self.submit(config, new_name)
+            try:
+                return self.submit(config, f"{base}-{number}")
+            except JobConflictError:
+                number += 1  # another request took that name meanwhile: the next one
 
     def remove(self, name: str) -> None:
-        """Delete a job that is not running: its folder, outputs included. Cancel a running job first."""
-        folder = self._existing(name)
+        """Delete a job that is not running: its folder, outputs included. Cancel a running job first.
+        A job whose record is damaged can be removed too."""
+        folder = self._folder(name)
         with self._records_lock.hold():
-            record = folder.read_record() if folder.record.exists() else None
+            try:
+                record: JobRecord | None = self._locked_record(folder)
+            except JobConflictError:
+                record = None  # damaged: removing it is what its message advises
             if record is not None and record.status == "running":
                 raise JobConflictError(f"job {name!r} is running; cancel it first, then remove it.")
             # Renamed first, so the job disappears at once even if deleting many files takes a while.
             trash = self.root / f".removed-{name}-{time.time_ns()}"
             folder.path.rename(trash)
-        shutil.rmtree(trash)
         with self._readers_guard:
             self._readers.pop(name, None)
+        _delete_removed(trash)
 
     def wait(self, name: str, timeout: float | None = None, poll_seconds: float = 0.5) -> JobInfo:
         """Block until the job has ended (completed, failed or cancelled); return its final JobInfo.
@@ -277,22 +304,30 @@ class JobManager:
             pass
 
     def _recover(self) -> None:
-        """After taking the queue over: adopt a child that still runs, finish the records of those gone."""
+        """After taking the queue over: adopt a child that still runs, finish the records of those gone,
+        and delete what removals left behind."""
+        for leftover in self.root.glob(".removed-*"):
+            _delete_removed(leftover)
         for info in self.list():
             if info.status != "running":
                 continue
             record = self._folder(info.name).read_record()
-            if record.pid is not None and process_alive(record.pid):
-                self._running[info.name] = _Child(info.name, record.pid, popen=None, gpu=record.gpu)
+            identity = record.process()
+            if identity is not None and is_running(identity):
+                self._running[info.name] = _Child(info.name, identity.pid, popen=None, identity=identity,
+                                                  gpu=record.gpu)
                 logger.info("dreamcore jobs: %s is still training (pid %s); following it.", info.name, record.pid)
-            else:
-                self._finish(info.name, returncode=None, interrupted=True)
+                continue
+            if record.pid is not None and identify(record.pid) is not None:
+                logger.warning("dreamcore jobs: pid %s of %s now belongs to another process; it is left alone.",
+                               record.pid, info.name)
+            self._finish(info.name, returncode=None, interrupted=True)
 
     def _watch(self, child: _Child) -> None:
         if child.popen is not None:
             ended, returncode = child.popen.poll() is not None, child.popen.returncode
         else:
-            ended, returncode = not process_alive(child.pid), None
+            ended, returncode = child.identity is None or not is_running(child.identity), None
         if ended:
             del self._running[child.name]
             self._finish(child.name, returncode, forced=child.killed_at is not None)
@@ -305,8 +340,8 @@ class JobManager:
             child.killed_at = time.time()
             if child.popen is not None:
                 child.popen.kill()
-            else:
-                kill_process(child.pid)
+            elif child.identity is not None:
+                kill_process(child.identity)
 
     def _start_next(self) -> bool:
         """Start the oldest queued job on a free slot; False when none is queued (or no slot is free)."""
@@ -336,9 +371,12 @@ class JobManager:
                 folder.write_record(record)
                 return True  # this job is settled; the next may start
             record.status, record.started_at, record.pid, record.gpu = "running", time.time(), popen.pid, gpu
+            identity = identify(popen.pid)  # None if it already ended: then it is never adopted, nor needs to be
+            record.pid_started_at = identity.started_at if identity else None
+            record.pid_command = list(identity.command) if identity else None
             record.returncode = record.finished_at = None
             folder.write_record(record)
-            self._running[info.name] = _Child(info.name, popen.pid, popen, gpu)
+            self._running[info.name] = _Child(info.name, popen.pid, popen, gpu=gpu)
         logger.info("dreamcore jobs: started %s (pid %s%s).", info.name, popen.pid,
                     "" if gpu is None else f", GPU {gpu}")
         return True
@@ -350,6 +388,7 @@ class JobManager:
         with self._records_lock.hold():
             record = folder.read_record()
             record.returncode, record.pid, record.finished_at = returncode, None, time.time()
+            record.pid_started_at = record.pid_command = None
             if progress.finished_status == "completed":
                 record.status, record.error, record.advice = "completed", "", ""
             elif progress.finished_status == "stopped":
@@ -385,6 +424,16 @@ class JobManager:
             raise JobNotFoundError(f"no job named {name!r} under {self.root}.")
         return folder
 
+    def _locked_record(self, folder: JobFolder) -> JobRecord:
+        """The job's record, read while holding the records lock: a job that is not there is not found, a
+        damaged record is a conflict that names the file."""
+        if not folder.record.exists():
+            raise JobNotFoundError(f"no job named {folder.name!r} under {self.root}.")
+        try:
+            return folder.read_record()
+        except JobRecordError as error:
+            raise JobConflictError(str(error)) from error
+
     def _read_progress(self, folder: JobFolder) -> JobProgress:
         """The job's events so far (one reader per job, used by one thread at a time)."""
         with self._readers_guard:
@@ -402,7 +451,12 @@ class JobManager:
                 return None
             return JobInfo(name=folder.name, status="failed", error=str(error), folder=str(folder.path),
                            advice="Remove this job; its record cannot be read.")
-        return build_job_info(folder, record, self._read_progress(folder))
+        try:
+            return build_job_info(folder, record, self._read_progress(folder))
+        except FileNotFoundError:
+            if not folder.path.exists():
+                return None  # removed while its files were being read
+            raise
 
     def _queued_at(self, info: JobInfo) -> float:
         try:
@@ -423,9 +477,10 @@ class JobManager:
         return latest_state_folder(folder.output) is not None
 
     @staticmethod
-    def _job_config(config: TrainConfig, folder: JobFolder) -> TrainConfig:
+    def _job_config(config: TrainConfig, folder: JobFolder, local_models: bool = True) -> TrainConfig:
         """The job's copy of the settings: outputs go to the job folder and are named after the job (unless
-        model_name is set), local paths made absolute."""
+        model_name is set), local paths made absolute. ``local_models=False``: a relative model value that
+        looks like a hub id stays one, even where a folder of that name exists."""
         changes: dict[str, str] = {"output_dir": str(folder.output)}
         if not config.model_name:
             # Left empty, the files would take the output folder's name: output.safetensors for every job.
@@ -436,12 +491,25 @@ class JobManager:
                 changes[name] = str(Path(value).resolve())
         for name in _MODEL_FIELDS:
             value = getattr(config, name)
+            if not local_models and is_hub_id(value):
+                continue
             if value and not Path(value).is_absolute() and Path(value).exists():
                 changes[name] = str(Path(value).resolve())
         if config.resume_from_checkpoint not in ("", "latest") and not STATE_NAME.fullmatch(
                 config.resume_from_checkpoint) and not Path(config.resume_from_checkpoint).is_absolute():
             changes["resume_from_checkpoint"] = str(Path(config.resume_from_checkpoint).resolve())
         return config.replace(**changes)
+
+
+def _delete_removed(trash: Path) -> None:
+    """Delete a removed job's renamed folder; if that fails, it is tried again when the queue is next taken
+    over (the job is already gone from the list)."""
+    try:
+        shutil.rmtree(trash)
+    except FileNotFoundError:
+        pass  # another manager is deleting it too
+    except OSError as error:
+        logger.warning("dreamcore jobs: could not delete %s yet (%s); it is retried at the next start.", trash, error)
 
 
 def _gpu_slots(gpus: Sequence[str] | None) -> list[str | None]:

@@ -1,19 +1,29 @@
-"""Starting, watching and ending the training child process."""
+"""Starting, watching and ending the training child process.
+
+A child is known by its pid together with its start time and command line (``ProcessIdentity``, kept in the
+job's record): after a restart of the computer or a long pause, the pid in a record may belong to an unrelated
+process started since, and that one must never be followed or killed.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import psutil  # a dependency of accelerate and peft, so always installed with dreamcore
 
 import dreamcore
 from dreamcore.jobs.folder import JobFolder
 
 # Builds the child's argv for a job folder and attempt number; tests inject their own.
 ChildCommand = Callable[[JobFolder, int], list[str]]
+
+# The system reports a start time to the clock tick; a second of slack covers its clock being adjusted.
+_START_TIME_SLACK_SECONDS = 1.0
 
 
 def default_child_command(python: str) -> ChildCommand:
@@ -41,51 +51,48 @@ def start_child(argv: list[str], folder: JobFolder, gpu: str | None = None) -> s
                                 stderr=subprocess.STDOUT, env=env)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process (not necessarily our child) still runs; a zombie counts as ended."""
-    if os.name == "nt":
-        return _windows_process_alive(pid)
-    try:
-        done_pid, _ = os.waitpid(pid, os.WNOHANG)
-        if done_pid == pid:
-            return False  # our own child, now reaped
-    except ChildProcessError:
-        pass  # not our child: ask the kernel below
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): the kill probe above is all we know
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """One process, told apart from any later process that reuses its pid."""
+
+    pid: int
+    started_at: float  # when the system started it (seconds since the epoch)
+    command: tuple[str, ...]
 
 
-def kill_process(pid: int) -> None:
-    """End a process at once (SIGKILL; TerminateProcess on Windows)."""
+def identify(pid: int) -> ProcessIdentity | None:
+    """The identity of the running process ``pid``; None when there is none (it ended, is a zombie, or
+    belongs to another user and cannot be read)."""
     try:
-        os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
-    except ProcessLookupError:
-        pass  # it ended by itself meanwhile, which is what we wanted
+        process = psutil.Process(pid)
+        with process.oneshot():
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return ProcessIdentity(pid, process.create_time(), tuple(process.cmdline()))
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):  # ValueError: a negative pid
+        return None
 
 
-def _windows_process_alive(pid: int) -> bool:
-    import ctypes
+def is_running(identity: ProcessIdentity) -> bool:
+    """Whether that very process still runs (not merely some process with its pid)."""
+    now = identify(identity.pid)
+    return now is not None and _same(now, identity)
 
-    process_query_limited_information, still_active = 0x1000, 259
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-    handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
-    if not handle:
-        return False
+
+def kill_process(identity: ProcessIdentity) -> bool:
+    """End that process at once (SIGKILL; TerminateProcess on Windows); False when it had already ended or
+    its pid now belongs to another process, which is left alone."""
     try:
-        code = ctypes.c_ulong()
-        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+        process = psutil.Process(identity.pid)
+        now = ProcessIdentity(identity.pid, process.create_time(), tuple(process.cmdline()))
+        if not _same(now, identity):
             return False
-        return code.value == still_active
-    finally:
-        kernel32.CloseHandle(handle)
+        process.kill()  # psutil checks again that the pid was not reused since Process() above
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return True
 
 
+def _same(now: ProcessIdentity, expected: ProcessIdentity) -> bool:
+    return (now.pid == expected.pid and now.command == expected.command
+            and abs(now.started_at - expected.started_at) <= _START_TIME_SLACK_SECONDS)

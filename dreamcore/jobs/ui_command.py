@@ -3,7 +3,8 @@
 For people without a WebUI. The tab is the extension's (``extension/``, beside the ``dreamcore`` package
 in a repository checkout and in an extension install); it is loaded by path under the module name
 ``dreamcore_webui``, as the WebUI loads it, because ``dreamcore`` never imports gradio or the extension.
-The app listens on 127.0.0.1 unless ``--host`` says otherwise.
+The app listens on 127.0.0.1 unless ``--host`` says otherwise; its REST API checks every request as
+``jobs serve`` does (``--token``, ``--allow-dir``, ``--allow-host``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from dreamcore.jobs.command import DEFAULT_OUTPUT
+from dreamcore.jobs.command import DEFAULT_OUTPUT, add_server_arguments, api_security
 
 HELP = "Open the DreamBooth tab and the REST API as a local web app (gradio), without a WebUI."
 GLUE_PACKAGE = "dreamcore_webui"
@@ -28,10 +30,11 @@ class StandaloneAppError(RuntimeError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="Address to listen on. The default serves this computer only; 0.0.0.0 opens the app "
-                             "(with no login) to your network.")
+                             "to your network (the tab has no login; the REST API asks for a token).")
     parser.add_argument("--port", type=int, default=7861, help="Port (default: 7861).")
     parser.add_argument("--output", default=DEFAULT_OUTPUT,
                         help=f"Folder for jobs, uploads and models (default: {DEFAULT_OUTPUT}).")
+    add_server_arguments(parser)
 
 
 def find_extension_folder() -> Path:
@@ -66,7 +69,8 @@ def load_glue_package(folder: Path) -> ModuleType:
     return module
 
 
-def launch(output: Path, host: str, port: int) -> None:
+def launch(output: Path, host: str, port: int, security: tuple[Any, Any]) -> None:
+    """Start the app; ``security``: the REST API's (ApiAccess, AllowedFolders), from ``api_security``."""
     if importlib.util.find_spec("gradio") is None:
         raise StandaloneAppError("the app needs gradio, which is not installed: pip install 'gradio>=4.40' "
                                  "(or pip install 'dreamcore[ui]'). The CLI works without it: "
@@ -80,15 +84,23 @@ def launch(output: Path, host: str, port: int) -> None:
             raise StandaloneAppError(f"{folder} has no app.py: this dreamcore tab is too old or incomplete for "
                                      "the standalone app; update the repository.") from error
         raise
-    app.launch_standalone(output, host, port)
+    access, allowed = security
+    app.launch_standalone(output, host, port, access=access, allowed=allowed)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.host not in LOCAL_HOSTS:
-        print(f"warning: listening on {args.host}: anyone who can reach port {args.port} can start and delete "
-              "training jobs (there is no login).", file=sys.stderr)
+        print(f"warning: listening on {args.host}: anyone who can reach port {args.port} can use the tab, "
+              "which has no login, to start and delete training jobs; the REST API asks for a token.",
+              file=sys.stderr)
+    output = Path(args.output).resolve()
     try:
-        launch(Path(args.output).resolve(), args.host, args.port)
+        security = api_security(args, output)
+    except ValueError as error:  # a bad --allow-dir
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        launch(output, args.host, args.port, security)
     except StandaloneAppError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -114,7 +114,9 @@ def run(work: Path, flavor: str, train: bool, base_model_source: Path | None = N
     script_callbacks.app_started_callback(None, app)
     from fastapi.testclient import TestClient
 
-    result["api_jobs_status"] = TestClient(app).get("/dreamcore/v1/jobs").status_code
+    api = TestClient(app, base_url="http://127.0.0.1:7860")
+    result["api_jobs_status"] = api.get("/dreamcore/v1/jobs").status_code
+    result["api_foreign_host_status"] = api.get("/dreamcore/v1/jobs", headers={"host": "evil.example"}).status_code
     if not train or not result["tab_ready"]:
         return result
 

@@ -53,4 +53,6 @@ def assert_loaded_like_the_host(result: dict) -> None:
     assert result["heavy_modules_after_import"] == []
     # Start-up loads only the glue package and its callbacks; the tab, host and job code wait for first use.
     assert result["glue_modules_after_import"] == ["dreamcore_webui", "dreamcore_webui.dreamcore_callbacks"]
-    assert result["options"] == ["dreamcore_default_preset", "dreamcore_output_dir"]
+    assert result["options"] == ["dreamcore_api_allowed_dirs", "dreamcore_default_preset", "dreamcore_output_dir"]
+    # The job REST API is mounted on the WebUI's app, behind its request checks.
+    assert (result["api_jobs_status"], result["api_foreign_host_status"]) == (200, 421)

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from dreamcore.jobs import JobManager
+from dreamcore.jobs.allowed import AllowedFolders
 from dreamcore.jobs.api import create_router
 
 root = Path(tempfile.mkdtemp())
@@ -21,8 +22,8 @@ root = Path(tempfile.mkdtemp())
 (root / "photos" / "a.png").write_bytes(b"")  # validation lists photos by name; nothing decodes them here
 manager = JobManager(root / "jobs", run_queue=False)
 app = FastAPI()
-app.include_router(create_router(manager))
-client = TestClient(app)
+app.include_router(create_router(manager, allowed=AllowedFolders([root])))
+client = TestClient(app, base_url="http://127.0.0.1")
 jobs = "/dreamcore/v1/jobs"
 config = {"pretrained_model_name_or_path": str(root / "model"), "instance_data_dir": str(root / "photos"),
           "instance_prompt": "photo of sks person", "resolution": 64}
@@ -50,4 +51,15 @@ assert expect(client.post(f"{jobs}/anna/cancel"), 200)["status"] == "cancelled"
 expect(client.post(f"{jobs}/anna/cancel"), 409, "already ended")
 expect(client.delete(f"{jobs}/anna"), 200, "removed")
 expect(client.get(f"{jobs}/anna"), 404, "no job named")
+# The request checks work with this fastapi too: nothing above was changed by these.
+expect(client.get(jobs, headers={"host": "evil.example"}), 421, "host name")
+expect(client.post(jobs, content=b'{"name": "x", "config": {}}',
+                   headers={"content-type": "text/plain", "origin": "http://evil.example"}), 403, "evil.example")
+expect(client.post(jobs, content=b'{"name": "x", "config": {}}', headers={"content-type": "text/plain"}), 415,
+       "application/json")
+expect(client.post(jobs, content=b"[" * 100_000, headers={"content-type": "application/json"}), 400, "nests deeper")
+expect(client.post(jobs, content=b" " * (2 << 20), headers={"content-type": "application/json"}), 413, "larger than")
+expect(client.post(jobs, json={"name": "x", "config": {**config, "instance_data_dir": "/etc"}}), 422,
+       "not inside a folder this server allows")
+expect(client.get(jobs), 200, '"jobs":[]')
 print(f"api ok with fastapi {fastapi.__version__} on Python {sys.version.split()[0]}")

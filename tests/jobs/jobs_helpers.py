@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from PIL import Image
 
@@ -13,6 +16,19 @@ from dreamcore.jobs import JobInfo, JobManager
 from dreamcore.jobs.folder import JobFolder
 
 FAKE_CHILD = Path(__file__).with_name("fake_child.py")
+LOCAL = "http://127.0.0.1"  # TestClient's base URL: a Host the API answers to (its default, testserver, is not)
+
+
+def api_app(manager: JobManager, *allowed: Path, **router_options):
+    """A FastAPI app with the job routes over ``manager``; jobs may use files under ``allowed``."""
+    from fastapi import FastAPI
+
+    from dreamcore.jobs.allowed import AllowedFolders
+    from dreamcore.jobs.api import create_router
+
+    app = FastAPI()
+    app.include_router(create_router(manager, allowed=AllowedFolders(allowed or [manager.root]), **router_options))
+    return app
 
 
 def make_photos(folder: Path, count: int = 3, size: int = 64) -> Path:
@@ -46,3 +62,25 @@ def wait_for(manager: JobManager, name: str, condition: Callable[[JobInfo], bool
 
 def wait_until_final(manager: JobManager, name: str, timeout: float = 60.0) -> JobInfo:
     return wait_for(manager, name, lambda i: i.status in ("completed", "failed", "cancelled"), timeout, "an end")
+
+
+@contextlib.contextmanager
+def live_server(app) -> Iterator[tuple[str, int]]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields (host, port)."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.02)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

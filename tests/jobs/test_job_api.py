@@ -15,17 +15,15 @@ from fastapi.testclient import TestClient  # noqa: E402
 from dreamcore.config import TrainConfig  # noqa: E402
 from dreamcore.jobs.api import create_router  # noqa: E402
 
-from jobs_helpers import wait_for  # noqa: E402
+from jobs_helpers import LOCAL, api_app, wait_for  # noqa: E402
 
 JOBS = "/dreamcore/v1/jobs"
 
 
 @pytest.fixture
-def client_and_manager(make_manager):
+def client_and_manager(make_manager, tmp_path):
     manager = make_manager()
-    app = FastAPI()
-    app.include_router(create_router(manager))
-    with TestClient(app) as client:
+    with TestClient(api_app(manager, tmp_path), base_url=LOCAL) as client:
         yield client, manager
 
 
@@ -151,13 +149,11 @@ def test_a_mistyped_value_is_reported_once_beside_the_other_settings_problems(cl
     assert len(problems) == 3, problems
 
 
-def test_rest_jobs_name_their_files_after_the_job(make_manager, fake_config):
+def test_rest_jobs_name_their_files_after_the_job(make_manager, fake_config, tmp_path):
     from dreamcore.training.setup import plan_run
 
     manager = make_manager(run_queue=False)
-    app = FastAPI()
-    app.include_router(create_router(manager))
-    client = TestClient(app)
+    client = TestClient(api_app(manager, tmp_path), base_url=LOCAL)
 
     def file_name_of(name: str) -> str:
         """The name training gives the job's files (<name>.safetensors, checkpoints/<name>-step-N...)."""
@@ -192,7 +188,7 @@ def test_inside_a_webui_the_wrapped_error_keeps_the_same_detail(make_manager):
         return JSONResponse(status_code=error.status_code, content=jsonable_encoder(
             {"error": type(error).__name__, "detail": error.detail, "body": "", "errors": str(error)}))
 
-    answers = [TestClient(app).post(JOBS, json={"name": "x", "config": {"resolution": 510}})
+    answers = [TestClient(app, base_url=LOCAL).post(JOBS, json={"name": "x", "config": {"resolution": 510}})
                for app in (standalone, webui)]
     assert [answer.status_code for answer in answers] == [422, 422]
     plain, wrapped = (answer.json() for answer in answers)
@@ -244,7 +240,7 @@ def test_the_host_can_guard_every_route_with_its_own_login(make_manager):
 
     app = FastAPI()
     app.include_router(create_router(make_manager(run_queue=False), dependencies=[Depends(host_login)]))
-    client = TestClient(app)
+    client = TestClient(app, base_url=LOCAL)
     assert client.get(JOBS).status_code == 401
     assert client.post(JOBS, json={"name": "x", "config": {}}).status_code == 401
     assert client.get(JOBS, headers={"Authorization": "Bearer secret"}).json() == {"jobs": []}

@@ -79,8 +79,8 @@ def test_ui_loads_the_tab_by_path_as_dreamcore_webui_and_launches_it(tmp_path, m
     (extension / "__init__.py").write_text("")
     (extension / "app.py").write_text(
         "CALLS = []\n"
-        "def launch_standalone(output_root, host, port):\n"
-        "    CALLS.append((output_root, host, port))\n")
+        "def launch_standalone(output_root, host, port, access, allowed):\n"
+        "    CALLS.append((output_root, host, port, access, allowed))\n")
     monkeypatch.setattr(dreamcore, "__file__", str(tmp_path / "dreamcore" / "__init__.py"))
     monkeypatch.delitem(sys.modules, ui_command.GLUE_PACKAGE, raising=False)
     monkeypatch.delitem(sys.modules, f"{ui_command.GLUE_PACKAGE}.app", raising=False)
@@ -88,11 +88,21 @@ def test_ui_loads_the_tab_by_path_as_dreamcore_webui_and_launches_it(tmp_path, m
                         lambda name, *a: object() if name == "gradio" else None)
     assert main(["ui", "--output", str(tmp_path / "out"), "--port", "7999"]) == 0
     app = sys.modules[f"{ui_command.GLUE_PACKAGE}.app"]
-    assert app.CALLS == [((tmp_path / "out").resolve(), "127.0.0.1", 7999)]
-    assert "warning" not in capsys.readouterr().err
-    assert main(["ui", "--host", "0.0.0.0"]) == 0
-    assert "anyone who can reach port 7861" in capsys.readouterr().err
-    assert app.CALLS[-1][1:] == ("0.0.0.0", 7861)
+    output, host, port, access, allowed = app.CALLS[-1]
+    assert (output, host, port) == ((tmp_path / "out").resolve(), "127.0.0.1", 7999)
+    assert access.token is None and allowed.folders == ((tmp_path / "out").resolve(),)
+    printed = capsys.readouterr()
+    assert "warning" not in printed.err and "token" not in printed.out
+    assert main(["ui", "--host", "0.0.0.0", "--allow-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr()
+    assert "anyone who can reach port 7861" in printed.err
+    _, host, port, access, allowed = app.CALLS[-1]
+    assert (host, port) == ("0.0.0.0", 7861) and tmp_path.resolve() in allowed.folders
+    assert access.token and f"Bearer <token>'): {access.token}" in printed.out  # made and printed at start
+    assert main(["ui", "--host", "0.0.0.0", "--token", "chosen"]) == 0
+    assert app.CALLS[-1][3].token == "chosen" and "chosen" not in capsys.readouterr().out
+    assert main(["ui", "--allow-dir", str(tmp_path / "no-such-folder")]) == 2
+    assert "--allow-dir" in capsys.readouterr().err
 
 
 def test_jobs_run_works_the_queue_until_it_is_empty(tmp_path, capsys):

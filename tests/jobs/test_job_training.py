@@ -44,11 +44,13 @@ def test_a_killed_child_fails_its_job_and_two_jobs_queued_through_the_api_then_f
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from dreamcore.jobs.allowed import AllowedFolders
     from dreamcore.jobs.api import create_router
 
     app = FastAPI()
-    app.include_router(create_router(manager))
-    client = TestClient(app)
+    folders = [manager.root.parent, Path(tiny_config.pretrained_model_name_or_path).parent]  # jobs, photos, model
+    app.include_router(create_router(manager, allowed=AllowedFolders(folders)))
+    client = TestClient(app, base_url="http://127.0.0.1")
     body = {k: v for k, v in tiny_config.to_dict().items() if k != "output_dir"}
     jobs = "/dreamcore/v1/jobs"
     for name, steps in (("victim", 100_000), ("first", 4), ("second", 4)):
