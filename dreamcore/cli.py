@@ -7,9 +7,11 @@ imports nothing heavy at module level, so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 COMMANDS = {
     "train": "dreamcore.commands.train",
@@ -27,8 +29,15 @@ COMMANDS = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A parser whose errors are one line and a pointer to --help, not the whole usage (train has 100 flags)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `python -m {self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dreamcore", description="DreamBooth for your own face, offline.")
+    parser = CommandParser(prog="dreamcore", description="DreamBooth for your own face, offline.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         try:
@@ -43,10 +52,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unknown_arguments_message(parser: argparse.ArgumentParser, command: str | None, unknown: list[str]) -> str:
+    """One line naming each flag the command does not know, with the nearest flag it does know."""
+    sub = _subparser(parser, command) or parser
+    # argparse keeps a parser's flags in its actions; each action lists its spellings
+    known = [flag for action in sub._actions for flag in action.option_strings]
+    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+    if not flags:
+        return f"{sub.prog}: error: unexpected argument(s): {' '.join(unknown)} (see `python -m {sub.prog} --help`)"
+    parts = []
+    for flag in dict.fromkeys(flags):
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        parts.append(f"{flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return (f"{sub.prog}: error: unknown flag{'s' if len(parts) > 1 else ''} {', '.join(parts)} "
+            f"(see `python -m {sub.prog} --help`)")
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command) if command else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(unknown_arguments_message(parser, getattr(args, "command", None), unknown), file=sys.stderr)
+        return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves
     if not getattr(args, "run", None):
         parser.print_help()

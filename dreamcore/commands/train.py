@@ -18,7 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "flags of other train_dreambooth.py scripts", "Accepted so their commands run unchanged; each says what "
         "dreamcore does instead.")
     for flag, takes_value in COMPATIBILITY_FLAGS.items():
-        if takes_value:
+        if takes_value == "+":
+            compatibility.add_argument(flag, dest=_compat_dest(flag), default=None, nargs="+", metavar="VALUE",
+                                       help=COMPATIBILITY_NOTES[flag])
+        elif takes_value:
             compatibility.add_argument(flag, dest=_compat_dest(flag), default=None, metavar="VALUE",
                                        help=COMPATIBILITY_NOTES[flag])
         else:
@@ -30,12 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "use `accelerate launch -m dreamcore train ...` with accelerate's config.")
 
 
-# Flags of diffusers' and ShivamShrirao's scripts that have no TrainConfig field: flag -> takes a value.
+# Flags of diffusers' and ShivamShrirao's scripts that have no TrainConfig field: flag -> takes a value
+# (False: a switch, True: one value, "+": one or more).
 COMPATIBILITY_FLAGS = {
     "--enable_xformers_memory_efficient_attention": False, "--set_grads_to_none": False,
     "--not_cache_latents": False, "--pad_tokens": False, "--report_to": True, "--logging_dir": True,
     "--local_rank": True, "--prior_generation_precision": True, "--push_to_hub": False, "--hub_token": True,
-    "--hub_model_id": True,
+    "--hub_model_id": True, "--skip_save_text_encoder": False, "--pre_compute_text_embeddings": False,
+    "--validation_images": "+", "--validation_scheduler": True, "--class_labels_conditioning": True,
+    "--log_interval": True,
 }
 COMPATIBILITY_NOTES = {
     "--enable_xformers_memory_efficient_attention": "dreamcore uses PyTorch's SDPA attention (as fast; no xformers).",
@@ -49,6 +55,14 @@ COMPATIBILITY_NOTES = {
     "--push_to_hub": "refused: dreamcore never uploads anything.",
     "--hub_token": "refused: dreamcore never contacts a model hub.",
     "--hub_model_id": "refused: dreamcore never contacts a model hub.",
+    "--skip_save_text_encoder": "the text encoder is always written: the single file and the diffusers folder "
+                                "need it (untrained, it is the base model's).",
+    "--pre_compute_text_embeddings": "done already: with a frozen text encoder each prompt is encoded once, before "
+                                     "training.",
+    "--validation_images": "for DeepFloyd IF's upscaler; samples here are drawn from --validation_prompt alone.",
+    "--validation_scheduler": "samples use DDIM with the model's own noise schedule.",
+    "--class_labels_conditioning": "for DeepFloyd IF's upscaler; SD1/SD2 UNets take no class labels.",
+    "--log_interval": "the loss and learning rate are shown at every step.",
 }
 NO_HUB_FLAGS = ("--push_to_hub", "--hub_token", "--hub_model_id")
 
@@ -69,6 +83,21 @@ def compatibility_messages(args: argparse.Namespace) -> tuple[list[str], list[st
         else:
             notes.append(f"{flag}: {COMPATIBILITY_NOTES[flag]}")
     return notes, errors
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this run from its last saved state: the same flags, resuming latest."""
+    import shlex
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume_from_checkpoint":
+            skip = True
+        elif not arg.startswith("--resume_from_checkpoint="):
+            rest.append(arg)
+    return shlex.join(["python", "-m", "dreamcore", *rest, "--resume_from_checkpoint", "latest"])
 
 
 def relaunch_command(argv: list[str], num_processes: int) -> list[str]:
@@ -165,13 +194,15 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, request_stop)
     try:
-        train(config, callbacks=[reporter], stop=stop)
+        result = train(config, callbacks=[reporter], stop=stop)
     except (ConfigError, TrainingError, ModelLoadError, ImageLoadError, OutputWriteError) as error:
         reporter.close()
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGINT, previous)
+    if result.status == "stopped" and os.environ.get("RANK", "0") == "0":
+        print(f"\nTo continue this run:\n  {resume_command(args.argv)}", flush=True)
     # Only after a run that ended well: after an error the other processes may still wait in a collective, and
     # torchrun ends them when this one exits.
     leave_process_group()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from dreamcore.commands.demo import make_demo_photos
@@ -115,3 +116,51 @@ def test_flags_of_other_scripts_are_explained_or_refused() -> None:
     notes, errors = train_command.compatibility_messages(args)
     assert any("SDPA" in n for n in notes) and any("--report_to" in n for n in notes)
     assert any("never uploads" in e for e in errors) and any("--no-cache_latents" in n for n in notes)
+
+
+def test_the_remaining_flags_of_other_scripts_are_accepted_and_each_explained() -> None:
+    import argparse
+
+    from dreamcore.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    args = parser.parse_args(["--skip_save_text_encoder", "--pre_compute_text_embeddings", "--validation_images",
+                              "a.png", "b.png", "--validation_scheduler", "DPMSolverMultistepScheduler",
+                              "--class_labels_conditioning", "timesteps", "--log_interval", "10"])
+    notes, errors = train_command.compatibility_messages(args)
+    assert errors == []
+    for flag in ("--skip_save_text_encoder", "--pre_compute_text_embeddings", "--validation_images",
+                 "--validation_scheduler", "--class_labels_conditioning", "--log_interval"):
+        assert sum(note.startswith(flag + ":") for note in notes) == 1, flag
+
+
+def test_an_unknown_flag_is_one_line_naming_the_nearest_known_one(capsys) -> None:
+    from dreamcore.cli import main
+
+    assert main(["train", "--chekpointing_steps", "4", "--validation_step=2"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "usage" not in error
+    assert "unknown flag --chekpointing_steps (did you mean --checkpointing_steps?)" in error
+    with pytest.raises(SystemExit) as exit_info:  # a bad value: one line too, not the whole usage
+        main(["train", "--resolution", "abc"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--resolution: invalid int value: 'abc'" in error
+
+
+def test_a_stopped_run_prints_the_command_that_resumes_it(tiny_model_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import dreamcore.training
+    from dreamcore.cli import main
+    from dreamcore.training import TrainResult
+
+    make_demo_photos(tmp_path / "photos", count=1, size=64)
+    monkeypatch.setattr(dreamcore.training, "train", lambda config, callbacks, stop: TrainResult("stopped", 3, {}))
+    argv = ["train", "--pretrained_model_name_or_path", str(tiny_model_dir), "--instance_data_dir",
+            str(tmp_path / "photos"), "--instance_prompt", "photo of sks person", "--output_dir",
+            str(tmp_path / "my out"), "--resume_from_checkpoint", "step-2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    expected = shlex.join(["python", "-m", "dreamcore", *argv[:-2], "--resume_from_checkpoint", "latest"])
+    assert f"To continue this run:\n  {expected}\n" in printed
