@@ -124,8 +124,9 @@ class JobManager:
             with atomic_directory(folder.path) as temp:
                 config.save(JobFolder(temp).config)
                 JobFolder(temp).write_record(JobRecord(name=name, status="queued", created_at=now, queued_at=now))
+            info = self.get(name)  # as queued, even if another request removes it right after
         self._wake.set()
-        return self.get(name)
+        return info
 
     def problems(self, config: TrainConfig, name: str, allowed: AllowedFolders | None = None) -> list[str]:
         """Everything ``submit(config, name, allowed)`` would refuse in the settings, checked on the job's own
@@ -174,11 +175,15 @@ class JobManager:
                 folder.stop_file.touch()
                 record.stop_requested_at = time.time()
             folder.write_record(record)
+            info = self.get(name)  # as changed here, even if another request removes it right after
         self._wake.set()
-        return self.get(name)
+        return info
 
     def resume(self, name: str) -> JobInfo:
         """Queue a failed or cancelled job again; it continues from its latest saved state."""
+        # Imports torch the first time: done before taking the lock, which every other request waits for.
+        from dreamcore.training.state import latest_state_folder
+
         folder = self._folder(name)
         with self._records_lock.hold():
             record = self._locked_record(folder)
@@ -188,7 +193,7 @@ class JobManager:
                 raise JobConflictError(f"job {name!r} has completed; use Re-run to train it again.")
             config = TrainConfig.load(folder.config)
             # Without a saved state (it failed before the first one) the job starts again from step 0.
-            resume_from = "latest" if self._has_saved_state(folder) else ""
+            resume_from = "latest" if latest_state_folder(folder.output) is not None else ""
             if config.resume_from_checkpoint != resume_from:
                 config.replace(resume_from_checkpoint=resume_from).save(folder.config)
             folder.stop_file.unlink(missing_ok=True)
@@ -196,8 +201,9 @@ class JobManager:
             record.finished_at = record.returncode = record.stop_requested_at = None
             record.error = record.advice = ""
             folder.write_record(record)
+            info = self.get(name)  # as changed here, even if another request removes it right after
         self._wake.set()
-        return self.get(name)
+        return info
 
     def rerun(self, name: str, new_name: str | None = None) -> JobInfo:
         """Queue a fresh run of a job's settings under a new name (default: ``<name>-2``, ``-3``, ...),
@@ -469,12 +475,6 @@ class JobManager:
             return folder.read_record().status
         except JobRecordError:
             return "its record is damaged"
-
-    @staticmethod
-    def _has_saved_state(folder: JobFolder) -> bool:
-        from dreamcore.training.state import latest_state_folder  # imports torch: only when resuming
-
-        return latest_state_folder(folder.output) is not None
 
     @staticmethod
     def _job_config(config: TrainConfig, folder: JobFolder, local_models: bool = True) -> TrainConfig:
