@@ -215,6 +215,9 @@ def _load_diffusers_folder(folder: Path, family: str, variant: str = "") -> Mode
         if not (folder / component / "config.json").is_file():
             raise ModelLoadError(f"{folder} lacks its {component} (no {component}/config.json); the folder is "
                                  "incomplete - copy or download the whole model again")
+    if variant and not any(_has_variant(folder / component, variant) for component in ("unet", "vae", "text_encoder")):
+        raise ModelLoadError(f"{folder}: no weights of the variant {variant!r} (*.{variant}.safetensors) in it; leave "
+                             "variant empty to read its plain weights")
     unet = _from_pretrained("UNet2DConditionModel", folder, "unet", "UNet", variant)
     vae = _from_pretrained("AutoencoderKL", folder, "vae", "VAE", variant)
     text_encoder = _from_pretrained("CLIPTextModel", folder, "text_encoder", "text encoder", variant)
@@ -266,10 +269,8 @@ def _from_pretrained(class_name: str, folder: Path, subfolder: str | None, what:
     kwargs: dict[str, Any] = {"local_files_only": True}
     if subfolder:
         kwargs["subfolder"] = subfolder
-    if variant and not any(location.glob(f"*.{variant}.safetensors")) and not any(location.glob(f"*.{variant}.bin")):
-        raise ModelLoadError(f"{location}: no weights of the variant {variant!r} (*.{variant}.safetensors) in it; "
-                             "leave variant empty to read its plain weights")
-    variant = variant or _only_variant(location)
+    # as diffusers does, a component without files of the variant asked for is read from its plain files
+    variant = variant if variant and _has_variant(location, variant) else _only_variant(location)
     if variant:
         kwargs["variant"] = variant
     try:
@@ -292,6 +293,10 @@ def _from_pretrained(class_name: str, folder: Path, subfolder: str | None, what:
                              f"({len(missing)} missing, {len(mismatched)} of the wrong shape); the folder is damaged "
                              "or mixes models - copy or download it again")
     return model
+
+
+def _has_variant(location: Path, variant: str) -> bool:
+    return any(location.glob(f"*.{variant}.safetensors")) or any(location.glob(f"*.{variant}.bin"))
 
 
 def _only_variant(location: Path) -> str | None:
