@@ -325,8 +325,9 @@ class JobManager:
                 logger.info("dreamcore jobs: %s is still training (pid %s); following it.", info.name, record.pid)
                 continue
             if record.pid is not None and identify(record.pid) is not None:
-                logger.warning("dreamcore jobs: pid %s of %s now belongs to another process; it is left alone.",
-                               record.pid, info.name)
+                logger.warning("dreamcore jobs: a process with pid %s runs, but its start time and command line are "
+                               "not those recorded for %s's training process; it is left alone.", record.pid,
+                               info.name)
             self._finish(info.name, returncode=None, interrupted=True)
 
     def _watch(self, child: _Child) -> None:

@@ -142,3 +142,46 @@ def test_jobs_serve_answers_on_loopback_and_stops_on_ctrl_c(tmp_path):
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) in (0, 130), server.stdout.read().decode()
+
+
+def test_jobs_serve_checks_the_token_and_the_host_it_was_given(tmp_path):
+    import socket
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repo = Path(__file__).resolve().parents[2]
+    photos = make_photos(tmp_path / "photos")
+    server = subprocess.Popen([sys.executable, "-m", "dreamcore", "jobs", "--output", str(tmp_path / "out"), "serve",
+                               "--port", str(port), "--token", "s3cret", "--allow-dir", str(photos)],
+                              cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def status(**headers) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/dreamcore/v1/jobs", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                first = status()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()
+                time.sleep(0.3)
+        assert first == 401  # a token given on loopback is asked for too
+        assert status(Authorization="Bearer s3cret") == 200
+        assert status(Authorization="Bearer s3cret", Host="evil.example") == 421
+    finally:
+        server.terminate()
+        printed = server.communicate(timeout=30)[0].decode()
+    assert f"jobs may use files in: {(tmp_path / 'out').resolve()}, {photos.resolve()}" in printed
+    assert "s3cret" not in printed  # a token given is not printed
