@@ -179,9 +179,10 @@ def build_panel(panel: GeneratePanel, page: Any) -> None:
                                     elem_id="dreamcore_generate_parameters")
             last_seed = gr.State(SEED_RANDOM)
 
-    def refresh_choices(current: str | None = None) -> tuple[Any, Any, Any]:
+    def refresh_choices() -> tuple[Any, Any, Any]:
+        # The newest job's final model first: after a job finishes, Refresh puts it (and its prompt) in.
         labels = panel.choices()
-        chosen = current if current in labels else (labels[0] if labels else None)
+        chosen = labels[0] if labels else None
         return (gr.update(choices=labels, value=chosen), gr.update(value=panel.prompt_for(chosen) if chosen else ""),
                 gr.update(choices=panel.jobs()))
 
@@ -190,7 +191,7 @@ def build_panel(panel: GeneratePanel, page: Any) -> None:
         return result.gallery, result.parameters, result.message, result.last_seed
 
     page.load(refresh_choices, inputs=[], outputs=[model, prompt, job])
-    refresh.click(refresh_choices, inputs=[model], outputs=[model, prompt, job])
+    refresh.click(refresh_choices, inputs=[], outputs=[model, prompt, job])
     # Picking a job's model puts its instance prompt in; a model file leaves the prompt as typed.
     model.input(lambda label: panel.prompt_for(label) or gr.update(), inputs=[model], outputs=[prompt])
     random_seed.click(lambda: SEED_RANDOM, inputs=[], outputs=[seed])
