@@ -120,12 +120,20 @@ def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[Tr
     if holding_gradients and tier.holding_gradients is not None:
         overrides, needs = dict(tier.holding_gradients), tier.needs_gib_holding_gradients
         why = " - gradients are held for gradient accumulation, so AdamW runs after backward"
+    # A tier named by the person sets what they left open; what they set themselves (other than a memory
+    # budget) stays theirs, as with "auto", and validation says if it cannot go with the tier.
+    kept = [] if requested == "auto" else [key for key in overrides if config.chose(key) and
+                                           getattr(config, key) not in MEMORY_BUDGET_VALUES.get(key, ())]
+    for key in kept:
+        overrides.pop(key)
     changed = {key: value for key, value in overrides.items() if getattr(config, key) != value}
     resolved = config.replace(**overrides, memory_preset=name)
     how = (f"picked from {free_bytes / 2**30:.1f} GiB free GPU memory" if requested == "auto"
            else "as asked")
     changes = ", ".join(f"{key}={value}" for key, value in changed.items()) or "no setting changed"
     message = f"memory preset {name} ({how}{why}): {changes}."
+    if kept:
+        message += " Kept your own " + ", ".join(f"{key}={getattr(config, key)}" for key in kept) + "."
     budget = budget_choices(config) if requested == "auto" else []
     if budget:
         message += (f" Your {', '.join(budget)} ask for a memory budget, which this tier keeps while training at "

@@ -72,8 +72,10 @@ class InBackwardAdamW(torch.optim.Optimizer):
     learning rate is read from the parameter group at that moment, so a learning-rate scheduler stepped after
     ``optimizer.step()`` works as with plain AdamW. ``step()``, called once per step as with any optimizer, only
     advances the step counts of the weights updated since the last call, all in one foreach kernel (a
-    per-weight ``step += 1`` was 882 kernels, 1.2 ms of SD1.5's recorded step). Gradient clipping by
-    the global norm and gradient accumulation are impossible by design (the config refuses them). Moments are
+    per-weight ``step += 1`` was 882 kernels, 1.2 ms of SD1.5's recorded step). With ``hold_gradients``
+    the hooks only note each weight and ``step()`` applies the updates after backward, so the gradients can be
+    clipped by their global norm first (they are all held at once: 2 bytes a weight in bf16). Gradient
+    accumulation is impossible by design (the config refuses it). Moments are
     kept in the parameter's dtype when it is bf16 (stored with stochastic rounding too), else in fp32; the
     maths runs in fp32.
     """
@@ -81,7 +83,8 @@ class InBackwardAdamW(torch.optim.Optimizer):
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float | torch.Tensor = 1e-6,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  seed: int = 0, capturable: bool = False, fused: bool = False, kahan: bool = False,
-                 group_vectors: bool = False, average: ProcessAverage | None = None):
+                 group_vectors: bool = False, average: ProcessAverage | None = None,
+                 hold_gradients: bool = False):
         # capturable: the step count lives on the parameter's device and the learning rate may be a device
         # tensor, so no update reads a value from the host and a CUDA graph can record the whole backward.
         # fused: each update is one Triton kernel (fused_adamw_kernel.py); it keeps the step count on the
@@ -90,11 +93,18 @@ class InBackwardAdamW(torch.optim.Optimizer):
         # remainder, added back before the next update (near-fp32 accumulation for 2 more bytes a weight).
         # group_vectors: 1-D weights are updated together at step() (VectorWeights), from fp32 copies.
         # average: several processes; each gradient is averaged across them before its update.
+        # hold_gradients: update at step(), after backward, so that the caller can clip the whole gradient first
+        # (the quality lab learned faces ~0.05 less well without clipping: BENCHMARKS.md, "Quality").
+        if hold_gradients and average is not None:
+            raise ValueError("hold_gradients: several processes average and apply each gradient as backward "
+                             "finishes it; gradients cannot be held for clipping there")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       capturable=capturable or fused))
         self._seed = seed
         self._fused = fused
         self._kahan = kahan
+        self._hold_gradients = hold_gradients
+        self._held: dict[torch.Tensor, None] = {}  # weights whose gradients wait for step(), in backward's order
         self._generators: dict[torch.device, torch.Generator] = {}
         self._seed_tensors: dict[torch.device, torch.Tensor] = {}
         self._counter_base: dict[torch.Tensor, int] = {}  # a weight's first element's index in the model
@@ -133,8 +143,11 @@ class InBackwardAdamW(torch.optim.Optimizer):
 
     def _on_gradient(self, parameter: torch.Tensor) -> None:
         """Backward has finished ``parameter``'s gradient: update it now, or, with several processes, once the
-        gradient is averaged (the queue updates the weights whose averages are done)."""
-        if self._averaging is None:
+        gradient is averaged (the queue updates the weights whose averages are done); with ``hold_gradients``
+        at ``step()``."""
+        if self._hold_gradients:
+            self._held[parameter] = None
+        elif self._averaging is None:
             self._update_and_free(parameter)
         else:
             self._averaging.put(parameter)
@@ -313,8 +326,12 @@ class InBackwardAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """The updates ran inside backward; count them (one foreach kernel per device)."""
+        """The updates ran inside backward (with ``hold_gradients``: run them now, on the gradients as the
+        caller left them, clipped or not); count them (one foreach kernel per device)."""
         loss = closure() if closure is not None else None
+        for parameter in self._held:
+            self._update_and_free(parameter)
+        self._held.clear()
         if self._averaging is not None:  # the last gradients of backward, still being averaged (and sent)
             self._averaging.drain()
         counts: dict[torch.device, list[torch.Tensor]] = {}

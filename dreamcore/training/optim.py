@@ -97,10 +97,16 @@ def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]
     if problem is not None and device.type == "cuda":
         warn(f"optimizer_in_backward: {problem}, so each weight's update runs as ~25 PyTorch kernels instead of "
              "one fused kernel: the same maths, several times slower.")
+    clipping = config.max_grad_norm > 0
+    if clipping and several:
+        warn(f"max_grad_norm: with several processes optimizer_in_backward averages and applies each gradient as "
+             f"backward finishes it, so the whole gradient is never held to be clipped: training without clipping "
+             f"(set max_grad_norm 0 to say so, or optimizer_in_backward off to clip at {config.max_grad_norm}).")
     return InBackwardAdamW(parameters, lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
                            weight_decay=config.adam_weight_decay, seed=config.seed, capturable=recordable,
                            fused=problem is None, kahan=config.bf16_rounding == "kahan", group_vectors=True,
-                           average=ProcessAverage(shard_updates=config.shard_optimizer) if several else None)
+                           average=ProcessAverage(shard_updates=config.shard_optimizer) if several else None,
+                           hold_gradients=clipping and not several)
 
 
 def _lr_on_device(parameters: list, device: torch.device) -> list:

@@ -289,3 +289,39 @@ def test_a_grouped_vector_without_a_gradient_is_left_alone_as_torch_adamw_does()
     assert torch.equal(unused.detach(), torch.ones(3))  # no gradient: no update, no weight decay
     for a, b in zip(model.parameters(), reference.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _train_clipped(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int,
+                   max_norm: float) -> list[float]:
+    """As ``_train``, with the loop's clipping between backward and step()."""
+    torch.manual_seed(3)
+    losses = []
+    for _ in range(steps):
+        inputs = torch.randn(8, 6) * 4  # large gradients: the clipping acts on every step
+        loss = (model(inputs).float() - inputs.sum(1, keepdim=True)).pow(2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_held_gradients_are_clipped_by_the_global_norm_as_torch_adamw_with_clipping() -> None:
+    """hold_gradients: the hooks keep every gradient until step(), so clipping sees the whole gradient."""
+    kwargs = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+    reference, ours, unclipped = _mlp(), _mlp(), _mlp()
+    expected = _train_clipped(reference, torch.optim.AdamW(reference.parameters(), **kwargs), 12, 0.5)
+    optimizer = InBackwardAdamW(ours.parameters(), group_vectors=True, hold_gradients=True, **kwargs)
+    got = _train_clipped(ours, optimizer, 12, 0.5)
+    assert torch.allclose(torch.tensor(got), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    # without holding, each matrix is updated inside backward, before any clipping could act
+    _train_clipped(unclipped, InBackwardAdamW(unclipped.parameters(), group_vectors=True, **kwargs), 12, 0.5)
+    assert not torch.allclose(unclipped[0].weight, reference[0].weight, rtol=1e-3, atol=1e-4)
+    # held: between backward and step() every gradient is there
+    ours(torch.randn(4, 6)).sum().backward()
+    assert all(p.grad is not None for p in ours.parameters())
+    optimizer.step()
+    assert all(p.grad is None for p in ours.parameters())

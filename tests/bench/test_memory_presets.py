@@ -123,5 +123,27 @@ def test_contradicting_speed_settings_are_named() -> None:
     assert "bf16_rounding: 'kahan' compensates bf16 weights; turn pure_bf16 on" in problems
     problems = " ".join(TrainConfig(optimizer_in_backward=True, max_grad_norm=1.0, gradient_accumulation_steps=2,
                                     mixed_precision="fp16", use_8bit_adam=True).problems())
-    for field in ("max_grad_norm 0", "gradient_accumulation_steps 1", "bf16", "use_8bit_adam off"):
+    for field in ("gradient_accumulation_steps 1", "bf16", "use_8bit_adam off"):
         assert field in problems
+    assert "max_grad_norm" not in problems  # clipping holds the gradients until backward ends
+
+
+def test_the_fast_tiers_clip_as_the_exact_path_and_the_8gb_tier_says_it_cannot() -> None:
+    from dreamcore.memory_tiers import memory_tier
+
+    for name in ("24GB", "16GB", "12GB"):
+        tiered, _ = apply_memory_preset(TrainConfig(memory_preset=name), free_bytes=80 * GIB)
+        assert tiered.optimizer_in_backward and tiered.max_grad_norm == TrainConfig().max_grad_norm > 0
+    small, _ = apply_memory_preset(TrainConfig(memory_preset="8GB"), free_bytes=80 * GIB)
+    assert small.max_grad_norm == 0 and "none is clipped" in memory_tier("8GB").summary
+
+
+def test_a_named_tier_keeps_what_the_person_set() -> None:
+    chosen = TrainConfig(memory_preset="16GB", bf16_autocast=True, mixed_precision="fp16")
+    assert chosen.chose("bf16_autocast") and chosen.chose("mixed_precision")
+    tiered, message = apply_memory_preset(chosen, free_bytes=80 * GIB)
+    # the choice of how the step computes stays; fp16 only states a memory budget, which the tier keeps in bf16
+    assert tiered.bf16_autocast and tiered.pure_bf16 and tiered.mixed_precision == "bf16"
+    assert "Kept your own bf16_autocast=True" in message and "bf16_autocast=False" not in message
+    unchosen, message = apply_memory_preset(TrainConfig(memory_preset="16GB"), free_bytes=80 * GIB)
+    assert not unchosen.bf16_autocast and "Kept your own" not in message

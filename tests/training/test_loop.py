@@ -194,3 +194,22 @@ def test_bad_files_in_the_photo_folder_are_skipped_and_named(tiny_model_dir: Pat
     (only_bad / "empty.jpg").write_bytes(b"")
     with pytest.raises(ConfigError, match="no usable photos"):
         train(tiny_config(tiny_model_dir, only_bad, tmp_path / "out2", max_train_steps=1))
+
+
+def test_in_backward_adamw_with_clipping_trains_as_adamw_after_backward(tiny_model_dir: Path, photo_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """The fast tiers clip: with max_grad_norm the in-backward optimizer holds the gradients, the loop clips them,
+    and the run ends with the weights plain AdamW with clipping reaches (fp32, so no rounding differs)."""
+    common = dict(max_train_steps=5, train_text_encoder=True, mixed_precision="no", max_grad_norm=0.05,
+                  learning_rate=1e-3, save_sample_prompt="", checkpointing_steps=0)
+    plain = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "plain", **common))
+    held = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "held", optimizer_in_backward=True, **common))
+    unclipped = train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "unclipped", optimizer_in_backward=True,
+                                  **{**common, "max_grad_norm": 0.0}))
+
+    def unet(result) -> dict[str, torch.Tensor]:
+        return load_file(str(Path(result.outputs["diffusers"]) / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    expected, got, other = unet(plain), unet(held), unet(unclipped)
+    assert all(torch.allclose(got[k], expected[k], rtol=1e-4, atol=1e-6) for k in expected)
+    assert not all(torch.allclose(other[k], expected[k], rtol=1e-4, atol=1e-6) for k in expected)
