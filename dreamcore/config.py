@@ -368,6 +368,8 @@ class TrainConfig:
         if self.likeness_early_stop < 0:
             problems.append(f"likeness_early_stop: must not be negative (got {self.likeness_early_stop}).")
         problems.extend(_output_dir_problems(Path(self.output_dir)))
+        problems.extend(_class_folder_problems(self))
+        problems.extend(_plausibility_problems(self))
         if self.resume_from_checkpoint and self.resume_from_checkpoint != "latest" and not STATE_NAME.fullmatch(
                 self.resume_from_checkpoint) and not Path(self.resume_from_checkpoint).is_dir():
             problems.append(f"resume_from_checkpoint: {self.resume_from_checkpoint!r} is not a saved state folder; "
@@ -760,6 +762,125 @@ def _output_dir_problems(output_dir: Path) -> list[str]:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         return [f"output_dir: {output_dir} is not writable ({existing} cannot be written to); choose another folder."]
     return []
+
+
+# Output subfolders written into file by file (state/ and diffusers/ are replaced whole, in output_dir itself).
+_OUTPUT_SUBFOLDERS = ("checkpoints", "samples", "class_images", "prepared")
+
+
+def _writable(folder: Path) -> tuple[bool, Path]:
+    """Whether files can be created in ``folder`` (or in its nearest existing parent, which would hold it)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK), existing
+
+
+def _class_folder_problems(config: "TrainConfig") -> list[str]:
+    """Folders training will write into, checked before any model loads: a class_data_dir short of class images
+    (they are generated into it) and output_dir's subfolders."""
+    problems = []
+    output_dir = Path(config.output_dir)
+    for name in _OUTPUT_SUBFOLDERS:
+        folder = output_dir / name
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            problems.append(f"output_dir: {folder} is not writable; make it writable or choose another output_dir.")
+    if not config.with_prior_preservation:
+        return problems
+    for index, concept in enumerate(config._concepts([])):
+        if not concept.class_data_dir:
+            continue  # the default, under output_dir, checked above
+        folder = Path(concept.class_data_dir)
+        wanted = getattr(concept, "num_class_images", None)
+        wanted = config.num_class_images if wanted is None else wanted
+        try:
+            have = len(list_image_files(folder)) if folder.is_dir() else 0
+        except OSError as error:
+            problems.append(f"class_data_dir: cannot list {folder} ({error.strerror}); make it readable or choose "
+                            "another folder.")
+            continue
+        writable, existing = _writable(folder)
+        if have < wanted and not writable:
+            where = f"concept {index + 1}: " if config.concepts_list else ""
+            problems.append(f"{where}class_data_dir: {folder} holds {have} of the {wanted} class images and the missing "
+                            f"ones cannot be generated into it ({existing} is not writable); choose a writable "
+                            "folder, or leave class_data_dir empty for one under output_dir.")
+    return problems
+
+
+# Plausibility limits: (setting, error above, warning above, unit, what is usual). Generous: the error limits are
+# beyond any run that makes sense (a typo or a unit mix-up), the warning limits beyond what usually works.
+_PLAUSIBLE: tuple[tuple[str, float, float | None, str, str], ...] = (
+    ("max_train_steps", 10_000_000, 100_000, "steps", "DreamBooth needs about 100 per photo"),
+    ("num_train_epochs", 1_000_000, 10_000, "epochs", "the default is 100 steps per photo"),
+    ("learning_rate", 1.0, 1e-3, "", "the guide uses 1e-6, LoRA about 1e-4"),
+    ("text_encoder_lr", 1.0, 1e-3, "", "the guide uses 1e-6"),
+    ("token_embedding_lr", 1.0, 1e-1, "", "the default is 40 x learning_rate"),
+    ("resolution", 4096, 1024, "pixels", "SD1.x was trained at 512, SD2.x at 768"),
+    ("train_batch_size", 4096, 64, "photos a step", "1-4 is usual"),
+    ("gradient_accumulation_steps", 100_000, 1024, "batches a step", "1-4 is usual"),
+    ("sample_batch_size", 4096, 64, "images at once", "4 is usual"),
+    ("n_save_sample", 10_000, 100, "samples a save", "4 is usual"),
+    ("num_class_images", 10_000_000, 10_000, "class images", "100-300 is usual"),
+    ("class_infer_steps", 1000, 150, "sampling steps", "the noise schedule has 1000"),
+    ("save_infer_steps", 1000, 150, "sampling steps", "the noise schedule has 1000"),
+    ("prior_loss_weight", 1000.0, 10.0, "", "1 is usual"),
+    ("class_guidance_scale", 1000.0, 30.0, "", "7.5 is usual"),
+    ("save_guidance_scale", 1000.0, 30.0, "", "7.5 is usual"),
+    ("lr_warmup_steps", 10_000_000, None, "steps", "0-500 is usual"),
+    ("lr_num_cycles", 1_000_000, None, "cycles", "1 is usual"),
+    ("dataloader_num_workers", 1024, 64, "processes", "0-8 is usual"),
+)
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) and abs(value) < 10**15:
+        return f"{value:,}"
+    return f"{value:g}"
+
+
+def _plausibility_problems(config: "TrainConfig") -> list[str]:
+    """Absurd values, each with its limit: numbers that are not finite, or far beyond any sensible run."""
+    import math
+
+    problems = []
+    for f in config_fields():
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{f.name}: must be a finite number (got {value}).")
+    for name, error_above, _, unit, usual in _PLAUSIBLE:
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > error_above:
+            problems.append(f"{name}: {_number(value)} is above the limit of {_number(error_above)}"
+                            f"{' ' + unit if unit else ''} ({usual}); give a smaller value.")
+    if config.use_lora and config.lora_rank > 1024:
+        problems.append(f"lora_rank: {config.lora_rank:,} is above the limit of 1,024 (4-32 is usual); give a smaller "
+                        "rank.")
+    return problems
+
+
+def plausibility_warnings(config: "TrainConfig") -> list[str]:
+    """Unusual but possible values, one line each with the bound it passed (what the run prints as warnings)."""
+    import math
+
+    warnings = []
+    for name, error_above, warn_above, unit, usual in _PLAUSIBLE:
+        value = getattr(config, name, None)
+        if warn_above is None or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value > error_above:
+            continue
+        if name in ("learning_rate", "text_encoder_lr") and config.use_lora:
+            warn_above = 1e-2  # LoRA trains at about 100x the full model's rate
+        if value > warn_above:
+            warnings.append(f"{name}: {_number(value)} is unusually high (above {_number(warn_above)}"
+                            f"{' ' + unit if unit else ''}; {usual}); check it is what you meant.")
+    if 0 < config.learning_rate < 1e-8:
+        warnings.append(f"learning_rate: {config.learning_rate:g} is unusually low (below 1e-08); the weights will "
+                        "barely change.")
+    if 0 < config.resolution < 256:
+        warnings.append(f"resolution: {config.resolution} is unusually low (below 256 pixels); Stable Diffusion "
+                        "works poorly below it.")
+    return warnings
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:

@@ -14,7 +14,8 @@ from typing import Callable
 
 import torch
 
-from dreamcore.config import Concept, ConfigError, TrainConfig
+from dreamcore.config import Concept, ConfigError, TrainConfig, plausibility_warnings
+from dreamcore.fileio import remove_leftovers
 from dreamcore.images import scan_images
 
 STEPS_PER_PHOTO = 100  # the guide's rule: ~100 steps per photo
@@ -57,6 +58,8 @@ def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> RunPlan:
     """Check every photo (skipping unusable ones with a warning) and resolve the settings left open."""
     config.validate()
     output_dir = Path(config.output_dir)
+    for line in plausibility_warnings(config) + remove_leftovers(output_dir):  # before a resume reads state/
+        warn(line)
     problems: list[str] = []
     concepts = []
     for index, concept in enumerate(config.concepts()):
