@@ -71,3 +71,37 @@ def test_outputs_get_ordinary_permissions(tmp_path: Path, monkeypatch: pytest.Mo
         (temp / "a").write_text("1")
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("free, translated", [(1 << 20, True), (100 << 30, False)])
+def test_torch_s_zip_writer_failure_is_a_full_disk_only_when_the_disk_is_nearly_full(
+        free: int, translated: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fileio, "_free_bytes", lambda folder: free)
+    failure = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    with pytest.raises(DiskFullError if translated else RuntimeError) as raised:
+        with atomic_path(tmp_path / "model.ckpt", expected_bytes=5 << 30):
+            raise failure
+    assert translated == ("about 5.4 GB needed" in str(raised.value))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_safetensors_write_error_saying_os_error_28_is_a_full_disk(tmp_path: Path) -> None:
+    class SafetensorError(Exception):  # what safetensors' Rust writer raises
+        pass
+
+    with pytest.raises(DiskFullError, match="no space left on device"):
+        with atomic_path(tmp_path / "model.safetensors"):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_leftovers_of_a_dead_writer_are_removed_and_a_moved_state_put_back(tmp_path: Path) -> None:
+    dead = 2**22 + 12345  # above the usual pid_max: no such process
+    (tmp_path / f".tmp-model.safetensors.{dead}.abcdefgh").write_bytes(b"partial")
+    (tmp_path / f".tmp-model.ckpt.{dead}.abcdefgh.torch").write_bytes(b"scratch")
+    (tmp_path / f".old-state.{dead}").mkdir()
+    (tmp_path / f".old-state.{dead}" / "progress.json").write_text("{}")
+    (tmp_path / "diffusers").mkdir()
+    (tmp_path / f".old-diffusers.{dead}").mkdir()  # superseded: the new folder is in place
+    done = remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diffusers", "state"]
+    assert (tmp_path / "state" / "progress.json").is_file() and len(done) == 4
