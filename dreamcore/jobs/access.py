@@ -102,7 +102,7 @@ class ApiAccess:
                 return Refusal(415, "send the request body as JSON with the header 'Content-Type: application/json' "
                                     f"(got {content_type or 'no content type'})")
         length = headers.get("content-length", "").strip()
-        if length and (not length.isdigit() or int(length) > self.max_body_bytes):
+        if length.isdigit() and int(length) > self.max_body_bytes:  # the server itself refuses a malformed one
             return body_too_large(self.max_body_bytes)
         return None
 
