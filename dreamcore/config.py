@@ -877,9 +877,6 @@ def plausibility_warnings(config: "TrainConfig") -> list[str]:
     if 0 < config.learning_rate < 1e-8:
         warnings.append(f"learning_rate: {config.learning_rate:g} is unusually low (below 1e-08); the weights will "
                         "barely change.")
-    if 0 < config.resolution < 256:
-        warnings.append(f"resolution: {config.resolution} is unusually low (below 256 pixels); Stable Diffusion "
-                        "works poorly below it.")
     return warnings
 
 
