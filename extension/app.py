@@ -17,12 +17,15 @@ from .generate_panel import with_generate_panel
 from .host import StandaloneHost
 from .tab import TAB_TITLE, build_tab
 
+TAB_USER = "dreamcore"  # the tab's login when the app has a token (listening beyond this computer)
+
 
 def build_app(output_root: str | Path, share_api: bool = True, access: Any = None,
               allowed: Any = None) -> tuple[Any, Any, Any]:
     """A FastAPI app with the REST API under /dreamcore/v1/ and the tab at /; returns (app, blocks, handlers).
     ``access`` and ``allowed``: the REST API's request checks and allowed folders (dreamcore.jobs.access,
-    dreamcore.jobs.allowed); default: this computer only, no login, the output folder."""
+    dreamcore.jobs.allowed); default: this computer only, no login, the output folder. With a token in
+    ``access`` the tab asks for a login too: user TAB_USER, the token as password."""
     import gradio as gr
     from fastapi import FastAPI
 
@@ -44,7 +47,9 @@ def build_app(output_root: str | Path, share_api: bool = True, access: Any = Non
 
         allowed = allowed or AllowedFolders([output_root], "start the app with --allow-dir FOLDER")
         mount_job_routes(app, controller.manager(), access=access, allowed=allowed)
-    app = gr.mount_gradio_app(app, blocks.queue(), path="/")
+    token = getattr(access, "token", None)
+    login = {"auth": (TAB_USER, token)} if token else {}  # the tab starts jobs too: the same secret guards it
+    app = gr.mount_gradio_app(app, blocks.queue(), path="/", **login)
     return app, blocks, handlers
 
 
@@ -55,4 +60,6 @@ def launch_standalone(output_root: str | Path, host: str = "127.0.0.1", port: in
 
     app, _blocks, _handlers = build_app(output_root, share_api, access, allowed)
     print(f"dreamcore: open http://{host}:{port}/ (REST API under /dreamcore/v1/)", flush=True)
+    if getattr(access, "token", None):
+        print(f"dreamcore: the tab asks for a login: user '{TAB_USER}', the REST API token as password", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -30,7 +30,7 @@ class StandaloneAppError(RuntimeError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="Address to listen on. The default serves this computer only; 0.0.0.0 opens the app "
-                             "to your network (the tab has no login; the REST API asks for a token).")
+                             "to your network: the tab and the REST API then ask for a token (see --token).")
     parser.add_argument("--port", type=int, default=7861, help="Port (default: 7861).")
     parser.add_argument("--output", default=DEFAULT_OUTPUT,
                         help=f"Folder for jobs, uploads and models (default: {DEFAULT_OUTPUT}).")
@@ -90,8 +90,8 @@ def launch(output: Path, host: str, port: int, security: tuple[Any, Any]) -> Non
 
 def run(args: argparse.Namespace) -> int:
     if args.host not in LOCAL_HOSTS:
-        print(f"warning: listening on {args.host}: anyone who can reach port {args.port} can use the tab, "
-              "which has no login, to start and delete training jobs; the REST API asks for a token.",
+        print(f"warning: listening on {args.host}: other computers can reach port {args.port}; the tab (user "
+              "'dreamcore') and the REST API ask for the token, and the connection is not encrypted.",
               file=sys.stderr)
     output = Path(args.output).resolve()
     try:

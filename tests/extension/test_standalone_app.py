@@ -25,3 +25,22 @@ def test_build_app_serves_the_tab_and_the_rest_api(tmp_path: Path) -> None:
         "content-type": "text/plain", "origin": "http://evil.example"}).status_code == 403
     page = client.get("/")
     assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_with_a_token_the_tab_asks_for_it_as_its_login(tmp_path: Path) -> None:
+    """Listening beyond this computer the app has a token: the REST API asks for it, and so does the tab,
+    which can start jobs too."""
+    from fastapi.testclient import TestClient
+
+    from dreamcore.jobs.access import ApiAccess
+
+    app_module = importlib.import_module("dreamcore_webui.app")
+    access = ApiAccess.for_listener("0.0.0.0", token="s3cret")
+    app, _blocks, _handlers = app_module.build_app(tmp_path, access=access)
+    client = TestClient(app, base_url="http://192.168.1.20:7861")
+    assert client.get("/dreamcore/v1/jobs").status_code == 401
+    assert client.get("/dreamcore/v1/jobs", headers={"authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/config").status_code == 401  # the tab's definition, before logging in
+    assert client.post("/login", data={"username": app_module.TAB_USER, "password": "wrong"}).status_code == 400
+    assert client.post("/login", data={"username": app_module.TAB_USER, "password": "s3cret"}).status_code == 200
+    assert client.get("/config").status_code == 200

@@ -95,7 +95,7 @@ def test_ui_loads_the_tab_by_path_as_dreamcore_webui_and_launches_it(tmp_path, m
     assert "warning" not in printed.err and "token" not in printed.out
     assert main(["ui", "--host", "0.0.0.0", "--allow-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr()
-    assert "anyone who can reach port 7861" in printed.err
+    assert "other computers can reach port 7861" in printed.err
     _, host, port, access, allowed = app.CALLS[-1]
     assert (host, port) == ("0.0.0.0", 7861) and tmp_path.resolve() in allowed.folders
     assert access.token and f"Bearer <token>'): {access.token}" in printed.out  # made and printed at start
