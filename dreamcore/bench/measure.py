@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -78,6 +79,12 @@ class Phases:
     class_first_batch_s: float | None = None
     class_batch_s: float | None = None
     class_batches: int = 0
+    # The whole run as measured (start to the end of the export), and the steps after warm-up one by one: a save
+    # that stalls training shows as a step far slower than the median (issue 23: at most 3x).
+    total_s: float | None = None
+    median_step_s: float | None = None
+    slowest_step_s: float | None = None
+    slowest_step: int | None = None  # its number (1-based)
 
     @property
     def steady_it_per_s(self) -> float:
@@ -108,6 +115,8 @@ def phases(times: RunTimes, warmup_steps: int) -> Phases:
     # looks a few ms long). The steady window therefore ends one stamp early.
     steady = times.steps[warmup_steps - 1:-1] if warmup_steps else [train_start, *times.steps[:-1]]
     class_stamps = times.class_image_stamps if class_start is not None else []
+    step_times = [b - a for a, b in zip(steady, steady[1:])]  # step i+warmup+1 took step_times[i]
+    slowest = max(range(len(step_times)), key=step_times.__getitem__)
     batch_times = [b - a for a, b in zip(class_stamps, class_stamps[1:])]
     return Phases(load_s=loaded - times.started, class_images_s=class_end - loaded,
                   prepare_s=train_start - class_end, warmup_steps=warmup_steps,
@@ -121,7 +130,9 @@ def phases(times: RunTimes, warmup_steps: int) -> Phases:
                   class_setup_s=class_stamps[0] - class_start if class_stamps else None,
                   class_first_batch_s=batch_times[0] if batch_times else None,
                   class_batch_s=sum(batch_times[1:]) / len(batch_times[1:]) if len(batch_times) > 1 else None,
-                  class_batches=len(batch_times))
+                  class_batches=len(batch_times),
+                  total_s=times.finished - times.started, median_step_s=statistics.median(step_times),
+                  slowest_step_s=step_times[slowest], slowest_step=warmup_steps + slowest + 1)
 
 
 class DeviceMemorySampler:

@@ -77,6 +77,10 @@ def format_parts(results: list[PresetResult], guide_steps: int) -> str:
         lines.append(f"  {result.label}: {p.load_s:.1f} + {p.class_images_s:.1f} + {p.prepare_s:.1f} + "
                      f"{p.warmup_s:.1f} + {guide_steps - p.warmup_steps} x {p.steady_s_per_step:.4f} + "
                      f"{p.export_s:.1f} = {p.projected_total_s(guide_steps):.0f} s")
+        if p.total_s is not None and p.median_step_s and p.slowest_step_s is not None:
+            lines.append(f"    (measured: {result.steps} steps in {p.total_s:.1f} s end to end; median step "
+                         f"{p.median_step_s * 1000:.1f} ms, slowest {p.slowest_step_s * 1000:.1f} ms at step "
+                         f"{p.slowest_step}, {p.slowest_step_s / p.median_step_s:.1f}x the median)")
         if p.validate_s is not None and p.export_samples_s is not None:
             lines.append(f"    (load: {p.validate_s:.1f} s to the model load, {p.load_s - p.validate_s:.1f} s loading; "
                          f"export: {p.export_samples_s:.1f} s samples, {p.export_s - p.export_samples_s:.1f} s files)")

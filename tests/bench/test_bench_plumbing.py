@@ -70,6 +70,12 @@ def test_phases_and_the_projected_total() -> None:
     assert result.projected_total_s(2000) == pytest.approx(1014.5)
     with pytest.raises(ValueError, match="raise --steps"):
         phases(_finished_run(steps[:3]), warmup_steps=2)
+    assert result.total_s == steps[-1] + 3.0 and result.median_step_s == pytest.approx(0.5)
+    # a save that stalls training shows as one slow step, named
+    stalled = [10.0 + 2.0] + [12.0 + 0.5 * i + (1.5 if i >= 6 else 0.0) for i in range(1, 11)]
+    slow = phases(_finished_run(stalled), warmup_steps=1)
+    assert slow.slowest_step == 7 and slow.slowest_step_s == pytest.approx(2.0)
+    assert slow.median_step_s == pytest.approx(0.5)
     # launch-bound: the last step is reported right after the one before it (no launch follows it)
     early_last = [12.0, 12.5, 13.0, 13.01]
     assert phases(_finished_run(early_last), warmup_steps=2).steady_s_per_step == pytest.approx(0.5)
