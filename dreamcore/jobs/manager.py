@@ -449,7 +449,7 @@ class JobManager:
                 reader = self._readers[folder.name] = EventsReader(folder.events)
             return copy.deepcopy(reader.read())
 
-    def _info(self, folder: JobFolder) -> JobInfo | None:
+    def _info(self, folder: JobFolder, attempts: int = 2) -> JobInfo | None:
         """The job's JobInfo; None when its folder vanished meanwhile (removed by another request)."""
         try:
             record = folder.read_record()
@@ -463,7 +463,10 @@ class JobManager:
         except FileNotFoundError:
             if not folder.path.exists():
                 return None  # removed while its files were being read
-            raise
+            if attempts <= 1:
+                raise
+            # Removed and submitted again under the same name while being read: read the new job.
+            return self._info(folder, attempts - 1)
 
     def _queued_at(self, info: JobInfo) -> float:
         try:
