@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from dreamcore.families.registry import FAMILY_CHOICES
 from dreamcore.fileio import atomic_write_text
 from dreamcore.memory_tiers import MEMORY_TIERS, TIER_NAMES, auto_tiers
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v")
+MODEL_FAMILIES = FAMILY_CHOICES  # "auto" and every family of dreamcore/families
 # Memory presets (the tiers live in dreamcore/memory_tiers.py): "auto" picks one from the GPU's free
 # memory when training starts on CUDA, "none" keeps the settings exactly as given.
 MEMORY_PRESET_CHOICES = ("auto", "none", *TIER_NAMES)

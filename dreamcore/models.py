@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from dreamcore.components import ModelComponents
-from dreamcore.convert.architecture import base_family, differs_from_published, prediction_type, published_configs
+from dreamcore.convert.architecture import differs_from_published
 from dreamcore.convert.checkpoint_files import check_weights_file
 from dreamcore.convert.errors import ModelLoadError
 from dreamcore.convert.modules import diffusers_config, text_config_dict
+from dreamcore.families.registry import AUTO, FAMILIES, FAMILY_CHOICES, family_of_folder, get_family
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,18 @@ SAMPLERS = {
     "dpmpp_2m": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
-FAMILY_CHOICES = ("auto", "sd1", "sd2", "sd2-v")
 
 
 def load_base_model(path: str, vae: str = "", revision: str = "", family: str = "auto",
                     tokenizer: str = "", variant: str = "") -> ModelComponents:
-    """Load a Stable Diffusion 1.x/2.x model as fp32 CPU modules plus its training noise scheduler.
+    """Load a Stable Diffusion model (a family of dreamcore/families) as fp32 CPU modules plus its training noise scheduler.
 
     ``path``: a diffusers folder, a single ``.safetensors``/``.ckpt`` file (``<name>.yaml`` beside it is
     honoured), or a hub repo id present in the local Hugging Face cache (``revision`` picks its branch).
     ``vae``: a replacement VAE (diffusers folder, single file or cached repo id). ``tokenizer``: a tokenizer
     folder or cached repo id to use instead of the model's. ``variant`` ("fp16"): a diffusers folder's weight
     files of that variant (``*.fp16.safetensors``). The scheduler returned is a ``DDPMScheduler``
-    with the model's prediction type (epsilon, or v_prediction for SD2-v).
+    with the family's prediction type (epsilon, or v_prediction for SD2-v).
     """
     if family not in FAMILY_CHOICES:
         raise ModelLoadError(f"model family {family!r} is unknown; use one of {', '.join(FAMILY_CHOICES)}")
@@ -100,11 +100,12 @@ def save_diffusers_folder(components: ModelComponents, directory: str | Path, dt
     dtype = dtype or torch.float32
     same = dataclasses.replace(components, unet=weights_in(components.unet, dtype),
                                vae=weights_in(components.vae, dtype),
-                               text_encoder=weights_in(components.text_encoder, dtype))
+                               **{name: weights_in(module, dtype) for name, module in components.text_encoders().items()})
     directory = Path(directory)
     with atomic_directory(directory) as temp:
         _pipeline(same, same.scheduler).save_pretrained(str(temp), safe_serialization=True)
-        _add_slow_tokenizer_files(same.tokenizer, temp / "tokenizer")
+        for name in get_family(same.family).tokenizer_names:
+            _add_slow_tokenizer_files(getattr(same, name), temp / name)
     return directory
 
 
@@ -211,44 +212,57 @@ def _load_diffusers_folder(folder: Path, family: str, variant: str = "") -> Mode
         found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
         raise ModelLoadError(f"{folder} is not a diffusers model folder (no model_index.json; found {found}); give "
                              "a diffusers folder or the .safetensors/.ckpt file itself")
-    for component in ("unet", "vae", "text_encoder"):
+    model_index = _read_json(folder / "model_index.json")
+    for component in ("unet", "vae", "text_encoder", *(["text_encoder_2"] if "text_encoder_2" in model_index else [])):
         if not (folder / component / "config.json").is_file():
             raise ModelLoadError(f"{folder} lacks its {component} (no {component}/config.json); the folder is "
                                  "incomplete - copy or download the whole model again")
-    if variant and not any(_has_variant(folder / component, variant) for component in ("unet", "vae", "text_encoder")):
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler_config = _read_json(scheduler_file) if scheduler_file.is_file() else None
+    detected = family_of_folder(model_index, _read_json(folder / "text_encoder" / "config.json"),
+                                scheduler_config or {})
+    if detected is None:
+        raise ModelLoadError(f"{folder}: its model_index.json and text_encoder/config.json match no model family "
+                             f"dreamcore knows ({', '.join(f.label for f in FAMILIES.values())}); give a Stable "
+                             "Diffusion model folder")
+    chosen = detected if family == AUTO else get_family(family)
+    if not chosen.same_weights_as(detected):
+        raise ModelLoadError(f"{folder}: family {chosen.name} was asked for but its text encoder is "
+                             f"{detected.text_encoder_label} ({detected.label}); pick the right family or 'auto'")
+    if chosen is not detected:
+        log.warning("%s: its scheduler says %s; using %s as asked", folder, detected.name, chosen.name)
+    names = ("unet", "vae", *chosen.text_encoder_names)
+    if variant and not any(_has_variant(folder / component, variant) for component in names):
         raise ModelLoadError(f"{folder}: no weights of the variant {variant!r} (*.{variant}.safetensors) in it; leave "
                              "variant empty to read its plain weights")
     unet = _from_pretrained("UNet2DConditionModel", folder, "unet", "UNet", variant)
     vae = _from_pretrained("AutoencoderKL", folder, "vae", "VAE", variant)
-    text_encoder = _from_pretrained("CLIPTextModel", folder, "text_encoder", "text encoder", variant)
-    detected = "sd1" if text_encoder.config.hidden_act == "quick_gelu" else "sd2"
-    scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    if scheduler_file.is_file():
-        try:
-            scheduler_config = json.loads(scheduler_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelLoadError(f"{scheduler_file} could not be read ({error}); fix or remove it") from None
-    else:
-        scheduler_config = published_configs(detected)["scheduler"]
-    if detected == "sd2" and scheduler_config.get("prediction_type") == "v_prediction":
-        detected = "sd2-v"
-    chosen = family if family != "auto" else detected
-    if base_family(chosen) != base_family(detected):
-        raise ModelLoadError(f"{folder}: family {chosen} was asked for but its text encoder is "
-                             f"{'OpenAI CLIP (SD1)' if detected == 'sd1' else 'OpenCLIP (SD2)'}; pick the right "
-                             "family or 'auto'")
-    if chosen != detected:
-        log.warning("%s: its scheduler says %s; using %s as asked", folder, detected, chosen)
+    text_encoders = [_from_pretrained(class_name, folder, name, name.replace("_", " "), variant).float().eval()
+                     for name, class_name in zip(chosen.text_encoder_names, chosen.text_encoder_classes)]
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler.from_config({**diffusers_config(scheduler_config),
-                                           "prediction_type": prediction_type(chosen)})
-    tokenizer = (_load_tokenizer(str(folder / "tokenizer"), chosen) if (folder / "tokenizer").is_dir()
-                 else _shipped_tokenizer(folder, chosen))
-    components = ModelComponents(chosen, unet.float().eval(), vae.float().eval(), text_encoder.float().eval(),
-                                 tokenizer, scheduler)
+    scheduler = DDPMScheduler.from_config({**diffusers_config(scheduler_config or chosen.shipped_config("scheduler")),
+                                           "prediction_type": chosen.prediction_type})
+    tokenizers = [_load_tokenizer(str(folder / name), chosen.name) if (folder / name).is_dir()
+                  else _shipped_tokenizer(folder, chosen.name, index)
+                  for index, name in enumerate(chosen.tokenizer_names)]
+    components = ModelComponents(chosen.name, unet.float().eval(), vae.float().eval(), text_encoders[0],
+                                 tokenizers[0], scheduler,
+                                 text_encoder_2=text_encoders[1] if len(text_encoders) > 1 else None,
+                                 tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None)
     components.architecture = _architecture(components)
     return components
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{path} could not be read ({error}); the folder is damaged - fix the file or copy the "
+                             "model again") from None
+    if not isinstance(values, dict):
+        raise ModelLoadError(f"{path} holds no JSON object; the folder is damaged - copy the model again")
+    return values
 
 
 def _architecture(components: ModelComponents) -> dict[str, dict[str, Any]] | None:
@@ -261,7 +275,7 @@ def _architecture(components: ModelComponents) -> dict[str, dict[str, Any]] | No
 def _from_pretrained(class_name: str, folder: Path, subfolder: str | None, what: str, variant: str = "") -> Any:
     from safetensors import SafetensorError
 
-    if class_name == "CLIPTextModel":
+    if class_name.startswith("CLIP"):
         import transformers as library
     else:
         import diffusers as library
@@ -322,16 +336,11 @@ def _load_tokenizer(source: str, family: str) -> Any:
                              "merges.txt") from None
 
 
-def _shipped_tokenizer(folder: Path, family: str) -> Any:
-    from dreamcore.assets import load_tokenizer
-
-    log.info("%s has no tokenizer/; using dreamcore's shipped CLIP tokenizer", folder)
-    return load_tokenizer(family)
+def _shipped_tokenizer(folder: Path, family: str, index: int = 0) -> Any:
+    log.info("%s has no %s/; using dreamcore's shipped CLIP tokenizer", folder,
+             get_family(family).tokenizer_names[index])
+    return get_family(family).shipped_tokenizer(index)
 
 
 def _pipeline(components: ModelComponents, scheduler: Any) -> Any:
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder,
-                                   tokenizer=components.tokenizer, unet=components.unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return get_family(components.family).pipeline(components, scheduler)

@@ -10,7 +10,9 @@ HELP = "Write a tiny model with SD's block layout (random weights, real tokenize
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="Output folder (diffusers) or file/folder for a single file.")
     parser.add_argument("--format", choices=("diffusers", "safetensors", "ckpt"), default="diffusers")
-    parser.add_argument("--family", choices=("sd1", "sd2", "sd2-v"), default="sd1")
+    from dreamcore.families.registry import DEFAULT_FAMILY, FAMILY_NAMES
+
+    parser.add_argument("--family", choices=FAMILY_NAMES, default=DEFAULT_FAMILY.name)
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from dreamcore.assets import FAMILIES, load_component_config
 from dreamcore.convert.errors import ModelLoadError
+from dreamcore.families.registry import get_family
 
 COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
 # Config fields that decide the shape of the weights or the numbers they produce.
@@ -40,12 +41,12 @@ def differs_from_published(configs: Mapping[str, Mapping[str, Any]], family: str
 
 
 def base_family(family: str) -> str:
-    """"sd1" or "sd2": the key layout of a family (SD2's epsilon and v models share it)."""
-    return "sd1" if family == "sd1" else "sd2"
+    """The key layout of a family's single files (SD2's epsilon and v models share "sd2")."""
+    return get_family(family).key_layout
 
 
 def prediction_type(family: str) -> str:
-    return "v_prediction" if family == "sd2-v" else "epsilon"
+    return get_family(family).prediction_type
 
 
 def _normalise(value: Any) -> Any:

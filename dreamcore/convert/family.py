@@ -15,15 +15,15 @@ import torch
 from dreamcore.convert.errors import ModelLoadError
 from dreamcore.convert.text_keys import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX
 from dreamcore.convert.unet_keys import UNET_PREFIX
+from dreamcore.families.registry import key_layout_probes
 
 UNET_INPUT_CONV = UNET_PREFIX + "input_blocks.0.0.weight"
-SD1_TEXT_PROBE = SD1_TEXT_PREFIX + "text_model.embeddings.token_embedding.weight"
-SD2_TEXT_PROBE = SD2_TEXT_PREFIX + "transformer.resblocks.0.attn.in_proj_weight"
 VAE_ONLY_PROBE = "decoder.conv_in.weight"
 
 
 def detect_family(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """"sd1" or "sd2" (epsilon or v: see the module docstring); anything else is a ModelLoadError."""
+    """The key layout of a single file's weights (a ``ModelFamily.key_layout`` of the registry: "sd1" or "sd2",
+    which holds SD2's epsilon and v models alike, see the module docstring); anything else is a ModelLoadError."""
     keys = state_dict.keys()
     if any(key.startswith("conditioner.embedders.") for key in keys):
         raise ModelLoadError("this is an SDXL model; dreamcore trains Stable Diffusion 1.x and 2.x only")
@@ -39,10 +39,9 @@ def detect_family(state_dict: Mapping[str, torch.Tensor]) -> str:
     if in_channels != 4:
         raise ModelLoadError(f"this UNet takes {in_channels} input channels (an instruct-pix2pix or other "
                              "special model); use a regular SD1.x/SD2.x model as the base")
-    if SD2_TEXT_PROBE in state_dict:
-        return "sd2"
-    if SD1_TEXT_PROBE in state_dict:
-        return "sd1"
+    for key_layout, probe in key_layout_probes().items():
+        if probe in state_dict:
+            return key_layout
     raise ModelLoadError("unknown architecture: the file has a Stable Diffusion UNet but no text encoder of SD1 "
                          f"({SD1_TEXT_PREFIX}*) or SD2 ({SD2_TEXT_PREFIX}*); it is not a complete SD1.x/SD2.x "
                          "checkpoint")
