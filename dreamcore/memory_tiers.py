@@ -55,18 +55,26 @@ class MemoryTier:
         return f"GPU {self.name.removesuffix('GB')} GB" + (" and more" if self.same_as else "")
 
 
+# The 16GB tier's need: 11.6 GiB measured without clipping (runs K and M), plus the gradients it now holds until
+# backward ends so it can clip them (bf16: 2 bytes a trained weight, ~1.9 GiB for SD1.5's UNet and text encoder):
+# an estimate until measured on a card.
+_CLIPPING_EXTRA_GIB = 1.9
+# The 12GB and 8GB tiers keep no gradient (each update runs inside backward), so they cannot clip: in the quality
+# lab the fp32 path without clipping learned faces ~0.05 less alike (BENCHMARKS.md, "Quality", run Q4).
+_NOT_CLIPPED = "; each update runs inside backward, so no gradient is held and none is clipped (faces ~0.05 less " \
+    "alike in the quality lab)"
 MEMORY_TIERS: tuple[MemoryTier, ...] = (
-    MemoryTier("24GB", "the 16GB tier's settings (nothing faster needs more memory)", dict(_FASTEST), 11.6,
-               {**_HOLDING, "use_8bit_adam": False}, 22.0, same_as="16GB"),
+    MemoryTier("24GB", "the 16GB tier's settings (nothing faster needs more memory)", dict(_FASTEST),
+               11.6 + _CLIPPING_EXTRA_GIB, {**_HOLDING, "use_8bit_adam": False}, 22.0, same_as="16GB"),
     MemoryTier("16GB", "bf16 weights with a Kahan remainder (updates add up as in fp32), one fused AdamW kernel "
                "a weight on the gradient clipped as in the exact path, the step recorded as a CUDA graph",
-               dict(_FASTEST), 11.6,
+               dict(_FASTEST), 11.6 + _CLIPPING_EXTRA_GIB,
                {**_HOLDING, "use_8bit_adam": True}, 14.5),
-    MemoryTier("12GB", "as 16GB with stochastic rounding instead of the remainder (2 bytes a weight less)",
-               {**_BF16_IN_BACKWARD, "gradient_checkpointing": False, "bf16_rounding": "stochastic"}, 9.6),
-    MemoryTier("8GB", "as 12GB plus gradient checkpointing and class images one at a time; each update runs "
-               "inside backward, so no gradient is held and none is clipped (faces learned ~0.05 less alike in "
-               "the quality lab)",
+    MemoryTier("12GB", "as 16GB with stochastic rounding instead of the remainder (2 bytes a weight less)"
+               + _NOT_CLIPPED,
+               {**_BF16_IN_BACKWARD, "gradient_checkpointing": False, "bf16_rounding": "stochastic",
+                "max_grad_norm": 0.0}, 9.6),
+    MemoryTier("8GB", "as 12GB plus gradient checkpointing and class images one at a time" + _NOT_CLIPPED,
                {**_BF16_IN_BACKWARD, "gradient_checkpointing": True, "bf16_rounding": "stochastic",
                 "sample_batch_size": 1, "max_grad_norm": 0.0}, 8.1),
 )
