@@ -3,6 +3,10 @@
 Tests and the demo use them in place of real weights, which never reach this machine. The layout (four
 UNet levels, two resnets a level, cross-attention where SD has it, a four-level VAE, a CLIP text encoder
 with the real tokenizer) is the real one, so key tables and loading code are exercised as for SD1.5/SD2.
+
+The WebUIs cannot load those: their model code builds every GroupNorm with 32 groups and SD1's text encoder
+as the full CLIP ViT-L/14 from its own config. ``webui_tiny_component_configs`` is a small SD1 model they
+can load, with a ``.yaml`` beside it describing its UNet and VAE (``save_tiny_model(..., webui=True)``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,30 @@ def tiny_component_configs(family: str = "sd1") -> dict[str, dict[str, Any]]:
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler}
 
 
+def webui_tiny_component_configs() -> dict[str, dict[str, Any]]:
+    """An SD1 model the WebUIs load: UNet and VAE as small as their model code allows (every channel count 32,
+    GroupNorm(32)), the full-size CLIP ViT-L/14 text encoder they always build for SD1 (random weights)."""
+    unet = load_component_config("sd1", "unet")
+    # Two levels, cross-attention on the first only, one resnet a level: the smallest UNet with a down- and an
+    # up-sampler and both kinds of block. Two heads of 16 channels.
+    unet.update(block_out_channels=[32, 32], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1, norm_num_groups=32,
+                attention_head_dim=2, sample_size=TINY_RESOLUTION // 8)
+    vae = load_component_config("sd1", "vae")
+    # Four levels as in SD: the WebUIs take latents as 1/8 of the image size.
+    vae.update(block_out_channels=[32, 32, 32, 32], layers_per_block=1, norm_num_groups=32,
+               sample_size=TINY_RESOLUTION)
+    return {"unet": unet, "vae": vae, "text_encoder": load_component_config("sd1", "text_encoder"),
+            "scheduler": load_component_config("sd1", "scheduler")}
+
+
+def webui_original_config_yaml(configs: dict[str, dict[str, Any]]) -> str:
+    """The ``.yaml`` the WebUIs build the tiny SD1 model from (their default SD1 config has SD's sizes)."""
+    from dreamcore.convert.original_config import original_config, original_config_yaml
+
+    return original_config_yaml(original_config("sd1", configs["unet"], configs["vae"], configs["scheduler"]))
+
+
 def build_components(configs: dict[str, dict[str, Any]], family: str, seed: int = 0) -> ModelComponents:
     """Instantiate diffusers/transformers modules from component configs with seeded random weights."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -48,13 +76,28 @@ def build_components(configs: dict[str, dict[str, Any]], family: str, seed: int 
     return ModelComponents(family, unet, vae, text_encoder, load_tokenizer(family), scheduler, architecture=configs)
 
 
-def build_tiny_model(family: str = "sd1", seed: int = 0) -> ModelComponents:
-    return build_components(tiny_component_configs(family), family, seed)
+def build_tiny_model(family: str = "sd1", seed: int = 0, webui: bool = False) -> ModelComponents:
+    """A tiny model; ``webui``: the SD1 one the WebUIs load, carrying its ``.yaml`` text."""
+    if not webui:
+        return build_components(tiny_component_configs(family), family, seed)
+    if family != "sd1":
+        raise ValueError(f"a tiny model for the WebUIs is SD1 only (got family {family!r})")
+    configs = webui_tiny_component_configs()
+    model = build_components(configs, family, seed)
+    model.original_config_text = webui_original_config_yaml(configs)
+    return model
 
 
-def save_tiny_model(directory: str | Path, family: str = "sd1", fmt: str = "diffusers", seed: int = 0) -> Path:
-    """Write a tiny model as a diffusers folder or a single ``.safetensors`` file; returns its path."""
-    model = build_tiny_model(family, seed)
+def save_tiny_model(directory: str | Path, family: str = "sd1", fmt: str = "diffusers", seed: int = 0,
+                    webui: bool = False) -> Path:
+    """Write a tiny model as a diffusers folder or a single ``.safetensors`` file; returns its path.
+
+    ``webui``: the SD1 model the WebUIs load, as a single file (fp16: its text encoder is full-size) with its
+    ``.yaml`` beside it.
+    """
+    if webui and fmt == "diffusers":
+        raise ValueError("a tiny model for the WebUIs is a single file: use format 'safetensors' or 'ckpt'")
+    model = build_tiny_model(family, seed, webui=webui)
     directory = Path(directory)
     if fmt == "diffusers":
         from dreamcore.models import save_diffusers_folder
@@ -64,8 +107,9 @@ def save_tiny_model(directory: str | Path, family: str = "sd1", fmt: str = "diff
     if fmt in ("safetensors", "ckpt"):
         from dreamcore.convert import save_single_file
 
-        path = directory if directory.suffix in (".safetensors", ".ckpt") else directory / f"tiny-{family}.{fmt}"
-        save_single_file(model, path)
+        name = f"tiny-{family}-webui" if webui else f"tiny-{family}"
+        path = directory if directory.suffix in (".safetensors", ".ckpt") else directory / f"{name}.{fmt}"
+        save_single_file(model, path, half=webui)
         return path
     raise ValueError(f"unknown format {fmt!r}: use 'diffusers', 'safetensors' or 'ckpt'")
 

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "Write a tiny model with SD's block layout (random weights, real tokenizer) for tests and the demo."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="Output folder (diffusers) or file/folder for a single file.")
-    parser.add_argument("--format", choices=("diffusers", "safetensors", "ckpt"), default="diffusers")
-    from dreamcore.families.registry import DEFAULT_FAMILY, FAMILY_NAMES
-
-    parser.add_argument("--family", choices=FAMILY_NAMES, default=DEFAULT_FAMILY.name)
+    parser.add_argument("--format", choices=("diffusers", "safetensors", "ckpt"), default=None,
+                        help="diffusers (default) or a single file; --webui: safetensors (default) or ckpt")
+    parser.add_argument("--family", choices=("sd1", "sd2", "sd2-v"), default="sd1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--webui", action="store_true",
+                        help="an SD1 model AUTOMATIC1111, Forge and SD.Next load: a single file with its .yaml "
+                             "beside it, UNet and VAE of 32 channels, the full-size CLIP-L text encoder (~250 MB)")
 
 
 def run(args: argparse.Namespace) -> int:
     from dreamcore.tiny import save_tiny_model
 
-    path = save_tiny_model(args.directory, family=args.family, fmt=args.format, seed=args.seed)
-    print(f"tiny {args.family} model written to {path}")
+    fmt = args.format or ("safetensors" if args.webui else "diffusers")
+    if args.webui and (fmt == "diffusers" or args.family != "sd1"):
+        print("tiny-model --webui writes an SD1 single file: leave out --family, and use --format safetensors "
+              "(the default) or ckpt", file=sys.stderr)
+        return 2
+    path = save_tiny_model(args.directory, family=args.family, fmt=fmt, seed=args.seed, webui=args.webui)
+    what = "model for the WebUIs" if args.webui else "model"
+    print(f"tiny {args.family} {what} written to {path}")
+    if args.webui:
+        print(f"its config: {path.with_suffix('.yaml')} (keep it beside the model: the WebUI reads it)")
     return 0

@@ -1,6 +1,10 @@
 """The checkpoint list and the loaded model, as the host exposes them to extensions.
 
-Loading reads the file's safetensors header, so a damaged file fails as it does in the host. A failed load
+Loading reads the file's safetensors header, so a damaged file fails as it does in the host. With a
+``<same name>.yaml`` beside the file (which the host builds its model from), the header's tensors must also
+fit the SD1 model that config describes, as the host's ``load_state_dict`` needs: every GroupNorm of
+32 groups, each tensor of the model's shape (``ldm_shapes``). Without one the host guesses a config from the
+keys; the stand-in does not, and accepts any header. A failed load
 then goes as in each host: A1111 keeps the model it had and raises (``opts.set`` shows the error, records it
 and returns False); SD.Next has dropped its model before loading and only logs the error; Forge raises from
 ``forge_model_reload`` after dropping its model.
@@ -94,7 +98,34 @@ def select_checkpoint() -> CheckpointInfo | None:
 
 def read_checkpoint(filename: str) -> dict[str, Any]:
     """The host's loader, reduced to what fails without torch: the file must open and hold a safetensors
-    header (8 bytes of little-endian length, then that many bytes of JSON)."""
+    header (8 bytes of little-endian length, then that many bytes of JSON) and fit its ``.yaml``, if any."""
+    header = _read_header(filename)
+    config = os.path.splitext(filename)[0] + ".yaml"
+    if os.path.isfile(config):
+        _check_against_config(header, config)
+    return header
+
+
+def _check_against_config(header: dict[str, Any], config: str) -> None:
+    """What building the model from ``config`` and loading the file into it raise in the host."""
+    import yaml
+    from ldm_shapes import GROUPNORM_GROUPS, sd1_checkpoint_shapes
+
+    with open(config, encoding="utf-8") as file:
+        expected = sd1_checkpoint_shapes(yaml.safe_load(file))
+    for key, channels in expected.groupnorms.items():
+        if channels % GROUPNORM_GROUPS:  # torch.nn.GroupNorm's own message, raised while the model is built
+            raise ValueError(f"num_channels must be divisible by num_groups ({key}: {channels} channels, "
+                             f"{GROUPNORM_GROUPS} groups)")
+    mismatches = [f"size mismatch for {key}: copying a param with shape {list(header[key]['shape'])} from "
+                  f"checkpoint, the shape in current model is {list(shape)}."
+                  for key, shape in expected.shapes.items()
+                  if key in header and tuple(header[key]["shape"]) != shape]
+    if mismatches:
+        raise RuntimeError("Error(s) in loading state_dict for LatentDiffusion:\n\t" + "\n\t".join(mismatches))
+
+
+def _read_header(filename: str) -> dict[str, Any]:
     with open(filename, "rb") as file:
         head = file.read(8)
         if len(head) < 8:
