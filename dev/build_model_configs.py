@@ -1,4 +1,4 @@
-"""Write dreamcore's shipped model configs (diffusers layout) for SD1.x, SD2.x-512 and SD2.x-768-v.
+"""Write dreamcore's shipped model configs (diffusers layout) for SD1.x, SD2.x-512, SD2.x-768-v and SDXL base.
 
 Run by a developer when a config changes; the values are the published Stable Diffusion architectures.
 Only configs are written: no weights are created at full size.
@@ -63,6 +63,41 @@ FAMILIES = {
 }
 
 
+def sdxl_unet() -> dict:
+    """SDXL base: three levels (no attention on the first), 1, 2 and 10 transformer blocks, two text encoders'
+    hidden states side by side (768 + 1280 = 2048 wide), and the added "text_time" embedding: the pooled
+    1280-wide text embedding plus six size/crop numbers of 256 each (1280 + 6 * 256 = 2816)."""
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": 128, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
+        "flip_sin_to_cos": True, "freq_shift": 0,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "only_cross_attention": False, "block_out_channels": [320, 640, 1280], "layers_per_block": 2,
+        "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32,
+        "norm_eps": 1e-05, "cross_attention_dim": 2048, "transformer_layers_per_block": [1, 2, 10],
+        "attention_head_dim": [5, 10, 20], "use_linear_projection": True, "upcast_attention": False,
+        "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 2816,
+    }
+
+
+def sdxl_text_encoder_2() -> dict:
+    """OpenCLIP ViT-bigG/14's text tower with its projection (SDXL's pooled embedding comes from it)."""
+    return {**text_encoder(1280, 5120, 32, 20, "gelu", 1280), "architectures": ["CLIPTextModelWithProjection"]}
+
+
+SDXL = {
+    "unet": ("config.json", sdxl_unet()),
+    # SDXL's own VAE: SD's layout, another latent scale
+    "vae": ("config.json", {**vae(1024), "scaling_factor": 0.13025, "force_upcast": True}),
+    "text_encoder": ("config.json", text_encoder(768, 3072, 12, 12, "quick_gelu", 768)),
+    "text_encoder_2": ("config.json", sdxl_text_encoder_2()),
+    "scheduler": ("scheduler_config.json", {**scheduler("epsilon"), "timestep_spacing": "leading"}),
+}
+
+
 def main() -> None:
     for family, (unet_config, vae_config, text_config, scheduler_config) in FAMILIES.items():
         folder = OUT / family
@@ -71,6 +106,9 @@ def main() -> None:
                                   ("scheduler", "scheduler_config.json", scheduler_config)):
             (folder / sub).mkdir(parents=True, exist_ok=True)
             (folder / sub / name).write_text(json.dumps(config, indent=2) + "\n")
+    for sub, (name, config) in SDXL.items():
+        (OUT / "sdxl" / sub).mkdir(parents=True, exist_ok=True)
+        (OUT / "sdxl" / sub / name).write_text(json.dumps(config, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ The BPE file ships inside the `open_clip_torch` wheel (open_clip/bpe_simple_voca
 licence). CLIP's vocabulary is the 256 byte symbols, the same with an end-of-word marker, one entry per
 merge and the two special tokens: 49,408 entries. SD1 (openai/clip-vit-large-patch14) pads with
 <|endoftext|>; SD2 (OpenCLIP ViT-H) pads with "!" (id 0), which changes the text encoder's input.
+SDXL's two tokenizers are these same files: the first pads as SD1's, the second (OpenCLIP ViT-bigG) as
+SD2's (dreamcore.assets.load_sdxl_tokenizers), so no third copy of the vocabulary is shipped.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def main(bpe_path: str) -> None:
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     assert len(vocab) == 49408, len(vocab)
-    # One copy serves both families: SD2 loads it with pad_token="!" (dreamcore.assets.load_tokenizer).
+    # One copy serves every family: SD2 and SDXL's second tokenizer load it with pad_token="!".
     for name, pad in (("clip", "<|endoftext|>"),):
         folder = OUT / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,10 @@ class ModuleEntry:
 class KeyTable:
     """Renames keys between layouts using a list of ``ModuleEntry``; both directions, loud on unknowns."""
 
-    def __init__(self, entries: list[ModuleEntry], what: str):
+    def __init__(self, entries: list[ModuleEntry], what: str, model: str = "a Stable Diffusion 1.x/2.x model"):
         self.what = what  # e.g. "UNet", used in error messages
+        self.model = model  # what the layout belongs to, for error messages
+        self.entries = tuple(entries)
         self._by_diffusers = {entry.diffusers: entry for entry in entries}
         self._by_original = {entry.original: entry for entry in entries}
         if len(self._by_diffusers) != len(entries) or len(self._by_original) != len(entries):
@@ -58,15 +60,15 @@ class KeyTable:
         """The diffusers key for an original-layout key, and whether the 1x1 conv must become a Linear."""
         entry, rest = _match(key, self._by_original)
         if entry is None:
-            raise ModelLoadError(f"unexpected {self.what} key {key!r}: it is not part of a Stable Diffusion "
-                                 "1.x/2.x model of this layout")
+            raise ModelLoadError(f"unexpected {self.what} key {key!r}: it is not part of {self.model} of this "
+                                 "layout")
         module, param = _split_leaf(rest)
         if entry.leaf_names is None:
             return _join(entry.diffusers, rest), False
         inverse = {original: diffusers for diffusers, original in entry.leaf_names.items()}
         if module not in inverse:
-            raise ModelLoadError(f"unexpected {self.what} key {key!r}: sub-module {module!r} is not part of a "
-                                 "Stable Diffusion 1.x/2.x model of this layout")
+            raise ModelLoadError(f"unexpected {self.what} key {key!r}: sub-module {module!r} is not part of "
+                                 f"{self.model} of this layout")
         return _join(entry.diffusers, _join(inverse[module], param)), inverse[module] in entry.reshape_to_conv
 
 
