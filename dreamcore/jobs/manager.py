@@ -370,7 +370,8 @@ class JobManager:
                 started = time.strftime("%Y-%m-%d %H:%M:%S") + ("" if gpu is None else f" on GPU {gpu}")
                 log.write(f"=== attempt {record.attempt} started {started} ===\n")
             try:
-                popen = start_child(self._child_command(folder, record.attempt), folder, gpu)
+                argv = self._child_command(folder, record.attempt)
+                popen = start_child(argv, folder, gpu)
             except OSError as error:
                 record.status, record.finished_at = "failed", time.time()
                 record.error = f"could not start the training process ({self.python}): {error}"
@@ -378,9 +379,11 @@ class JobManager:
                 folder.write_record(record)
                 return True  # this job is settled; the next may start
             record.status, record.started_at, record.pid, record.gpu = "running", time.time(), popen.pid, gpu
-            identity = identify(popen.pid)  # None if it already ended: then it is never adopted, nor needs to be
+            # The command line is the argv it was started with: read back at once, the system may still show it
+            # empty while the new program is being set up. None if it already ended: never adopted, nor needs be.
+            identity = identify(popen.pid)
             record.pid_started_at = identity.started_at if identity else None
-            record.pid_command = list(identity.command) if identity else None
+            record.pid_command = list(argv) if identity else None
             record.returncode = record.finished_at = None
             folder.write_record(record)
             self._running[info.name] = _Child(info.name, popen.pid, popen, gpu=gpu)

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 
 import dreamcore
 from dreamcore.cli import main
@@ -54,6 +55,19 @@ def test_refusals_exit_2_with_the_reason(tmp_path, capsys):
     assert main([*common, "run", "--gpus", "0,0"]) == 2
     assert "--gpus: give distinct CUDA device ids" in capsys.readouterr().err
     assert not any(p for p in jobs_root(tmp_path / "out").iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(autouse=True)
+def glue_modules_restored():
+    """The ui tests load stand-ins as the tab's modules; the real ones come back after each test."""
+    names = (ui_command.GLUE_PACKAGE, f"{ui_command.GLUE_PACKAGE}.app")
+    before = {name: sys.modules.get(name) for name in names}
+    yield
+    for name, module in before.items():
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
 
 
 def test_ui_says_when_the_tab_folder_is_missing(tmp_path, monkeypatch, capsys):
