@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--half", action="store_true",
                         help="store weights as fp16 (half the size; the round trip is exact for fp16 inputs)")
     parser.add_argument("--use-ema", action="store_true", help="take the UNet's EMA weights from a single file")
-    parser.add_argument("--family", choices=("auto", "sd1", "sd2", "sd2-v"), default="auto",
+    parser.add_argument("--family", choices=("auto", "sd1", "sd2", "sd2-v", "sdxl"), default="auto",
                         help="model type; 'auto' detects it (a .yaml beside the file is honoured)")
     parser.add_argument("--original-config", metavar="YAML", default=None,
                         help="the model's original .yaml config, when it is not beside SRC under SRC's name")

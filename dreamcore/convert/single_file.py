@@ -21,6 +21,7 @@ from dreamcore.convert.layout import (SCHEDULE_KEYS, normalise_legacy_keys, spli
 from dreamcore.convert.modules import (assign_weights, diffusers_config, empty_text_encoder, empty_unet, empty_vae,
                                        text_config_dict, text_encoder_state_dict)
 from dreamcore.convert.original_config import original_config, original_config_yaml, read_original_config
+from dreamcore.convert.sdxl_keys import SDXL_FAMILY, is_sdxl_state_dict
 from dreamcore.convert.vae_keys import VAE_PREFIX
 from dreamcore.fileio import atomic_write_text
 
@@ -69,6 +70,10 @@ def single_file_writer(components: ModelComponents, path: str | Path, half: bool
     """``save_single_file`` in two parts: the weights are copied to the host now (``snapshot``: a copy even of
     weights already there, which training may go on changing in place), and the returned function writes the
     files, on any thread; it returns the model file's path."""
+    if components.family == SDXL_FAMILY:
+        from dreamcore.convert.sdxl_single_file import sdxl_single_file_writer
+
+        return sdxl_single_file_writer(components, path, half, metadata, user_metadata, snapshot)
     path = _single_file_path(path)
     family = components.family
     if family not in MODELSPEC_ARCHITECTURE:
@@ -107,6 +112,10 @@ def single_file_writer(components: ModelComponents, path: str | Path, half: bool
 
 def components_state_dict(components: ModelComponents) -> dict[str, torch.Tensor]:
     """All of a model's weights in the single-file (original) layout, as they would be written."""
+    if components.family == SDXL_FAMILY:
+        from dreamcore.convert.sdxl_single_file import components_to_sdxl_single_file
+
+        return components_to_sdxl_single_file(components)
     text_config = components.text_encoder.config
     return to_single_file_layout(
         components.unet.state_dict(), components.vae.state_dict(), text_encoder_state_dict(components.text_encoder),
@@ -116,7 +125,8 @@ def components_state_dict(components: ModelComponents) -> dict[str, torch.Tensor
 
 def load_single_file(path: str | Path, family: str = "auto", use_ema: bool = False,
                      config_yaml: str | Path | None = None) -> ModelComponents:
-    """Load a single-file SD1.x/SD2.x checkpoint into fp32 modules on the CPU.
+    """Load a single-file SD1.x/SD2.x checkpoint into fp32 modules on the CPU (an SDXL one: see
+    ``sdxl_single_file.load_sdxl_single_file``).
 
     The family comes from ``family`` if given, else from ``config_yaml`` or ``<name>.yaml`` beside the file,
     else from dreamcore's metadata in the file, else from the keys (and, for SD2, the WebUI's test
@@ -124,6 +134,13 @@ def load_single_file(path: str | Path, family: str = "auto", use_ema: bool = Fal
     """
     path = Path(path)
     state_dict, metadata = read_state_dict(path)
+    if is_sdxl_state_dict(state_dict):
+        from dreamcore.convert.sdxl_single_file import load_sdxl_single_file
+
+        if config_yaml:
+            raise ModelLoadError(f"{path} is an SDXL model; the WebUIs tell SDXL from its keys and dreamcore "
+                                 "reads no .yaml for it: leave out the original config")
+        return load_sdxl_single_file(path, family, use_ema, state_dict, metadata)
     try:
         state_dict = normalise_legacy_keys(state_dict)
         key_family = detect_family(state_dict)
