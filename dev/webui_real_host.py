@@ -398,8 +398,10 @@ def host_versions(python: Path, webui: Path) -> dict[str, str]:
     script = ("import json, sys, importlib.metadata as m\n"
               "def v(n):\n try: return m.version(n)\n except m.PackageNotFoundError: return '(absent)'\n"
               f"print(json.dumps({{'python': sys.version.split()[0], **{{n: v(n) for n in {list(HOST_PACKAGES)!r}}}}}))")
-    packages = subprocess.run([str(python), "-c", script], capture_output=True, text=True)
     versions = {"webui": described.stdout.strip() or f"(git describe failed: {described.stderr.strip()})"}
+    if not python.is_file():
+        return {**versions, "packages": f"(no Python at {python})"}
+    packages = subprocess.run([str(python), "-c", script], capture_output=True, text=True)
     versions.update(json.loads(packages.stdout) if packages.returncode == 0 else
                     {"packages": f"(could not be read: {packages.stderr.strip()[-300:]})"})
     return versions
