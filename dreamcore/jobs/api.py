@@ -161,6 +161,18 @@ def create_router(manager: JobManager, dependencies: list[Any] | None = None, *,
         call(lambda: manager.remove(name))
         return {"removed": name}
 
+    from dreamcore.jobs.generate_api import GenerateService
+
+    generation = GenerateService(manager, allowed=allowed)  # loads a model at its first request, not here
+
+    @router.post("/generate")
+    async def generate(request: Request) -> Any:
+        body = await json_body(request, required=True)
+        status, answer = await run_in_threadpool(generation.handle, body)
+        if status != 200:
+            raise refuse(status, answer["detail"]["message"], answer["detail"]["problems"])
+        return answer
+
     return router
 
 

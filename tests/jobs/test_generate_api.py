@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI, HTTPException, Request
 from PIL import Image
 
 from dreamcore import train
@@ -120,23 +119,21 @@ def test_training_comes_first_on_the_gpu(jobs_root: Path, tmp_path: Path) -> Non
     assert status == 409 and "queued-job" in body["detail"]["message"]
 
 
-def test_the_route_mounts_on_a_router(service: GenerateService) -> None:
-    """The lines docs/rest-api.md gives for mounting the handler answer as the job routes do (the route's
-    annotations are read at run time, hence Request imported at module level)."""
+def test_the_job_api_serves_generate_with_its_checks(jobs_root: Path) -> None:
+    """POST /dreamcore/v1/generate is one of the job routes: the same Host/content-type checks, 4xx with every
+    problem, pictures of a job's model."""
     from fastapi.testclient import TestClient
 
-    app = FastAPI()
+    from jobs_helpers import LOCAL, api_app
 
-    @app.post("/dreamcore/v1/generate")
-    async def generate(request: Request) -> dict:
-        status, body = service.handle(await request.json())
-        if status != 200:
-            raise HTTPException(status_code=status, detail=body["detail"])
-        return body
-
-    client = TestClient(app)
+    client = TestClient(api_app(JobManager(jobs_root, run_queue=False)), base_url=LOCAL)
     answer = client.post("/dreamcore/v1/generate", json={"job": "anna", "prompt": "photo of sks person",
                                                          "num_inference_steps": 1, "seed": 3})
     assert answer.status_code == 200 and answer.json()["images"][0]["seed"] == 3
-    refused = client.post("/dreamcore/v1/generate", json={"job": "anna"})
-    assert refused.status_code == 422 and refused.json()["detail"]["problems"]
+    assert Path(answer.json()["images"][0]["path"]).is_file()
+    bad = client.post("/dreamcore/v1/generate", json={"job": "anna", "num_inference_steps": 0, "seed": "x"})
+    assert bad.status_code == 422 and len(bad.json()["detail"]["problems"]) >= 2
+    plain_text = client.post("/dreamcore/v1/generate", content=b'{"job": "anna"}',
+                             headers={"content-type": "text/plain"})
+    assert plain_text.status_code == 415
+    assert client.post("/dreamcore/v1/generate", json={"job": "nobody", "prompt": "x"}).status_code == 404
