@@ -76,7 +76,10 @@ def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dreamcore.console import quiet_console
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_console()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:

@@ -33,8 +33,10 @@ class WebUIExtension:
         self.dependencies: DependencyReport | None = None
 
     def register(self) -> None:
+        from dreamcore.console import quiet_console
         from modules import script_callbacks
 
+        quiet_console(own_process=False)  # the WebUI's console is its own: only notices dreamcore's work provokes
         script_callbacks.on_ui_settings(self.on_ui_settings)
         script_callbacks.on_ui_tabs(self.on_ui_tabs)
         script_callbacks.on_app_started(self.on_app_started)

@@ -6,14 +6,7 @@ from __future__ import annotations
 import html
 import math
 
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+from dreamcore.console import format_duration
 
 
 def progress_html(name: str, status: str, step: int, total_steps: int, steps_per_second: float,

@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attempt", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    from dreamcore.console import quiet_console
+
+    quiet_console()  # the job's log.txt (the tab's Log) without the libraries' notices and bars
     return run_job(JobFolder(args.job_folder), args.attempt)
 
 
