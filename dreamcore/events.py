@@ -120,9 +120,11 @@ def describe(event: Event) -> str | None:
 
 
 class StepClock:
-    """Times training steps for the rate and ETA. A step's time runs from the previous step's report to its own,
-    less the pauses for saving and sampling (``paused()``); the rate leaves out the first ``warmup`` steps, which
-    compilation, kernel selection and allocator warm-up make slow, so step 1 shows no rate rather than a wild one."""
+    """Times training steps for the rate and ETA. A step's time runs from the launch of the step before to its
+    own, less the pauses for saving and sampling (``paused()``): the host waits for the device one step behind
+    (training/late_read.py), so in a steady run that is the device's time for a step. The rate leaves out the
+    first ``warmup`` steps, which compilation, kernel selection and allocator warm-up make slow (and whose launch
+    the host does not wait for yet), so step 1 shows no rate rather than a wild one."""
 
     def __init__(self, warmup: int = 2, clock: Callable[[], float] = time.perf_counter):
         self.warmup = warmup
@@ -134,7 +136,7 @@ class StepClock:
         self._counted_seconds = 0.0
 
     def step_done(self) -> float:
-        """A step was reported: its seconds, pauses left out."""
+        """A step was launched: its seconds, pauses left out."""
         now = self._clock()
         seconds = max(0.0, now - self._last - self._paused)
         self._last, self._paused = now, 0.0

@@ -1,24 +1,31 @@
-"""A job's ``events.jsonl``: the child appends one JSON object per training event, the parent reads them.
+"""A run's ``events.jsonl``: one JSON object per training event, appended as it happens, read by the tab.
 
-The file outlives both processes, so a restarted WebUI rebuilds a job's progress from it. The child writes
-each line with a single ``write`` and flushes it; a line cut short by a kill has no newline yet and is not
-read until it is complete (it never will be, so it is ignored).
+A job's child writes it in the job folder (its ``log.txt`` is the child's output); a run of the command line
+writes it, and a ``log.txt`` of its own, in the output folder (RunFiles). The file outlives the processes, so a
+restarted WebUI rebuilds a job's progress from it. Each line is written with a single ``write`` and flushed; a
+line cut short by a kill has no newline yet and is not read until it is complete (it never will be, so it is
+ignored).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from dreamcore.events import Event
+from dreamcore.events import SAVING_STAGE, Event, Progress, Stage, describe
+
+EVENTS_FILE_NAME = "events.jsonl"
+LOG_FILE_NAME = "log.txt"
 
 # Event kinds the job runner adds to those of dreamcore.events.
 JOB_STARTED = "job_started"  # the child began an attempt: {"attempt", "pid"}
 JOB_ERROR = "job_error"  # the child caught an error: {"error_type", "message", "advice", "traceback"}
+RUN_STARTED = "run_started"  # a command-line run began writing its output folder's file: {"pid", "command"}
 
 
 class EventWriter:
@@ -52,6 +59,84 @@ class EventWriter:
         self._handle.close()
 
 
+def progress_line(event: Progress) -> str:
+    """A training step in words, for log files (the console's bar shows the same)."""
+    from dreamcore.console import format_duration
+
+    text = f"step {event.step}/{event.total_steps}: loss {event.loss:.4f}"
+    if event.prior_loss is not None:
+        text += f" (prior {event.prior_loss:.4f})"
+    text += f", lr {event.learning_rate:.2e}"
+    if event.step_seconds is not None:
+        text += f", {event.step_seconds:.2f} s/step"
+    if event.eta_seconds is not None:
+        text += f", ETA {format_duration(event.eta_seconds)}"
+    return text
+
+
+def is_log_step(step: int, total_steps: int) -> bool:
+    """The steps a log file gets a line for: about a hundred a run, and the first and the last."""
+    return step == 1 or step == total_steps or step % max(1, total_steps // 100) == 0
+
+
+class RunFiles:
+    """A run's ``events.jsonl`` (every event, in a job's format) and ``log.txt`` (the lines a person reads, and
+    every hundredth of the run's steps) in its output folder, for the command line. Opened at the run's first
+    event after its settings were accepted (the "load" stage, when the output folder exists): a refused run
+    leaves no folder behind. Earlier events are kept until then."""
+
+    def __init__(self, output_dir: str | Path, command: str = ""):
+        self.output_dir = Path(output_dir)
+        self.command = command
+        self.events: EventWriter | None = None
+        self._log: TextIO | None = None
+        self._early: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        if self.events is None:
+            if not (isinstance(event, Stage) and event.name == "load"):
+                self._early.append(event)
+                return
+            self._open()
+            for early in self._early:
+                self._write(early)
+            self._early.clear()
+        self._write(event)
+
+    def _open(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.events = EventWriter(self.output_dir / EVENTS_FILE_NAME)
+        self.events.write({"kind": RUN_STARTED, "pid": os.getpid(), "command": self.command})
+        self._log = open(self.output_dir / LOG_FILE_NAME, "a", encoding="utf-8")
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._log.write(f"=== run started {started}" + (f": {self.command}" if self.command else "") + " ===\n")
+
+    def _write(self, event: Event) -> None:
+        assert self.events is not None and self._log is not None
+        self.events(event)
+        if isinstance(event, Progress):
+            line = progress_line(event) if is_log_step(event.step, event.total_steps) else None
+        else:
+            line = describe(event)
+        if line is not None:
+            self._log.write(line + "\n")
+            self._log.flush()
+
+    def error(self, error: BaseException, advice: str = "") -> None:
+        """The error that ended the run, in both files (nothing when it ended before they were opened)."""
+        if self.events is None or self._log is None:
+            return
+        self.events.error(error, advice)
+        self._log.write(f"error: {error}\n" + (f"{advice}\n" if advice else ""))
+        self._log.flush()
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+        if self._log is not None:
+            self._log.close()
+
+
 @dataclass
 class JobProgress:
     """What the events of a job say so far; the current attempt's fields reset at each ``job_started``."""
@@ -81,8 +166,12 @@ class JobProgress:
             self.error = None
             self.stage = "starting"
         elif kind == "stage":
-            self.stage = str(event.get("name", ""))
+            name = str(event.get("name", ""))
+            # a pause for saving is shown with what it saves; training goes on after it (see below)
+            self.stage = f"saving {event.get('detail', '')}".rstrip() if name == SAVING_STAGE else name
         elif kind == "progress":
+            if self.stage.startswith(SAVING_STAGE):
+                self.stage = "train"
             step = int(event["step"])
             # A resumed attempt starts again from its last saved state: drop the losses it will redo.
             while self.losses and self.losses[-1][0] >= step:
