@@ -113,6 +113,15 @@ class TabHandlers:
         except (LookupError, OSError, ConfigError) as error:
             yield (_problem_markdown(error), "", "", [], "", name)
 
+    def follow_shown_job(self) -> Iterator[tuple[Any, ...]]:
+        """On each page load (a reload too): the running job followed, else the newest shown as it ended; the
+        panel stays empty while there is no job."""
+        _names, current = self.jobs_overview()
+        if current is None:
+            yield ("", "", "", [], "", "")
+            return
+        yield from self.watch(current)
+
     def prepare(self, photos_dir: str, uploads: Any, token: str, job_name: str, size: Any,
                 framing: str, class_word: str = "person") -> tuple[str, list[tuple[str, str]], str]:
         """"Prepare photos": square crops (around the face for a person, the salient region otherwise), their
@@ -250,15 +259,23 @@ def likeness_status() -> str:
 
 
 def _final_message(info: Any, controller: TrainingController) -> str:
+    """What the job's end means and what to do next, naming only buttons this page shows (the standalone app
+    has no txt2img: its Generate tab draws from the model)."""
     if info.status == "completed":
         published = controller.published(info.name)
         where = f" and copied to `{published.path}`" if published else ""
         table = _likeness_file(info, "table.txt")
         scores = f"\n\nLikeness per checkpoint:\n```\n{table.read_text(encoding='utf-8')}\n```" if table else ""
-        return (f"**{info.name} finished**{where}. Press *Use in txt2img* to select it; call the subject with "
-                f"`{published.activation_text if published else 'its instance prompt'}`.{scores}")
+        call = f"`{published.activation_text if published else 'its instance prompt'}`"
+        if controller.host.flavor == "standalone":
+            use = (f"Draw from it in the *Generate* tab (choose it under *Model*; press *Refresh models* if it is "
+                   f"not listed yet); call the subject with {call}.")
+        else:
+            use = f"Press *Use in txt2img* to select it; call the subject with {call}."
+        return f"**{info.name} finished**{where}. {use}{scores}"
     if info.status == "cancelled":
-        return f"**{info.name} was cancelled.** Its state is saved; resume it from the job list (REST API) or re-run."
+        return (f"**{info.name} was cancelled.** Its state is saved: with the job chosen under *Job*, press "
+                "*Resume* to continue it.")
     return f"**{info.name} failed:** {info.error}\n\n{info.advice}"
 
 
@@ -363,7 +380,14 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
             return (gr.update(choices=model_choices, value=model),
                     gr.update(choices=job_names, value=current_job))
 
-        blocks.load(on_page_load, inputs=[], outputs=[base_model, job])
+        def follow_on_load() -> Iterator[tuple[Any, ...]]:
+            yield from with_job_choices(handlers.follow_shown_job())
+
+        # After a reload the page shows the running job (else the newest) as the Watch button would. Followed
+        # for as long as the page is open, so in gradio 4+ it must not hold the event's one worker others wait on.
+        unlimited = {"concurrency_limit": None} if int(gr.__version__.split(".")[0]) >= 4 else {}
+        blocks.load(on_page_load, inputs=[], outputs=[base_model, job]).then(
+            follow_on_load, inputs=[], outputs=watch_outputs, **unlimited)
         refresh.click(lambda: gr.update(choices=handlers.refresh_models()), inputs=[], outputs=[base_model])
         preset.change(lambda name: handlers.preset_values(name), inputs=[preset], outputs=advanced_controls)
         start.click(start_and_follow, inputs=form_inputs, outputs=watch_outputs)

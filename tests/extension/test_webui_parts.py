@@ -81,7 +81,7 @@ def test_the_likeness_report_of_a_job_is_shown(tmp_path: Path) -> None:
     (folder / "table.txt").write_text("step  likeness\n 500  0.61  <- best")
     (folder / "likeness.png").write_bytes(b"png")
     info = SimpleNamespace(name="anna", status="completed", samples=[], outputs={"likeness": str(folder)})
-    controller = SimpleNamespace(published=lambda name: None)
+    controller = SimpleNamespace(host=SimpleNamespace(flavor="a1111"), published=lambda name: None)
     assert "0.61  <- best" in tab._final_message(info, controller)
     assert tab._gallery(info)[-1][0] == str(folder / "likeness.png")
     plain = SimpleNamespace(name="anna", status="completed", samples=[], outputs={})
