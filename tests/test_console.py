@@ -108,3 +108,19 @@ def test_each_known_notice_matches_only_its_own_message() -> None:
 def test_format_duration() -> None:
     assert format_duration(3725) == "1:02:05" and format_duration(65) == "1:05"
     assert format_duration(None) == "-" and format_duration(float("inf")) == "-"
+
+
+def test_a_job_child_installs_the_filters_for_its_log(tmp_path: Path) -> None:
+    """The child's output is the job's log.txt, which the tab shows as its Log."""
+    result = run_python(textwrap.dedent(f"""
+        import logging, sys
+        import dreamcore.jobs.child as child
+        def run_job(folder, attempt):
+            logging.getLogger("diffusers.models.modeling_utils").warning({FLOAT32_EMPTY!r})
+            logging.getLogger("dreamcore").warning("dreamcore's own warning")
+            return 0
+        child.run_job = run_job
+        sys.exit(child.main([{str(tmp_path)!r}]))
+    """))
+    assert result.returncode == 0, result.stderr
+    assert "float32" not in result.stdout + result.stderr and "dreamcore's own warning" in result.stdout

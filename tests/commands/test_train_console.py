@@ -176,3 +176,16 @@ def test_the_command_line_run_is_quiet_and_keeps_its_log_and_events(tmp_path: Pa
     assert [event["step"] for event in steps] == [1, 2, 3, 4]
     assert all(event["step_seconds"] > 0 and event["learning_rate"] > 0 for event in steps)
     assert events[-1]["kind"] == "finished"
+
+
+def test_tensorboard_reads_the_scalars_written(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the optional extra dreamcore[tensorboard]")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = TensorBoardScalars(tmp_path / "logs")
+    for step in (1, 2):
+        scalars(Progress(step, 2, 1.0 / step, 1e-6, 0.0, None, None, 0.5))
+    scalars(Finished("completed", 2, {}))
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("train/loss")] == [(1, 1.0), (2, 0.5)]
