@@ -15,10 +15,10 @@ PEFT_FOLDER_NAME = "lora_peft"
 
 
 def lora_weights_from_models(components: ModelComponents) -> LoraWeights:
-    """The LoRA adapters on a model's UNet and text encoder (fp32 copies), with their alphas."""
+    """The LoRA adapters on a model's UNet and text encoders (fp32 copies), with their alphas."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     alphas: dict[str, float] = {}
-    for part, module in (("unet", components.unet), ("text_encoder", components.text_encoder)):
+    for part, module in (("unet", components.unet), *components.text_encoders().items()):
         if not has_lora(module):
             continue
         state = {canonical_module_path(part, k): v.float().cpu() for k, v in trainable_state_dict(module).items()}

@@ -1,7 +1,8 @@
 """LoRA files: the WebUI's kohya ``.safetensors`` and diffusers' PEFT folder, read and written atomically.
 
 Both hold the same thing, ``LoraWeights``: PEFT-named lora_A/lora_B weights of the UNet and the text
-encoder plus each module's alpha. ``convert_lora`` goes from either to the other.
+encoder(s) (SDXL: ``text_encoder`` and ``text_encoder_2``) plus each module's alpha. ``convert_lora`` goes
+from either to the other.
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ from pathlib import Path
 
 import torch
 
-from dreamcore.lora.kohya import (PEFT_A, LoraFormatError, is_kohya_state_dict, kohya_to_peft, module_ranks,
-                                  peft_to_kohya)
+from dreamcore.convert.sdxl_keys import SDXL_FAMILY
+from dreamcore.lora.kohya import (KOHYA_PREFIXES, PEFT_A, SDXL_PARTS, LoraFormatError, is_kohya_state_dict,
+                                  is_sdxl_kohya_state_dict, kohya_to_peft, module_ranks, peft_to_kohya)
 
 PEFT_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
 FAMILY_KEY = "dreamcore.family"
-# The WebUI tells SD1 from SD2 LoRAs by these kohya fields (and hides LoRAs of the other family).
-KOHYA_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2"}
+# The WebUI tells SD1, SD2 and SDXL LoRAs apart by these kohya fields (and hides LoRAs of the other families):
+# ss_base_model_version starting "sdxl_" is SDXL, else ss_v2 "True" is SD2.
+KOHYA_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2", SDXL_FAMILY: "sdxl_base_v1-0"}
 MODELSPEC_ARCHITECTURE = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
-                          "sd2-v": "stable-diffusion-v2-768-v/lora"}
+                          "sd2-v": "stable-diffusion-v2-768-v/lora", SDXL_FAMILY: "stable-diffusion-xl-v1-base/lora"}
+DIFFUSERS_PARTS = tuple(SDXL_PARTS)  # the parts' prefixes in a diffusers LoRA file: unet, text_encoder, text_encoder_2
 
 
 @dataclass
 class LoraWeights:
-    """PEFT-named LoRA weights per part ("unet", "text_encoder") and the alpha of each "<part>.<module>"."""
+    """PEFT-named LoRA weights per part ("unet", "text_encoder", SDXL's "text_encoder_2") and the alpha of each
+    "<part>.<module>"."""
 
     parts: dict[str, dict[str, torch.Tensor]]
     alphas: dict[str, float]
@@ -66,9 +71,9 @@ def kohya_metadata(weights: LoraWeights, base_model: str, trigger_words: str, ex
         "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
         "ss_network_alpha": _number(alphas.pop()) if len(alphas) == 1 else "Dynamic",
         "ss_base_model_version": KOHYA_VERSION[weights.family],
-        "ss_v2": str(weights.family != "sd1"),
+        "ss_v2": str(KOHYA_VERSION[weights.family] == "sd_v2"),
         "ss_sd_model_name": base_model,
-        "ss_network_args": json.dumps({"text_encoder": "text_encoder" in weights.parts}),
+        "ss_network_args": json.dumps({"text_encoder": any(part != "unet" for part in weights.parts)}),
         # The WebUI lists the words of ss_tag_frequency as the LoRA's trigger words.
         "ss_tag_frequency": json.dumps({"dreamcore": {w.strip(): 1 for w in trigger_words.split(",") if w.strip()}}),
         "modelspec.sai_model_spec": "1.0.0",
@@ -92,7 +97,7 @@ def write_kohya_file(path: str | Path, weights: LoraWeights, metadata: dict[str,
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: a LoRA for the WebUI is written as .safetensors; give a name ending in it")
-    state = peft_to_kohya(weights.parts, weights.alphas)
+    state = peft_to_kohya(weights.parts, weights.alphas, weights.family)
     if half:
         state = {k: v.half() if k.endswith("weight") else v.float() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,9 +136,11 @@ def write_peft_folder(folder: str | Path, weights: LoraWeights) -> Path:
 def read_lora(path: str | Path, family: str = "auto", default_family: str = "sd1") -> LoraWeights:
     """A kohya ``.safetensors`` or a diffusers/PEFT LoRA folder (or its weights file).
 
-    ``family`` ("auto", "sd1", "sd2", "sd2-v"): which model the LoRA is for; "auto" reads it from the file's
-    metadata (dreamcore's, or kohya's ss_v2), else tells SD1 from SD2 by the text encoder's width, else
-    (a UNet-only LoRA without metadata: SD1 and SD2 UNets share their layer names) takes ``default_family``.
+    ``family`` ("auto", "sd1", "sd2", "sd2-v", "sdxl"): which model the LoRA is for; "auto" reads it from the
+    file's metadata (dreamcore's, or kohya's ss_base_model_version and ss_v2), else from the keys (SDXL's two
+    text encoders or added conditioning) and shapes (SDXL's 2048-wide cross-attention, the text encoder's
+    width), else (a UNet-only LoRA without metadata: SD1 and SD2 UNets share their layer names) takes
+    ``default_family``.
     """
     from dreamcore.convert.checkpoint_files import read_state_dict
 
@@ -188,7 +195,7 @@ def looks_like_lora(path: str | Path) -> bool:
             keys = list(handle.keys())
     except SafetensorError:
         return False
-    return bool(keys) and (all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+    return bool(keys) and (all(k.startswith(KOHYA_PREFIXES) for k in keys)
                            or all(".lora_A." in k or ".lora_B." in k for k in keys))
 
 
@@ -197,9 +204,9 @@ def _read_diffusers_state(path: Path, state: dict[str, torch.Tensor], metadata: 
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         part, _, rest = key.partition(".")
-        if part not in ("unet", "text_encoder") or not (rest.endswith(PEFT_A) or rest.endswith(".lora_B.weight")):
-            raise LoraFormatError(f"{path}: {key} is neither a kohya (lora_unet_/lora_te_) nor a diffusers "
-                                  "(unet./text_encoder. ... lora_A/lora_B) LoRA key")
+        if part not in DIFFUSERS_PARTS or not (rest.endswith(PEFT_A) or rest.endswith(".lora_B.weight")):
+            raise LoraFormatError(f"{path}: {key} is neither a kohya (lora_unet_/lora_te_/lora_te1_/lora_te2_) nor "
+                                  "a diffusers (unet./text_encoder./text_encoder_2. ... lora_A/lora_B) LoRA key")
         parts.setdefault(part, {})[rest] = value
     # diffusers stores each part's LoraConfig flattened: {"unet.lora_alpha": 8, "unet.alpha_pattern": {...}}.
     configs: dict[str, dict] = {}
@@ -215,26 +222,44 @@ def _read_diffusers_state(path: Path, state: dict[str, torch.Tensor], metadata: 
             if module == pattern or module.endswith("." + pattern):
                 alpha = value
         alphas[key] = float(alpha)
+    if family is None and ("text_encoder_2" in parts or _cross_attention_width(parts.get("unet", {})) == 2048):
+        family = SDXL_FAMILY
     if family is None:
         width = _text_width(parts.get("text_encoder", {}))
         family = default_family if width is None else "sd2" if width == 1024 else "sd1"
+    if family != SDXL_FAMILY and "text_encoder_2" in parts:
+        raise LoraFormatError(f"{path}: it has text_encoder_2 weights, which only SDXL has, but the family is "
+                              f"{family}; use it with an SDXL model")
     return LoraWeights(parts, alphas, family, {k: v for k, v in metadata.items() if k != "lora_adapter_metadata"})
 
 
 def _family_from_kohya_metadata(metadata: dict[str, str]) -> str | None:
     version = metadata.get("ss_base_model_version", "")
+    if version.startswith("sdxl_base"):
+        return SDXL_FAMILY
     if version.startswith("sdxl"):
-        raise LoraFormatError("this is an SDXL LoRA; dreamcore handles SD1.x and SD2.x")
+        raise LoraFormatError(f"this is a LoRA for {version} (ss_base_model_version); dreamcore handles LoRAs of "
+                              "SDXL base models, not of the refiner")
     if metadata.get("ss_v2") in ("True", "False"):
         return "sd2" if metadata["ss_v2"] == "True" else "sd1"
     return None
 
 
 def _family_from_shapes(state: dict[str, torch.Tensor]) -> str | None:
+    if is_sdxl_kohya_state_dict(state):
+        return SDXL_FAMILY
+    # SDXL's UNet attends to both text encoders side by side: 768 + 1280 = 2048 wide
+    cross = [v for k, v in state.items() if "attn2_to_k" in k and k.endswith(".lora_down.weight")]
+    if cross and cross[0].shape[1] == 2048:
+        return SDXL_FAMILY
     text = {k: v for k, v in state.items() if k.startswith("lora_te_") and k.endswith(".lora_down.weight")}
     width = next((v.shape[1] for k, v in text.items() if "q_proj" in k), None)
     # OpenAI CLIP (SD1) is 768 wide, OpenCLIP ViT-H (SD2) 1024; a UNet-only LoRA does not say.
     return None if width is None else "sd2" if width == 1024 else "sd1"
+
+
+def _cross_attention_width(state: dict[str, torch.Tensor]) -> int | None:
+    return next((int(v.shape[1]) for k, v in state.items() if "attn2.to_k" in k and k.endswith(PEFT_A)), None)
 
 
 def _text_width(state: dict[str, torch.Tensor]) -> int | None:

@@ -32,6 +32,6 @@ def apply_lora(components, lora: str | Path, weight: float = 1.0) -> None:
                          "merge it into a model of its own family")
     pipeline = build_pipeline(components)
     # The kohya layout is the one every LoRA can be written in; diffusers reads its alphas itself.
-    pipeline.load_lora_weights(peft_to_kohya(weights.parts, weights.alphas), adapter_name="merged")
+    pipeline.load_lora_weights(peft_to_kohya(weights.parts, weights.alphas, weights.family), adapter_name="merged")
     pipeline.fuse_lora(lora_scale=weight, adapter_names=["merged"])
     pipeline.unload_lora_weights()
