@@ -15,7 +15,7 @@ export PYTHONPATH=${EXTRA_PYTHONPATH:+$EXTRA_PYTHONPATH:}/tmp/site:$PWD PYTHONUN
 # process compiled ~2,800 modules again: ~6 s of each run's start-up in run K), and compile what training imports
 # once before anything is timed.
 unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache
-[ -d /tmp/pycache ] || python3 -c 'import dreamcore.training.loop, dreamcore.models, diffusers, transformers, peft, triton
+[ -d /tmp/pycache ] || python3 -c 'import dreamcore.training.run, dreamcore.models, diffusers, transformers, peft, triton
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel, AutoencoderKL, DDPMScheduler, DDIMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 import torch._dynamo, torch._higher_order_ops.triton_kernel_wrap' 2>&1 | tail -2

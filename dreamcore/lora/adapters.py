@@ -7,7 +7,7 @@ The layers themselves are PEFT's (``add_adapter`` of diffusers' and transformers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -79,24 +79,32 @@ def split_targets(targets: tuple[str, ...], unet: torch.nn.Module,
     return unet_targets, text_targets
 
 
-def add_lora_adapters(unet: torch.nn.Module, text_encoder: torch.nn.Module | None, settings: LoraSettings,
-                      family: str, frozen_dtype: torch.dtype = torch.float32) -> dict[str, torch.nn.Module]:
-    """Freeze the models, add LoRA adapters (text encoder only when given) and return the trained modules.
+def add_lora_adapters(unet: torch.nn.Module, text_encoder: torch.nn.Module | Sequence[torch.nn.Module] | None,
+                      settings: LoraSettings, family: str,
+                      frozen_dtype: torch.dtype = torch.float32) -> dict[str, torch.nn.Module]:
+    """Freeze the models, add LoRA adapters (text encoders only when given) and return the trained modules.
 
-    Only the adapters' weights require gradients, and they stay fp32; the frozen base weights are cast to
-    ``frozen_dtype`` (fp16/bf16 under mixed precision: half the memory of the largest part of the model).
+    ``text_encoder``: the text encoder, or the model's text encoders in order (SDXL has two; all are CLIP
+    text models with the same layer names, and each gets the same targets). Only the adapters' weights
+    require gradients, and they stay fp32; the frozen base weights are cast to ``frozen_dtype`` (fp16/bf16
+    under mixed precision: half the memory of the largest part of the model).
     """
     from peft import LoraConfig
 
-    unet_targets, text_targets = split_targets(settings.target_modules, unet, text_encoder)
-    if text_encoder is not None and family != "sd1":
+    from dreamcore.components import TEXT_ENCODER_NAMES
+
+    text_encoders = [] if text_encoder is None else \
+        [text_encoder] if isinstance(text_encoder, torch.nn.Module) else list(text_encoder)
+    first_text_encoder = text_encoders[0] if text_encoders else None
+    unet_targets, text_targets = split_targets(settings.target_modules, unet, first_text_encoder)
+    if first_text_encoder is not None and family != "sd1":  # SD2's and SDXL's (second) encoder are OpenCLIP
         _check_sd2_text_targets(text_targets)
     trained = {"unet": unet}
     modules = [(unet, unet_targets)]
-    if text_encoder is not None:
-        trained["text_encoder"] = text_encoder
+    for name, encoder in zip(TEXT_ENCODER_NAMES, text_encoders):
+        trained[name] = encoder
         if text_targets:
-            modules.append((text_encoder, text_targets))
+            modules.append((encoder, text_targets))
         else:
             raise LoraSetupError("lora_target_modules: none of the names is in the text encoder, which is trained "
                                  f"(train_text_encoder); add {', '.join(DEFAULT_TEXT_TARGETS)} or freeze it.")

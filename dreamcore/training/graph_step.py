@@ -35,7 +35,7 @@ import torch
 
 from dreamcore.config import TrainConfig
 from dreamcore.training.fast_step import FastTrainer
-from dreamcore.training.loop import StepBatch
+from dreamcore.training.trainer import StepBatch
 
 EAGER_STEPS = 3  # eager steps before recording (PyTorch's examples warm up with 3)
 OLDEST_TORCH = (2, 4)  # fused AdamW recorded with a tensor lr that LR schedulers refill in place
@@ -127,14 +127,14 @@ class GraphTrainer(FastTrainer):
         else:  # clipping and AdamW ran inside the replayed graph; only the schedule moves, on the host
             self.lr_scheduler.step()
 
-    def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
-        if final and self.graph is not None:
+    def release_step_memory(self) -> None:
+        if self.graph is not None:
             # No step follows: give back the graph's memory pool (its gradients go with the optimizer's
             # state in the base class) before the export samples.
             self.graph.reset()
             self.graph = None
             self.recorded_inputs = self.recorded_loss = self.recorded_prior_loss = None
-        return super().save_checkpoint(step, final)
+        super().release_step_memory()
 
     def _record(self, batch: StepBatch) -> None:
         """Record forward, backward, clipping and the AdamW step on ``batch``'s tensors (the graph's inputs)."""
@@ -169,8 +169,11 @@ class GraphTrainer(FastTrainer):
         if batch.with_prior != recorded.with_prior:
             raise RuntimeError("cuda_graph: a batch without class images after one with them; the recorded "
                                "step cannot change its shape")
-        for name in ("latent_distribution", "sample_noise", "noise", "timesteps", "encoder_input"):
-            target, source = getattr(recorded, name), getattr(batch, name)
+        pairs = [(name, getattr(recorded, name), getattr(batch, name))
+                 for name in ("latent_distribution", "sample_noise", "noise", "timesteps")]
+        pairs += [(f"encoder_input[{i}]", target, source)
+                  for i, (target, source) in enumerate(zip(recorded.encoder_input, batch.encoder_input))]
+        for name, target, source in pairs:
             if target.shape != source.shape:
                 raise RuntimeError(f"cuda_graph: {name} has shape {tuple(source.shape)} but the step was "
                                    f"recorded with {tuple(target.shape)}")

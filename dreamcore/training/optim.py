@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import torch
 
+from dreamcore.components import TEXT_ENCODER_NAMES
 from dreamcore.config import TOKEN_EMBEDDING_LR_RATIO, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ def eight_bit_adam_problem(device: torch.device) -> str | None:
 
 
 TEXT_ENCODER_GROUP = "text_encoder"  # the "name" of the text encoder's parameter group
+TEXT_ENCODER_GROUPS = TEXT_ENCODER_NAMES  # every text encoder's group (SDXL has two) is named after its field
 TOKEN_EMBEDDING_GROUP = "token_embedding"  # the rare tokens' embedding rows (train_token_embedding)
 
 
@@ -41,7 +44,7 @@ def parameter_groups(config: TrainConfig, modules: dict[str, torch.nn.Module],
         weights = [p for p in module.parameters() if p.requires_grad]
         rows_only = [p for p in weights if hasattr(p, "trained_rows")]
         group: dict[str, Any] = {"params": [p for p in weights if not hasattr(p, "trained_rows")], "name": name}
-        if name == TEXT_ENCODER_GROUP and config.text_encoder_lr is not None:
+        if name in TEXT_ENCODER_GROUPS and config.text_encoder_lr is not None:
             group["lr"] = config.text_encoder_lr * scale
         if group["params"]:
             groups.append(group)
@@ -53,22 +56,20 @@ def parameter_groups(config: TrainConfig, modules: dict[str, torch.nn.Module],
     return groups
 
 
-def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter] | list[dict[str, Any]],
-                    device: torch.device, warn) -> torch.optim.Optimizer:
-    """AdamW, 8-bit from bitsandbytes when asked for and possible (else plain AdamW, with one warning).
-    ``parameters``: the weights, or parameter groups (``parameter_groups``)."""
-    kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-    parameters = list(parameters)
-    if config.optimizer_in_backward:
-        return _in_backward_adamw(config, parameters, device, warn)
-    if config.use_8bit_adam:
-        problem = eight_bit_adam_problem(device)
-        if problem is None:
-            import bitsandbytes
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer dreamcore can train with, by name, and what the trainer must know of it."""
 
-            return bitsandbytes.optim.AdamW8bit(parameters, **kwargs)
-        warn(f"use_8bit_adam: {problem}. Using standard AdamW instead (same maths, more memory).")
+    name: str
+    build: Callable[[TrainConfig, list, torch.device, Callable[[str], None]], torch.optim.Optimizer]
+    # Each weight is updated as soon as backward has produced its gradient (hooks on the weights), so no
+    # whole gradient is kept: the trainer then averages gradients across processes inside backward too.
+    updates_in_backward: bool = False
+
+
+def _adamw(config: TrainConfig, parameters: list, device: torch.device, warn) -> torch.optim.Optimizer:
+    """PyTorch's AdamW in the form the step executor wants (recordable, fused or foreach)."""
+    kwargs = _adam_arguments(config)
     if config.cuda_graph and device.type == "cuda":
         # Recordable: the step count and the learning rate live on the GPU (the schedule fills the lr tensor
         # in place), so the replayed step reads this step's values instead of the recorded ones.
@@ -78,6 +79,22 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter
         # One fused kernel per dtype group instead of a dozen foreach launches a step (fast path only).
         return torch.optim.AdamW(parameters, fused=True, **kwargs)
     return torch.optim.AdamW(parameters, foreach=device.type == "cuda", **kwargs)
+
+
+def _adamw_8bit(config: TrainConfig, parameters: list, device: torch.device, warn) -> torch.optim.Optimizer:
+    """bitsandbytes' 8-bit AdamW where it can run; elsewhere plain AdamW, with one warning."""
+    problem = eight_bit_adam_problem(device)
+    if problem is None:
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(parameters, **_adam_arguments(config))
+    warn(f"use_8bit_adam: {problem}. Using standard AdamW instead (same maths, more memory).")
+    return _adamw(config, parameters, device, warn)
+
+
+def _adam_arguments(config: TrainConfig) -> dict[str, Any]:
+    return dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
 
 
 def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter],
@@ -109,6 +126,33 @@ def _in_backward_adamw(config: TrainConfig, parameters: list[torch.nn.Parameter]
                            hold_gradients=clipping and not several)
 
 
+OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
+    OptimizerSpec("adamw", _adamw),
+    OptimizerSpec("adamw_8bit", _adamw_8bit),
+    OptimizerSpec("adamw_in_backward", _in_backward_adamw, updates_in_backward=True),
+)}
+
+
+def optimizer_name(config: TrainConfig) -> str:
+    """The optimizer a config's settings name (optimizer_in_backward, use_8bit_adam): the one place they are read."""
+    if config.optimizer_in_backward:
+        return "adamw_in_backward"
+    if config.use_8bit_adam:
+        return "adamw_8bit"
+    return "adamw"
+
+
+def optimizer_spec(config: TrainConfig) -> OptimizerSpec:
+    return OPTIMIZERS[optimizer_name(config)]
+
+
+def build_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter] | list[dict[str, Any]],
+                    device: torch.device, warn) -> torch.optim.Optimizer:
+    """The optimizer the config names (``optimizer_name``), built for ``parameters``: the weights, or parameter
+    groups (``parameter_groups``). ``warn`` receives a line where the optimizer runs otherwise than asked."""
+    return optimizer_spec(config).build(config, list(parameters), device, warn)
+
+
 def _lr_on_device(parameters: list, device: torch.device) -> list:
     """Parameter groups with a learning rate of their own get it as a device tensor, as a recorded step needs."""
     return [{**group, "lr": torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)}
@@ -133,7 +177,7 @@ def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, to
     # diffusers' schedules are LambdaLR, one factor function per group: the text encoder's is gated.
     factors = list(schedule.lr_lambdas)
     for index, group in enumerate(optimizer.param_groups):
-        if group.get("name") == TEXT_ENCODER_GROUP:
+        if group.get("name") in TEXT_ENCODER_GROUPS:
             # a partial, not a closure: a saved schedule then holds its (empty) attributes and no code
             factors[index] = functools.partial(_factor_until, factor=factors[index], last=last)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)

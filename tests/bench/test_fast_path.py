@@ -196,9 +196,9 @@ def test_a_compiled_unet_trains_as_the_plain_one(tiny_inputs, tmp_path: Path, mo
     from accelerate.state import AcceleratorState
 
     from dreamcore.presets import MEMORY_PRESETS
-    from dreamcore.training import fast_step
+    from dreamcore.training import compiling
 
-    monkeypatch.setattr(fast_step, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", "aot_eager")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
     model, photos = tiny_inputs
@@ -228,7 +228,7 @@ def test_compiling_the_text_encoder_needs_it_trained() -> None:
 
 def test_compiled_kernels_are_kept_in_dreamcores_cache_unless_the_user_chose_a_folder(tmp_path: Path,
                                                                                        monkeypatch) -> None:
-    from dreamcore.training.fast_step import keep_compiled_kernels
+    from dreamcore.training.compiling import keep_compiled_kernels
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # unset (monkeypatch restores the real value after)
@@ -424,7 +424,7 @@ def test_8gb_preset_resumes_to_the_same_weights(tiny_inputs, tmp_path: Path) -> 
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_fast_step_lays_the_unet_out_as_channels_last_says(channels_last: bool) -> None:
     from dreamcore.tiny import build_components, tiny_component_configs
-    from dreamcore.training.fast_step import apply_memory_layout
+    from dreamcore.training.memory_layout import apply_memory_layout
 
     models = build_components(tiny_component_configs("sd1"), "sd1")
     config = TrainConfig(fast_step=True, channels_last=channels_last, memory_preset="none")

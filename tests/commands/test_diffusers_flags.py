@@ -10,7 +10,8 @@ import torch
 
 from dreamcore.commands.demo import make_demo_photos
 from dreamcore.training import train
-from dreamcore.training.loop import load_models, prompt_attention_mask
+from dreamcore.training.run import load_models
+from dreamcore.training.trainer import prompt_attention_mask
 from tests.training.tiny_runs import tiny_config
 
 

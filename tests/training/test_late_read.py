@@ -9,7 +9,7 @@ import torch
 
 from dreamcore.training import train
 from dreamcore.training.late_read import LateValues
-from dreamcore.training.loop import Trainer
+from dreamcore.training.trainer import Trainer
 
 from tiny_runs import tiny_config
 

@@ -15,7 +15,7 @@ from dreamcore import TrainConfig
 from dreamcore.config import TOKEN_EMBEDDING_LR_RATIO, Concept, ConfigError
 from dreamcore.models import load_base_model
 from dreamcore.training import TrainingError, compute_loss, train
-from dreamcore.training.loop import Trainer, min_snr_weights
+from dreamcore.training.trainer import Trainer, min_snr_weights
 from dreamcore.training.optim import (TEXT_ENCODER_GROUP, TOKEN_EMBEDDING_GROUP, build_lr_scheduler,
                                       parameter_groups)
 from dreamcore.training.tokens import identifier_token_ids, train_only_rows
