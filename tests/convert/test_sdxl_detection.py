@@ -107,3 +107,26 @@ def test_sd_components_are_not_written_as_sdxl() -> None:
     sd1 = build_tiny_model("sd1")
     with pytest.raises(ValueError, match="needs an SDXL model"):
         components_to_sdxl_single_file(sd1)
+
+
+def test_full_size_layout_is_what_diffusers_calls_sdxl_base() -> None:
+    """The published architecture's keys (shapes only, no weights): diffusers' own detection calls them SDXL
+    base, and every key comes back to its component."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    from dreamcore.convert.modules import empty_text_encoder, empty_unet, empty_vae, text_encoder_state_dict
+    from dreamcore.convert.sdxl_layout import split_sdxl_single_file_layout, to_sdxl_single_file_layout
+    from dreamcore.convert.sdxl_single_file import (empty_projection_text_encoder, projection_text_encoder_state_dict,
+                                                    published_sdxl_configs)
+
+    configs = published_sdxl_configs()
+    unet, vae = empty_unet(configs["unet"]), empty_vae(configs["vae"])
+    text_2 = projection_text_encoder_state_dict(empty_projection_text_encoder(configs["text_encoder_2"]))
+    state = to_sdxl_single_file_layout(unet.state_dict(), vae.state_dict(),
+                                       text_encoder_state_dict(empty_text_encoder(configs["text_encoder"])), text_2,
+                                       configs["unet"], configs["vae"], text_layers_2=32)
+    assert infer_diffusers_model_type(state) == "xl_base"
+    assert state["conditioner.embedders.1.model.text_projection"].shape == (1280, 1280)
+    assert state["model.diffusion_model.label_emb.0.0.weight"].shape == (1280, 2816)
+    split = split_sdxl_single_file_layout(state, configs["unet"], configs["vae"], text_layers_2=32)
+    assert split.unet.keys() == unet.state_dict().keys() and split.text_encoder_2.keys() == text_2.keys()
