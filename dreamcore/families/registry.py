@@ -12,10 +12,11 @@ from typing import Any, Mapping
 from dreamcore.families.base import ModelFamily
 from dreamcore.families.sd1 import SD1
 from dreamcore.families.sd2 import SD2, SD2_V
+from dreamcore.families.sdxl import SDXL
 
 AUTO = "auto"  # detect the family from the model itself
 # In detection order: the most specific first (an SD2-v folder would otherwise pass for SD2).
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (SD1, SD2, SD2_V)}
+FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (SD1, SD2, SD2_V, SDXL)}
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 FAMILY_CHOICES: tuple[str, ...] = (AUTO, *FAMILY_NAMES)
 DEFAULT_FAMILY = SD1  # what a model that says nothing about itself is taken for (tiny test models, bare LoRAs)
