@@ -54,7 +54,8 @@ def kohya_parts(family: str) -> dict[str, str]:
 
 def kohya_name(part: str, module_path: str, family: str = "sd1") -> str:
     """``("unet", "down_blocks.0.attentions.0.proj_in")`` -> ``"lora_unet_down_blocks_0_attentions_0_proj_in"``;
-    an SDXL UNet module gets its LDM name (``lora_unet_input_blocks_1_1_proj_in``)."""
+    an SDXL UNet module gets its LDM name (``down_blocks.1.attentions.0.proj_in`` ->
+    ``lora_unet_input_blocks_4_1_proj_in``)."""
     prefixes = kohya_parts(family)
     if part not in prefixes:
         raise LoraFormatError(f"a {family} model has no {part}; its LoRA parts are {', '.join(prefixes)}")
