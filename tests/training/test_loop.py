@@ -32,7 +32,7 @@ def test_prior_loss_is_computed_on_the_class_half() -> None:
 
 def test_class_images_come_from_modules_cast_as_training_will_hold_them() -> None:
     from dreamcore.presets import MEMORY_PRESETS, preset_overrides
-    from dreamcore.training.loop import low_precision_modules
+    from dreamcore.training.run import low_precision_modules
 
     lora = TrainConfig(**preset_overrides("lora-5GB"))
     assert low_precision_modules(lora, torch.float16) == {"unet": torch.float16, "text_encoder": torch.float16}
@@ -134,7 +134,7 @@ def test_resume_of_an_in_backward_run_reaches_the_same_weights(tiny_model_dir: P
 
 
 def test_nan_loss_stops_with_a_cause(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
-    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", learning_rate=1e30, max_train_steps=30,
+    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", learning_rate=1.0, max_train_steps=30,
                          max_grad_norm=0.0)
     with pytest.raises(TrainingError, match="loss became"):
         train(config)
@@ -158,7 +158,12 @@ def test_outputs_and_events(tiny_model_dir: Path, photo_dir: Path, tmp_path: Pat
     saved = TrainConfig.load(tmp_path / "out" / "train_config.json")
     assert saved.max_train_steps == 4 and saved == config
     progress = [e for e in events if e.kind == "progress"]
-    assert all(math.isfinite(e.loss) and e.steps_per_second > 0 for e in progress)
+    assert all(math.isfinite(e.loss) and e.step_seconds > 0 for e in progress)
+    # no rate from the warm-up steps, then one of training steps alone
+    assert [e.eta_seconds is None for e in progress] == [True, True, False, False]
+    assert progress[2].steps_per_second > 0 and progress[3].eta_seconds == 0
+    saving = [e.detail for e in events if e.kind == "stage" and e.name == "saving"]
+    assert saving == ["step 2: state, samples, checkpoint"]  # named while training pauses for it
 
 
 def test_augmented_photos_load_the_same_with_loader_workers(tiny_model_dir: Path, photo_dir: Path,
