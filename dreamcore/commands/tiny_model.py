@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "Write a tiny model with SD's block layout (random weights, real tokenizer) for tests and the demo."
+from dreamcore.families.registry import FAMILY_NAMES
+
+HELP = "Write a tiny model with SD's or SDXL's block layout (random weights, real tokenizer) for tests and the demo."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="Output folder (diffusers) or file/folder for a single file.")
     parser.add_argument("--format", choices=("diffusers", "safetensors", "ckpt"), default=None,
                         help="diffusers (default) or a single file; --webui: safetensors (default) or ckpt")
-    parser.add_argument("--family", choices=("sd1", "sd2", "sd2-v"), default="sd1")
+    parser.add_argument("--family", choices=FAMILY_NAMES, default="sd1",
+                        help="the model family whose layout the tiny model has (sdxl: two text encoders)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--webui", action="store_true",
                         help="an SD1 model AUTOMATIC1111, Forge and SD.Next load: a single file with its .yaml "
