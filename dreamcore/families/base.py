@@ -53,6 +53,23 @@ class ModelFamily:
     text_encoder_classes: tuple[str, ...] = ("CLIPTextModel",)  # transformers classes, same order
     pipeline_class: str = "StableDiffusionPipeline"  # diffusers' pipeline for sampling and saving
     text_encoder_label: str = "OpenAI CLIP"  # what its text encoders are, for messages
+    text_encoder_widths: tuple[int, ...] = (768,)  # hidden size of each text encoder, in order
+    # its single files hold a text encoder's q, k, v fused (OpenCLIP's in_proj), so a WebUI applies a
+    # text-encoder LoRA to them only when all of them have one
+    fuses_text_attention: bool = False
+    kohya_version: str = ""  # the ss_base_model_version kohya LoRAs of this family carry ("sd_v1")
+    modelspec_architecture: str = ""  # ModelSpec's name of its models ("stable-diffusion-v1"); LoRAs add "/lora"
+
+    @property
+    def cross_attention_width(self) -> int:
+        """The width of the UNet's text conditioning: the text encoders' hidden states side by side."""
+        return sum(self.text_encoder_widths)
+
+    @property
+    def needs_original_config(self) -> bool:
+        """True when the WebUIs cannot tell the model from its keys alone and need its .yaml beside the file
+        (a v-prediction UNet has the same weights' layout as an epsilon one)."""
+        return self.prediction_type != "epsilon"
 
     # --- loading ---------------------------------------------------------------------------------
     def recognises_folder(self, model_index: Mapping[str, Any], text_encoder_config: Mapping[str, Any],

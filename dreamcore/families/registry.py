@@ -1,13 +1,15 @@
 """Every model family dreamcore knows, by name, and how a model is told to be of one.
 
 The rest of dreamcore asks here instead of naming families: ``get_family(name)``, ``FAMILY_NAMES`` (the
-choices of the CLI and the tab), ``family_of_folder`` (a diffusers folder) and ``family_of_key_layout``
-(a single file, whose key tables dreamcore/convert reads).
+choices of the CLI and the tab), ``family_of_folder`` (a diffusers folder), ``family_of_key_layout``
+(a single file, whose key tables dreamcore/convert reads) and the ``family_of_*`` look-ups of LoRA files.
+``register_family`` adds one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Sequence
+from typing import Any, Iterator, Mapping, overload
 
 from dreamcore.families.base import ModelFamily
 from dreamcore.families.sd1 import SD1
@@ -17,13 +19,55 @@ from dreamcore.families.sdxl import SDXL
 AUTO = "auto"  # detect the family from the model itself
 # In detection order: the most specific first (an SD2-v folder would otherwise pass for SD2).
 FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (SD1, SD2, SD2_V, SDXL)}
-FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
-FAMILY_CHOICES: tuple[str, ...] = (AUTO, *FAMILY_NAMES)
 DEFAULT_FAMILY = SD1  # what a model that says nothing about itself is taken for (tiny test models, bare LoRAs)
 
 
 class UnknownFamilyError(ValueError):
     """A family name dreamcore does not know."""
+
+
+class FamilyNames(Sequence):
+    """The registered families' names (after ``leading`` ones such as "auto"), read at each use, so that the
+    choices taken by the settings, the CLI and the tab at import include a family registered later."""
+
+    def __init__(self, *leading: str) -> None:
+        self._leading = leading
+
+    def _names(self) -> tuple[str, ...]:
+        return (*self._leading, *FAMILIES)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and self._names() == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+FAMILY_NAMES = FamilyNames()
+FAMILY_CHOICES = FamilyNames(AUTO)
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Add ``family`` to the registry (after the built-in ones in detection order); its name must be new."""
+    if family.name in FAMILIES or family.name == AUTO:
+        raise ValueError(f"model family {family.name!r} is registered already; give the new family another name")
+    FAMILIES[family.name] = family
+    return family
 
 
 def get_family(name: str) -> ModelFamily:
@@ -62,3 +106,19 @@ def key_layout_probes() -> dict[str, str]:
     for family in FAMILIES.values():
         probes.setdefault(family.key_layout, family.single_file_probe)
     return probes
+
+
+def family_of_kohya_version(version: str) -> ModelFamily | None:
+    """The first family whose LoRAs carry this kohya ``ss_base_model_version`` (SD2's epsilon model for
+    "sd_v2", which SD2-v shares); None when none does."""
+    return next((family for family in FAMILIES.values() if family.kohya_version == version), None)
+
+
+def family_of_text_width(width: int) -> ModelFamily | None:
+    """The first family whose first text encoder is ``width`` wide (OpenAI CLIP 768: SD1), or None."""
+    return next((family for family in FAMILIES.values() if family.text_encoder_widths[0] == width), None)
+
+
+def family_of_cross_attention_width(width: int) -> ModelFamily | None:
+    """The first family whose UNet attends to text ``width`` wide (SDXL: 768 + 1280), or None."""
+    return next((family for family in FAMILIES.values() if family.cross_attention_width == width), None)

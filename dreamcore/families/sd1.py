@@ -16,4 +16,5 @@ class SD1Family(ModelFamily):
 
 SD1 = SD1Family(name="sd1", label="SD1.x", webui_version="SD1", key_layout="sd1", assets_name="sd1",
                 prediction_type="epsilon", default_resolution=512, pad_tokens=("<|endoftext|>",),
-                single_file_probe="cond_stage_model.transformer.text_model.embeddings.token_embedding.weight")
+                single_file_probe="cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+                kohya_version="sd_v1", modelspec_architecture="stable-diffusion-v1")

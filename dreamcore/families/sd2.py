@@ -19,7 +19,9 @@ class SD2Family(ModelFamily):
 _PROBE = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"  # OpenCLIP
 SD2 = SD2Family(name="sd2", label="SD2.x", webui_version="SD2", key_layout="sd2", assets_name="sd2",
                 prediction_type="epsilon", default_resolution=512, pad_tokens=("!",),
-                single_file_probe=_PROBE, text_encoder_label="OpenCLIP")
+                single_file_probe=_PROBE, text_encoder_label="OpenCLIP", text_encoder_widths=(1024,),
+                fuses_text_attention=True, kohya_version="sd_v2", modelspec_architecture="stable-diffusion-v2-512")
 SD2_V = SD2Family(name="sd2-v", label="SD2.x 768-v", webui_version="SD2", key_layout="sd2", assets_name="sd2-v",
                   prediction_type="v_prediction", default_resolution=768, pad_tokens=("!",),
-                  single_file_probe=_PROBE, text_encoder_label="OpenCLIP")
+                  single_file_probe=_PROBE, text_encoder_label="OpenCLIP", text_encoder_widths=(1024,),
+                fuses_text_attention=True, kohya_version="sd_v2", modelspec_architecture="stable-diffusion-v2-512")

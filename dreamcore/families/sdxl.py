@@ -61,4 +61,6 @@ SDXL = SDXLFamily(name="sdxl", label="SDXL", webui_version="SDXL", key_layout="s
                   single_file_probe="conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight",
                   text_encoder_names=("text_encoder", "text_encoder_2"), tokenizer_names=("tokenizer", "tokenizer_2"),
                   text_encoder_classes=("CLIPTextModel", "CLIPTextModelWithProjection"),
-                  pipeline_class="StableDiffusionXLPipeline", text_encoder_label="OpenAI CLIP + OpenCLIP")
+                  pipeline_class="StableDiffusionXLPipeline", text_encoder_label="OpenAI CLIP + OpenCLIP",
+                  text_encoder_widths=(768, 1280), fuses_text_attention=True, kohya_version="sdxl_base_v1-0",
+                  modelspec_architecture="stable-diffusion-xl-v1-base")
