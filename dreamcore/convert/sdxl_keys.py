@@ -25,8 +25,9 @@ from dreamcore.convert.errors import ModelLoadError
 from dreamcore.convert.key_table import KeyTable, ModuleEntry
 from dreamcore.convert.text_keys import POSITION_IDS, openclip_key_table
 from dreamcore.convert.unet_keys import UNET_PREFIX, unet_key_table
+from dreamcore.families.sdxl import SDXL
 
-SDXL_FAMILY = "sdxl"  # the family name of SDXL base models in ModelComponents, file metadata and LoRAs
+SDXL_FAMILY = SDXL.name  # the family name of SDXL base models in ModelComponents, file metadata and LoRAs
 SDXL_PREFIX = "conditioner.embedders."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 OPENCLIP_G_PREFIX = "conditioner.embedders.1.model."

@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import torch
 
+from dreamcore.families.registry import get_family
+
 # The attention projections (what diffusers' train_dreambooth_lora.py trains) and the transformer blocks' other
 # linear layers, as kohya's default SD1/SD2 LoRA: in the quality lab LoRA on the attention alone bound a face
 # poorly at any learning rate (BENCHMARKS.md, "Quality").
@@ -97,7 +99,7 @@ def add_lora_adapters(unet: torch.nn.Module, text_encoder: torch.nn.Module | Seq
         [text_encoder] if isinstance(text_encoder, torch.nn.Module) else list(text_encoder)
     first_text_encoder = text_encoders[0] if text_encoders else None
     unet_targets, text_targets = split_targets(settings.target_modules, unet, first_text_encoder)
-    if first_text_encoder is not None and family != "sd1":  # SD2's and SDXL's (second) encoder are OpenCLIP
+    if first_text_encoder is not None and get_family(family).fuses_text_attention:
         _check_sd2_text_targets(text_targets)
     trained = {"unet": unet}
     modules = [(unet, unet_targets)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dreamcore.families.registry import AUTO, FAMILY_CHOICES
+
 HELP = "Bake a LoRA (WebUI .safetensors or diffusers LoRA folder) into a base model, written as one single file."
 
 
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="strength of the LoRA, as in <lora:name:W> (default: 1.0)")
     parser.add_argument("--full-precision", action="store_true",
                         help="write fp32 weights (default: fp16, half the size, as the WebUI uses them)")
-    parser.add_argument("--family", choices=("auto", "sd1", "sd2", "sd2-v"), default="auto",
+    parser.add_argument("--family", choices=FAMILY_CHOICES, default=AUTO,
                         help="base model type; 'auto' detects it")
 
 

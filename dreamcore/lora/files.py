@@ -15,16 +15,17 @@ from pathlib import Path
 import torch
 
 from dreamcore.convert.sdxl_keys import SDXL_FAMILY
+from dreamcore.families.registry import (AUTO, DEFAULT_FAMILY, FAMILIES, family_of_cross_attention_width,
+                                         family_of_kohya_version, family_of_text_width, get_family)
 from dreamcore.lora.kohya import (KOHYA_PREFIXES, PEFT_A, SDXL_PARTS, LoraFormatError, is_kohya_state_dict,
                                   is_sdxl_kohya_state_dict, kohya_to_peft, module_ranks, peft_to_kohya)
 
 PEFT_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
 FAMILY_KEY = "dreamcore.family"
-# The WebUI tells SD1, SD2 and SDXL LoRAs apart by these kohya fields (and hides LoRAs of the other families):
-# ss_base_model_version starting "sdxl_" is SDXL, else ss_v2 "True" is SD2.
-KOHYA_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2", SDXL_FAMILY: "sdxl_base_v1-0"}
-MODELSPEC_ARCHITECTURE = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
-                          "sd2-v": "stable-diffusion-v2-768-v/lora", SDXL_FAMILY: "stable-diffusion-xl-v1-base/lora"}
+# The WebUI tells SD1, SD2 and SDXL LoRAs apart by kohya's fields (and hides LoRAs of the other families):
+# ss_base_model_version starting "sdxl_" is SDXL, else ss_v2 "True" is SD2 (ModelFamily.kohya_version).
+SD2_KOHYA_VERSION = "sd_v2"
+SD1_KOHYA_VERSION = "sd_v1"
 DIFFUSERS_PARTS = tuple(SDXL_PARTS)  # the parts' prefixes in a diffusers LoRA file: unet, text_encoder, text_encoder_2
 
 
@@ -66,18 +67,19 @@ def kohya_metadata(weights: LoraWeights, base_model: str, trigger_words: str, ex
     """The ``__metadata__`` the WebUI's Lora cards show (kohya ``ss_*`` and ModelSpec names) plus ours."""
     ranks = set(weights.ranks().values())
     alphas = set(weights.alphas.values())
+    family = get_family(weights.family)
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
         "ss_network_alpha": _number(alphas.pop()) if len(alphas) == 1 else "Dynamic",
-        "ss_base_model_version": KOHYA_VERSION[weights.family],
-        "ss_v2": str(KOHYA_VERSION[weights.family] == "sd_v2"),
+        "ss_base_model_version": family.kohya_version,
+        "ss_v2": str(family.kohya_version == SD2_KOHYA_VERSION),
         "ss_sd_model_name": base_model,
         "ss_network_args": json.dumps({"text_encoder": any(part != "unet" for part in weights.parts)}),
         # The WebUI lists the words of ss_tag_frequency as the LoRA's trigger words.
         "ss_tag_frequency": json.dumps({"dreamcore": {w.strip(): 1 for w in trigger_words.split(",") if w.strip()}}),
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": MODELSPEC_ARCHITECTURE[weights.family],
+        "modelspec.architecture": family.modelspec_architecture + "/lora",
         "modelspec.implementation": "https://github.com/huggingface/diffusers",
         "modelspec.title": base_model,
         "modelspec.trigger_phrase": trigger_words,
@@ -133,10 +135,10 @@ def write_peft_folder(folder: str | Path, weights: LoraWeights) -> Path:
     return folder
 
 
-def read_lora(path: str | Path, family: str = "auto", default_family: str = "sd1") -> LoraWeights:
+def read_lora(path: str | Path, family: str = AUTO, default_family: str = DEFAULT_FAMILY.name) -> LoraWeights:
     """A kohya ``.safetensors`` or a diffusers/PEFT LoRA folder (or its weights file).
 
-    ``family`` ("auto", "sd1", "sd2", "sd2-v", "sdxl"): which model the LoRA is for; "auto" reads it from the
+    ``family`` ("auto" or a registered family's name): which model the LoRA is for; "auto" reads it from the
     file's metadata (dreamcore's, or kohya's ss_base_model_version and ss_v2), else from the keys (SDXL's two
     text encoders or added conditioning) and shapes (SDXL's 2048-wide cross-attention, the text encoder's
     width), else (a UNet-only LoRA without metadata: SD1 and SD2 UNets share their layer names) takes
@@ -154,7 +156,7 @@ def read_lora(path: str | Path, family: str = "auto", default_family: str = "sd1
             sidecar = json.loads((path / "dreamcore_lora.json").read_text(encoding="utf-8"))
         path = path / PEFT_WEIGHTS_FILE
     state, metadata = read_state_dict(path)
-    chosen = family if family != "auto" else (metadata.get(FAMILY_KEY) or sidecar.get("family")
+    chosen = family if family != AUTO else (metadata.get(FAMILY_KEY) or sidecar.get("family")
                                               or _family_from_kohya_metadata(metadata))
     if is_kohya_state_dict(state):
         if chosen is None:
@@ -167,7 +169,7 @@ def read_lora(path: str | Path, family: str = "auto", default_family: str = "sd1
     return _read_diffusers_state(path, state, metadata, chosen, default_family)
 
 
-def convert_lora(src: str | Path, dst: str | Path, family: str = "auto", half: bool = True) -> Path:
+def convert_lora(src: str | Path, dst: str | Path, family: str = AUTO, half: bool = True) -> Path:
     """kohya file -> diffusers/PEFT folder, or folder (or kohya file) -> kohya file, by DST: a ``.safetensors``
     name writes the WebUI's file, anything else a folder."""
     weights = read_lora(src, family)
@@ -222,40 +224,53 @@ def _read_diffusers_state(path: Path, state: dict[str, torch.Tensor], metadata: 
             if module == pattern or module.endswith("." + pattern):
                 alpha = value
         alphas[key] = float(alpha)
-    if family is None and ("text_encoder_2" in parts or _cross_attention_width(parts.get("unet", {})) == 2048):
-        family = SDXL_FAMILY
     if family is None:
-        width = _text_width(parts.get("text_encoder", {}))
-        family = default_family if width is None else "sd2" if width == 1024 else "sd1"
-    if family != SDXL_FAMILY and "text_encoder_2" in parts:
-        raise LoraFormatError(f"{path}: it has text_encoder_2 weights, which only SDXL has, but the family is "
-                              f"{family}; use it with an SDXL model")
+        family = _family_from_widths(_cross_attention_width(parts.get("unet", {})),
+                                     _text_width(parts.get("text_encoder", {})), set(parts) - {"unet"},
+                                     default_family)
+    unknown_parts = sorted(set(parts) - {"unet", *get_family(family).text_encoder_names})
+    if unknown_parts:
+        raise LoraFormatError(f"{path}: it has {', '.join(unknown_parts)} weights, which a {family} model does not "
+                              "have; use it with the model it was trained for")
     return LoraWeights(parts, alphas, family, {k: v for k, v in metadata.items() if k != "lora_adapter_metadata"})
 
 
 def _family_from_kohya_metadata(metadata: dict[str, str]) -> str | None:
     version = metadata.get("ss_base_model_version", "")
-    if version.startswith("sdxl_base"):
-        return SDXL_FAMILY
-    if version.startswith("sdxl"):
+    family = family_of_kohya_version(version) if version else None
+    if family is not None:
+        return family.name
+    if version.startswith("sdxl_"):
         raise LoraFormatError(f"this is a LoRA for {version} (ss_base_model_version); dreamcore handles LoRAs of "
                               "SDXL base models, not of the refiner")
     if metadata.get("ss_v2") in ("True", "False"):
-        return "sd2" if metadata["ss_v2"] == "True" else "sd1"
+        by_v2 = family_of_kohya_version(SD2_KOHYA_VERSION if metadata["ss_v2"] == "True" else SD1_KOHYA_VERSION)
+        return None if by_v2 is None else by_v2.name
     return None
 
 
 def _family_from_shapes(state: dict[str, torch.Tensor]) -> str | None:
     if is_sdxl_kohya_state_dict(state):
         return SDXL_FAMILY
-    # SDXL's UNet attends to both text encoders side by side: 768 + 1280 = 2048 wide
     cross = [v for k, v in state.items() if "attn2_to_k" in k and k.endswith(".lora_down.weight")]
-    if cross and cross[0].shape[1] == 2048:
-        return SDXL_FAMILY
     text = {k: v for k, v in state.items() if k.startswith("lora_te_") and k.endswith(".lora_down.weight")}
-    width = next((v.shape[1] for k, v in text.items() if "q_proj" in k), None)
-    # OpenAI CLIP (SD1) is 768 wide, OpenCLIP ViT-H (SD2) 1024; a UNet-only LoRA does not say.
-    return None if width is None else "sd2" if width == 1024 else "sd1"
+    text_width = next((int(v.shape[1]) for k, v in text.items() if "q_proj" in k), None)
+    return _family_from_widths(int(cross[0].shape[1]) if cross else None, text_width, set(), None)
+
+
+def _family_from_widths(cross_width: int | None, text_width: int | None, text_parts: set[str],
+                        default_family: str | None) -> str | None:
+    """The family told by the text encoders a LoRA has (only SDXL has a text_encoder_2), else by the width its
+    UNet attends to text (SD1 768, SD2 1024, SDXL 768 + 1280 = 2048), else by its text encoder's width (OpenAI
+    CLIP 768: SD1, OpenCLIP ViT-H 1024: SD2); a UNet-only LoRA whose modules show neither says nothing:
+    ``default_family``."""
+    if text_parts - {"text_encoder"}:
+        by_parts = next((f for f in FAMILIES.values() if text_parts <= set(f.text_encoder_names)), None)
+        if by_parts is not None:
+            return by_parts.name
+    by_width = ((None if cross_width is None else family_of_cross_attention_width(cross_width))
+                or (None if text_width is None else family_of_text_width(text_width)))
+    return by_width.name if by_width is not None else default_family
 
 
 def _cross_attention_width(state: dict[str, torch.Tensor]) -> int | None:

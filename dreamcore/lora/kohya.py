@@ -24,6 +24,7 @@ from functools import lru_cache
 import torch
 
 from dreamcore.convert.sdxl_keys import SDXL_FAMILY
+from dreamcore.families.registry import DEFAULT_FAMILY
 
 UNET_PREFIX = "lora_unet_"
 TEXT_PREFIX = "lora_te_"
@@ -52,7 +53,7 @@ def kohya_parts(family: str) -> dict[str, str]:
     return SDXL_PARTS if family == SDXL_FAMILY else PARTS
 
 
-def kohya_name(part: str, module_path: str, family: str = "sd1") -> str:
+def kohya_name(part: str, module_path: str, family: str = DEFAULT_FAMILY.name) -> str:
     """``("unet", "down_blocks.0.attentions.0.proj_in")`` -> ``"lora_unet_down_blocks_0_attentions_0_proj_in"``;
     an SDXL UNet module gets its LDM name (``down_blocks.1.attentions.0.proj_in`` ->
     ``lora_unet_input_blocks_4_1_proj_in``)."""
@@ -65,7 +66,7 @@ def kohya_name(part: str, module_path: str, family: str = "sd1") -> str:
 
 
 def peft_to_kohya(parts: dict[str, dict[str, torch.Tensor]], alphas: dict[str, float],
-                  family: str = "sd1") -> dict[str, torch.Tensor]:
+                  family: str = DEFAULT_FAMILY.name) -> dict[str, torch.Tensor]:
     """PEFT LoRA weights per part ({"unet": {"<module>.lora_A.weight": ...}, "text_encoder": ...}) -> kohya.
 
     ``alphas`` maps "<part>.<module>" to its alpha. Every module needs its A, its B and its alpha. ``family``
