@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 # torch first and pinned: the CPU build lies on local disk here; an unpinned torch may pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test clean
+# Test workers: one per core (pytest-xdist), one thread each; each test file stays on one worker, so its fixtures
+# are built once.
+TEST_WORKERS ?= auto
+
+.PHONY: venv demo test test-all clean
 
 venv: $(VENV)/.installed
 
@@ -20,8 +24,13 @@ demo: venv
 	# One thread: the tiny model is too small to gain from two, and two spin against each other on a busy box.
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m dreamcore demo --out demo-output
 
+# The suite for people: everything but the tests marked slow (other processes, browsers, WebUI venvs).
 test: venv
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Every test, the slow ones included: what CI runs (.ci/run).
+test-all: venv
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --run-slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -111,6 +111,7 @@ def test_table_shows_every_preset_and_how_the_total_is_made() -> None:
         format_parts([timed_batches], 2000)
 
 
+@pytest.mark.slow
 def test_bench_command_runs_a_tiny_recipe_end_to_end(tmp_path: Path) -> None:
     quick = "guide:num_class_images=1,class_infer_steps=1,save_infer_steps=1,n_save_sample=1"
     result = subprocess.run([sys.executable, "-m", "dreamcore", "bench", "--model-size", "tiny", "--steps", "4",
@@ -144,6 +145,7 @@ def test_guide_verbatim_is_the_guides_command_on_single_files(tiny_model_dir: Pa
     assert tiered.memory_preset == "16GB" and "ask for a memory budget" in message
 
 
+@pytest.mark.slow
 def test_bench_runs_the_guides_command_with_its_saves(tmp_path: Path) -> None:
     quick = "guide-verbatim:num_class_images=1,class_infer_steps=1,save_infer_steps=1,n_save_sample=1,save_interval=2"
     result = subprocess.run([sys.executable, "-m", "dreamcore", "bench", "--model-size", "tiny", "--steps", "4",
@@ -165,6 +167,7 @@ def test_bench_refuses_a_run_without_steady_state(capsys) -> None:
     assert main(["bench", "--preset", "nope"]) == 2
 
 
+@pytest.mark.slow
 def test_bench_runs_a_preset_data_parallel_in_two_processes(tmp_path: Path) -> None:
     quick = "guide:num_class_images=2,class_infer_steps=1,save_infer_steps=1,n_save_sample=1"
     result = subprocess.run([sys.executable, "-m", "dreamcore", "bench", "--model-size", "tiny", "--steps", "4",

@@ -149,6 +149,7 @@ def test_cuda_graph_without_a_gpu_runs_the_step_eagerly_and_says_so(tiny_inputs,
     assert any("cuda_graph: CUDA graphs need a CUDA GPU" in m and "eagerly" in m for m in logs), logs
 
 
+@pytest.mark.slow
 def test_8gb_tier_with_cuda_graph_on_a_cpu_checkpoints_and_computes_the_same(tiny_inputs, tmp_path: Path) -> None:
     """The recorded 8GB step's set-up (capturable-ready checkpointing without RNG bookkeeping) runs eagerly here."""
     from dreamcore.presets import MEMORY_PRESETS
@@ -188,6 +189,7 @@ def test_bf16_weights_train_without_autocast_as_they_do_with_it(tiny_inputs, tmp
         TrainConfig(bf16_autocast=False).validate()
 
 
+@pytest.mark.slow
 def test_a_compiled_unet_trains_as_the_plain_one(tiny_inputs, tmp_path: Path, monkeypatch) -> None:
     """compile_unet: the step calls the torch.compile'd UNet (on the CPU with the aot_eager backend: the same
     captured forward and backward graphs, run without generated kernels); the in-backward AdamW still updates
@@ -398,6 +400,7 @@ def test_train_picks_the_preset_from_free_memory_and_says_which(tiny_inputs, tmp
     assert saved["memory_preset"] == "8GB" and saved["pure_bf16"] and saved["mixed_precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_8gb_preset_resumes_to_the_same_weights(tiny_inputs, tmp_path: Path) -> None:
     from accelerate.state import AcceleratorState
 

@@ -21,6 +21,8 @@ import pytest
 from dreamcore.commands.demo import make_demo_photos
 from dreamcore.tiny import save_tiny_model
 
+pytestmark = pytest.mark.slow  # each case a python -m dreamcore train subprocess or two: run by .ci/run
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

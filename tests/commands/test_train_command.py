@@ -49,6 +49,7 @@ def run_dreamcore(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_guides_command_runs_on_a_tiny_model(tmp_path: Path) -> None:
     model = save_tiny_model(tmp_path / "tiny", fmt="diffusers")
     photos = tmp_path / "ukj photos"  # a space in the path, as on real machines

@@ -132,6 +132,7 @@ def test_a_failed_write_leaves_no_file(tiny_models, tmp_path, monkeypatch) -> No
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ema_weights_are_chosen_on_request(tiny_files, tiny_models, tmp_path) -> None:
     tensors, metadata = read_state_dict(tiny_files[("sd1", ".safetensors")])
     unet_keys = [key for key in tensors if key.startswith("model.diffusion_model.")]

@@ -83,6 +83,7 @@ def test_published_whole_model_layout(family) -> None:
         assert "cond_stage_model.model.transformer.resblocks.23.ln_1.weight" not in keys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 def test_diffusers_own_single_file_loader_agrees(family, tiny_files, tmp_path) -> None:
     """diffusers' from_single_file, given the model's configs, loads the very same weights from our file."""

@@ -8,12 +8,15 @@ each after install.py has added what that host lacks.
 
 from __future__ import annotations
 
+import pytest
 import subprocess
 import sys
 from pathlib import Path
 
 from host_venvs import ensure_host_venv
 from scenario_checks import REPO_ROOT, assert_loaded_like_the_host, assert_trained_and_selected, run_scenario
+
+pytestmark = pytest.mark.slow  # three WebUIs' venvs, a training child each: run by .ci/run
 
 
 def test_newest_gradio_trains_through_the_tab_and_selects_the_model(tmp_path: Path, tiny_base_model: Path) -> None:

@@ -8,6 +8,7 @@ cached venv stays as the WebUI ships it. The same copy then runs the whole exten
 
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import queue
@@ -77,6 +78,8 @@ def test_nothing_missing_is_a_fast_no_op_from_any_working_folder(tmp_path: Path)
 STUB_PIP = """
 import json, os, sys, time
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # a WebUI's venv and its install step: run by .ci/run
 folder = Path(os.environ["STUB_PIP_FOLDER"])
 (folder / "pip-argv.json").write_text(json.dumps(sys.argv[1:]))
 deadline = time.monotonic() + 120

@@ -35,6 +35,7 @@ def manager(tmp_path: Path):
     manager.shutdown(stop_running=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_killed_child_fails_its_job_and_two_jobs_queued_through_the_api_then_finish_in_order(
         manager, tiny_config):
     """Both Done-when tests in one queue (each real job costs a child start-up of ~10-20 s on 2 cores):

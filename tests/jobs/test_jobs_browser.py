@@ -29,6 +29,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 
 pytestmark = [
+    pytest.mark.slow,  # a browser and a training child: run by .ci/run
     pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium "
                                                      "(apt-get install -y chromium)"),
     pytest.mark.skipif(not (REPO / "extension" / "app.py").is_file(), reason="the tab's standalone app "

@@ -75,6 +75,7 @@ def test_the_next_state_write_recovers_a_state_moved_aside(tmp_path: Path) -> No
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_kills_at_random_moments_never_leave_a_truncated_file(tmp_path: Path) -> None:
     rng = random.Random(25)
     for _ in range(6):

@@ -15,6 +15,8 @@ from dreamcore import TrainConfig
 from dreamcore.events import StopRequest
 from dreamcore.training import train
 
+pytestmark = pytest.mark.slow  # several processes per test (torchrun/accelerate launches): run by .ci/run
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
