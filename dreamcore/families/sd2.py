@@ -24,4 +24,5 @@ SD2 = SD2Family(name="sd2", label="SD2.x", webui_version="SD2", key_layout="sd2"
 SD2_V = SD2Family(name="sd2-v", label="SD2.x 768-v", webui_version="SD2", key_layout="sd2", assets_name="sd2-v",
                   prediction_type="v_prediction", default_resolution=768, pad_tokens=("!",),
                   single_file_probe=_PROBE, text_encoder_label="OpenCLIP", text_encoder_widths=(1024,),
-                fuses_text_attention=True, kohya_version="sd_v2", modelspec_architecture="stable-diffusion-v2-512")
+                  fuses_text_attention=True, kohya_version="sd_v2",
+                  modelspec_architecture="stable-diffusion-v2-768-v")
