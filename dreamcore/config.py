@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from dreamcore.families.registry import FAMILY_CHOICES
+from dreamcore.families.registry import FAMILIES, FAMILY_CHOICES
 from dreamcore.fileio import atomic_write_text
 from dreamcore.memory_tiers import MEMORY_TIERS, TIER_NAMES, auto_tiers
 
@@ -110,7 +110,10 @@ class TrainConfig:
         "", "JSON file: a list of {instance_prompt, class_prompt, instance_data_dir, class_data_dir} (and "
         "optionally num_class_images, that concept's own count); several concepts train together. Replaces the "
         "four fields above.", "Concept")
-    resolution: int = _field(512, "Training resolution in pixels (a multiple of 8).", "Concept")
+    resolution: int = _field(
+        512, "Training resolution in pixels (a multiple of 8). Unless you set it, the model family's: "
+        + ", ".join(f"{family.label} {family.training_resolution}" for family in FAMILIES.values()) + ".",
+        "Concept")
     center_crop: bool = _field(False, "Centre-crop photos to a square; otherwise a random crop.", "Concept")
     hflip: bool = _field(False, "Randomly mirror photos (augmentation; turns off latent caching).", "Concept")
     prepare_photos: bool = _field(
@@ -193,7 +196,9 @@ class TrainConfig:
         "gradient_checkpointing); a setting you chose yourself keeps the plain path, except mixed_precision "
         "fp16/bf16, use_8bit_adam and gradient_checkpointing, which only ask for a memory budget that the tier "
         "keeps. A tier name forces it (" + "; ".join(f"{t.name}: {t.summary}" for t in MEMORY_TIERS)
-        + "); 'none' keeps your settings as given. Ignored without a CUDA GPU. "
+        + "); 'none' keeps your settings as given. Ignored without a CUDA GPU and for LoRA. The tiers' memory "
+        "figures are SD1.x/SD2.x's: a full SDXL fine-tune needs about three times as much, which 'auto' allows "
+        "for (an estimate, unmeasured). "
         "In the quality lab the tiers follow prompts as the fp32 path does but learn a face a little less "
         "(fidelity 0.52 against 0.56; BENCHMARKS.md, Quality).",
         "Speed", choices=MEMORY_PRESET_CHOICES)

@@ -19,11 +19,13 @@ from dreamcore.convert.architecture import differs_from_published
 from dreamcore.convert.checkpoint_files import check_weights_file
 from dreamcore.convert.errors import ModelLoadError
 from dreamcore.convert.modules import diffusers_config, text_config_dict
-from dreamcore.families.registry import AUTO, FAMILIES, FAMILY_CHOICES, family_of_folder, get_family
+from dreamcore.families.base import ModelFamily
+from dreamcore.families.registry import (AUTO, FAMILIES, FAMILY_CHOICES, family_of_folder, family_of_key_layout,
+                                         get_family)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelLoadError", "load_base_model", "load_vae", "save_diffusers_folder", "build_pipeline",
+__all__ = ["ModelLoadError", "base_model_family", "load_base_model", "load_vae", "save_diffusers_folder", "build_pipeline",
            "resolve_cached_repo", "SAMPLERS"]
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -68,6 +70,59 @@ def load_base_model(path: str, vae: str = "", revision: str = "", family: str = 
     if tokenizer:
         components.tokenizer = _load_tokenizer(tokenizer, components.family)
     return components
+
+
+def base_model_family(path: str, revision: str = "", family: str = "auto") -> ModelFamily:
+    """The family of a base model, told from its files without loading its weights: a diffusers folder's configs,
+    a single file's key names and metadata. What training decides before the model loads (its resolution) asks
+    here; an SDXL refiner is refused now, with the reason. SD2 and SD2-v single files without dreamcore's
+    metadata are told apart only when loaded (the WebUI's test forward pass): SD2 is returned for both.
+    """
+    if family not in FAMILY_CHOICES:
+        raise ModelLoadError(f"model family {family!r} is unknown; use one of {', '.join(FAMILY_CHOICES)}")
+    if not path:
+        raise ModelLoadError("no base model given; pass a diffusers folder, a .safetensors/.ckpt file, or a hub "
+                             "id that is in the local Hugging Face cache")
+    source = _resolve_source(path, revision, what="base model")
+    if source.is_dir():
+        return _folder_family(source, family)
+    from dreamcore.convert.family import detect_family
+    from dreamcore.convert.layout import normalise_legacy_keys
+    from dreamcore.convert.sdxl_keys import check_sdxl_base, is_sdxl_state_dict
+    from dreamcore.convert.single_file import FAMILY_KEY
+
+    shapes, metadata = _single_file_shapes(source)
+    try:
+        if is_sdxl_state_dict(shapes):
+            check_sdxl_base(shapes)
+            key_layout = get_family("sdxl").key_layout
+        else:
+            key_layout = detect_family(normalise_legacy_keys(shapes))
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{source}: {error}") from None
+    named = family if family != AUTO else metadata.get(FAMILY_KEY)
+    if named in FAMILIES and get_family(named).key_layout == key_layout:
+        return get_family(named)
+    return family_of_key_layout(key_layout)
+
+
+def _single_file_shapes(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """A single file's tensors as shapes only (meta tensors; a .ckpt's memory-mapped) and its metadata."""
+    import torch
+
+    from dreamcore.convert.checkpoint_files import read_state_dict
+
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                return ({key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in handle.keys()},
+                        dict(handle.metadata() or {}))
+        except SafetensorError:
+            pass  # read_state_dict below reads the file whole and says what is wrong with it
+    # a .ckpt is a pickle: its key names are known only once read (read_state_dict refuses an unsafe one)
+    return read_state_dict(path)
 
 
 def load_vae(source: str, revision: str = "") -> Any:
@@ -208,29 +263,9 @@ def _resolve_source(name: str, revision: str, what: str) -> Path:
 
 
 def _load_diffusers_folder(folder: Path, family: str, variant: str = "") -> ModelComponents:
-    if not (folder / "model_index.json").is_file():
-        found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
-        raise ModelLoadError(f"{folder} is not a diffusers model folder (no model_index.json; found {found}); give "
-                             "a diffusers folder or the .safetensors/.ckpt file itself")
-    model_index = _read_json(folder / "model_index.json")
-    for component in ("unet", "vae", "text_encoder", *(["text_encoder_2"] if "text_encoder_2" in model_index else [])):
-        if not (folder / component / "config.json").is_file():
-            raise ModelLoadError(f"{folder} lacks its {component} (no {component}/config.json); the folder is "
-                                 "incomplete - copy or download the whole model again")
+    chosen = _folder_family(folder, family)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     scheduler_config = _read_json(scheduler_file) if scheduler_file.is_file() else None
-    detected = family_of_folder(model_index, _read_json(folder / "text_encoder" / "config.json"),
-                                scheduler_config or {})
-    if detected is None:
-        raise ModelLoadError(f"{folder}: its model_index.json and text_encoder/config.json match no model family "
-                             f"dreamcore knows ({', '.join(f.label for f in FAMILIES.values())}); give a Stable "
-                             "Diffusion model folder")
-    chosen = detected if family == AUTO else get_family(family)
-    if not chosen.same_weights_as(detected):
-        raise ModelLoadError(f"{folder}: family {chosen.name} was asked for but its text encoder is "
-                             f"{detected.text_encoder_label} ({detected.label}); pick the right family or 'auto'")
-    if chosen is not detected:
-        log.warning("%s: its scheduler says %s; using %s as asked", folder, detected.name, chosen.name)
     names = ("unet", "vae", *chosen.text_encoder_names)
     if variant and not any(_has_variant(folder / component, variant) for component in names):
         raise ModelLoadError(f"{folder}: no weights of the variant {variant!r} (*.{variant}.safetensors) in it; leave "
@@ -252,6 +287,39 @@ def _load_diffusers_folder(folder: Path, family: str, variant: str = "") -> Mode
                                  tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None)
     components.architecture = _architecture(components)
     return components
+
+
+def _folder_family(folder: Path, family: str) -> ModelFamily:
+    """The family of a diffusers folder (``family``, when given, checked against it); an incomplete folder or an
+    SDXL refiner is refused with the reason."""
+    if not (folder / "model_index.json").is_file():
+        found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        raise ModelLoadError(f"{folder} is not a diffusers model folder (no model_index.json; found {found}); give "
+                             "a diffusers folder or the .safetensors/.ckpt file itself")
+    model_index = _read_json(folder / "model_index.json")
+    clip_l = model_index.get("text_encoder")
+    if "text_encoder_2" in model_index and not (isinstance(clip_l, list) and clip_l and clip_l[0]):
+        raise ModelLoadError(f"{folder} is an SDXL refiner (its model_index.json has text_encoder_2 but no "
+                             "text_encoder, CLIP ViT-L); the refiner only polishes the base model's images. Use SDXL "
+                             "base 1.0 or a fine-tune of it as the base model")
+    for component in ("unet", "vae", "text_encoder", *(["text_encoder_2"] if "text_encoder_2" in model_index else [])):
+        if not (folder / component / "config.json").is_file():
+            raise ModelLoadError(f"{folder} lacks its {component} (no {component}/config.json); the folder is "
+                                 "incomplete - copy or download the whole model again")
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler_config = _read_json(scheduler_file) if scheduler_file.is_file() else {}
+    detected = family_of_folder(model_index, _read_json(folder / "text_encoder" / "config.json"), scheduler_config)
+    if detected is None:
+        raise ModelLoadError(f"{folder}: its model_index.json and text_encoder/config.json match no model family "
+                             f"dreamcore knows ({', '.join(f.label for f in FAMILIES.values())}); give a Stable "
+                             "Diffusion model folder")
+    chosen = detected if family == AUTO else get_family(family)
+    if not chosen.same_weights_as(detected):
+        raise ModelLoadError(f"{folder}: family {chosen.name} was asked for but its text encoder is "
+                             f"{detected.text_encoder_label} ({detected.label}); pick the right family or 'auto'")
+    if chosen is not detected:
+        log.warning("%s: its scheduler says %s; using %s as asked", folder, detected.name, chosen.name)
+    return chosen
 
 
 def _read_json(path: Path) -> dict[str, Any]:

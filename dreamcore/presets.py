@@ -95,14 +95,16 @@ def budget_choices(config: TrainConfig) -> list[str]:
             and getattr(config, name) in MEMORY_BUDGET_VALUES[name]]
 
 
-def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[TrainConfig, str]:
+def apply_memory_preset(config: TrainConfig, free_bytes: int | None,
+                        memory_scale: float = 1.0) -> tuple[TrainConfig, str]:
     """``config`` with its memory preset applied, and a line saying what was picked and changed ("" if none).
 
     "none" keeps the config as given; "auto" picks from ``free_bytes`` (None = no CUDA GPU, or a LoRA run:
     nothing is changed) unless the person chose a tier setting that is more than a memory budget
     (``choices_that_keep_the_plain_path``); a tier name is applied wherever training runs. The returned config
     names the tier applied, so train_config.json records it. With gradient accumulation the 24GB and 16GB
-    tiers hold gradients.
+    tiers hold gradients. ``memory_scale``: the model's need against SD1.5's, for which the tiers were measured
+    (``ModelFamily.memory_scale``: SDXL 3), so "auto" picks as if the card had that much less memory.
     """
     requested = config.memory_preset
     holding_gradients = config.gradient_accumulation_steps != 1
@@ -113,12 +115,12 @@ def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[Tr
         if kept:  # "auto" picks a tier only where no one chose how the step computes
             return config, (f"memory preset: kept your own settings ({', '.join(kept)} given); set memory_preset "
                             f"to one of {', '.join(TIER_NAMES)} to use a tier instead.")
-    name = pick_memory_tier(free_bytes, holding_gradients) if requested == "auto" else requested
+    name = pick_memory_tier(int(free_bytes / memory_scale), holding_gradients) if requested == "auto" else requested
     tier = memory_tier(name)
-    overrides, needs = dict(tier.settings), tier.needs_gib
+    overrides, needs = dict(tier.settings), tier.needs_gib * memory_scale
     why = ""
     if holding_gradients and tier.holding_gradients is not None:
-        overrides, needs = dict(tier.holding_gradients), tier.needs_gib_holding_gradients
+        overrides, needs = dict(tier.holding_gradients), tier.needs_gib_holding_gradients * memory_scale
         why = " - gradients are held for gradient accumulation, so AdamW runs after backward"
     # A tier named by the person sets what they left open; what they set themselves (other than a memory
     # budget) stays theirs, as with "auto", and validation says if it cannot go with the tier.
@@ -142,7 +144,8 @@ def apply_memory_preset(config: TrainConfig, free_bytes: int | None) -> tuple[Tr
         message += " Set memory_preset none to keep your own settings."
     if free_bytes is not None and free_bytes / 2**30 < needs:
         message += (f" Warning: only {free_bytes / 2**30:.1f} GiB is free and this preset needs about "
-                    f"{needs:.0f} GiB; close other GPU programs if training runs out of memory.")
+                    f"{needs:.0f} GiB{' (an estimate for this model)' if memory_scale != 1 else ''}; close other "
+                    "GPU programs if training runs out of memory.")
     return resolved, message
 
 
@@ -161,3 +164,22 @@ _LORA: dict[str, Any] = {
 }
 PRESETS[LORA_PRESET] = _LORA
 PRESETS["lora-8GB"] = {**_LORA, "gradient_checkpointing": False, "sample_batch_size": 2}
+
+
+# --- SDXL presets -------------------------------------------------------------------------------------
+# SDXL at its 1024 px. LoRA is the default for SDXL: its frozen base in fp16 is ~5 GB and the adapters train
+# in a few more, where a full fine-tune of its UNet (three times SD1.5's) needs about three times a tier's
+# memory (the tiers were measured with SD1.5). "SDXL full" names the tightest tier, which an estimate puts
+# near 24 GB for SDXL (unmeasured).
+SDXL_LORA_PRESET = "SDXL LoRA"
+SDXL_FULL_PRESET = "SDXL full"
+PRESETS[SDXL_LORA_PRESET] = {**_LORA, "resolution": 1024}
+PRESETS[SDXL_FULL_PRESET] = {**_PORTRAIT, "resolution": 1024, "memory_preset": MEMORY_TIERS[-1].name,
+                             "sample_batch_size": 1}
+# The preset the tab starts from for a model of each family; any other family: PORTRAIT_PRESET.
+FAMILY_DEFAULT_PRESETS: dict[str, str] = {"sdxl": SDXL_LORA_PRESET}
+
+
+def default_preset(family: str) -> str:
+    """The preset a run of a model of ``family`` starts from."""
+    return FAMILY_DEFAULT_PRESETS.get(family, PORTRAIT_PRESET)

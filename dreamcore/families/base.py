@@ -58,6 +58,12 @@ class ModelFamily:
     # text-encoder LoRA to them only when all of them have one
     fuses_text_attention: bool = False
     kohya_version: str = ""  # the ss_base_model_version kohya LoRAs of this family carry ("sd_v1")
+    # pixels; what a run trains at when the person chose no resolution. 512 for SD1 and SD2 (SD2-v too) as
+    # dreamcore always has: SD2-v at its native 768 would need more memory than the tiers were measured with.
+    training_resolution: int = 512
+    # the GPU memory a full fine-tune needs against SD1.5's, for which the memory tiers were measured (roughly
+    # the UNet's size: SDXL's is three times SD1.5's)
+    memory_scale: float = 1.0
     modelspec_architecture: str = ""  # ModelSpec's name of its models ("stable-diffusion-v1"); LoRAs add "/lora"
 
     @property

@@ -63,4 +63,5 @@ SDXL = SDXLFamily(name="sdxl", label="SDXL", webui_version="SDXL", key_layout="s
                   text_encoder_classes=("CLIPTextModel", "CLIPTextModelWithProjection"),
                   pipeline_class="StableDiffusionXLPipeline", text_encoder_label="OpenAI CLIP + OpenCLIP",
                   text_encoder_widths=(768, 1280), fuses_text_attention=True, kohya_version="sdxl_base_v1-0",
-                  modelspec_architecture="stable-diffusion-xl-v1-base")
+                  modelspec_architecture="stable-diffusion-xl-v1-base", training_resolution=1024,
+                  memory_scale=3.0)

@@ -126,11 +126,36 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
     return result
 
 
+def with_family_resolution(config: TrainConfig, emit: Emitter) -> TrainConfig:
+    """``config`` at its model family's training resolution (SDXL 1024 px) when the person chose none, so that
+    photos are prepared, class images made and samples drawn at it. The family is read from the model's files
+    (a refiner is refused here, before any photo is cropped)."""
+    if config.chose("resolution"):
+        return config
+    from dreamcore.models import base_model_family
+
+    config.validate()  # every settings problem at once, before the model's files are read
+    family = base_model_family(config.pretrained_model_name_or_path, config.revision, config.model_family)
+    if family.training_resolution == config.resolution:
+        return config
+    emit.log(f"resolution: {family.training_resolution} px, what {family.label} is trained at (no resolution "
+             "given); set resolution to train at another size.")
+    return config.replace(resolution=family.training_resolution)
+
+
 def _with_memory_preset(plan: RunPlan, emit: Emitter) -> RunPlan:
     """The plan with its memory preset applied (picked from the GPU's free memory for "auto")."""
     from dreamcore.presets import apply_memory_preset, cuda_free_bytes
 
-    config, message = apply_memory_preset(plan.config, cuda_free_bytes())
+    config = plan.config
+    free = cuda_free_bytes()
+    scale = 1.0
+    if config.memory_preset == "auto" and free is not None and not config.use_lora:
+        from dreamcore.models import base_model_family
+
+        scale = base_model_family(config.pretrained_model_name_or_path, config.revision,
+                                  config.model_family).memory_scale
+    config, message = apply_memory_preset(config, free, scale)
     if message:
         emit.log(message)
     return dataclasses.replace(plan, config=config.validate())
@@ -240,7 +265,7 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     is_main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
     emit = Emitter(callbacks if is_main else [])
     emit(Stage("validate"))
-    config = config.with_absolute_paths()  # its train_config.json then runs from any folder
+    config = with_family_resolution(config.with_absolute_paths(), emit)  # absolute: train_config.json runs anywhere
     plan = plan_run(config, warn=lambda m: emit.log(m, "warning"))
     plan = _with_memory_preset(plan, emit)
     plan = _with_resume_checked(plan, emit)
