@@ -17,8 +17,6 @@ ASSETS_DIR = Path(__file__).resolve().parent
 CONFIGS_DIR = ASSETS_DIR / "configs"
 TOKENIZER_DIR = ASSETS_DIR / "tokenizers" / "clip"
 
-# Model families dreamcore knows, named as the WebUI users know them.
-FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
 COMPONENT_CONFIG_FILES = {
     "unet": "unet/config.json",
     "vae": "vae/config.json",
@@ -26,38 +24,42 @@ COMPONENT_CONFIG_FILES = {
     "text_encoder_2": "text_encoder_2/config.json",
     "scheduler": "scheduler/scheduler_config.json",
 }
-PAD_TOKEN = {"sd1": "<|endoftext|>", "sd2": "!", "sd2-v": "!"}
-# SDXL's two tokenizers: CLIP ViT-L's (as SD1's) and OpenCLIP ViT-bigG's (as SD2's); same vocabulary.
-SDXL_PAD_TOKENS = ("<|endoftext|>", "!")
 
 
-def family_config_dir(family: str) -> Path:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; dreamcore knows {', '.join(FAMILIES)}")
-    return CONFIGS_DIR / family
+def family_config_dir(assets_name: str) -> Path:
+    """The shipped configs of one family (its ``ModelFamily.assets_name``)."""
+    folder = CONFIGS_DIR / assets_name
+    if not folder.is_dir():
+        known = sorted(p.name for p in CONFIGS_DIR.iterdir() if p.is_dir())
+        raise ValueError(f"no shipped configs for model family {assets_name!r} in {CONFIGS_DIR}; dreamcore ships "
+                         f"{', '.join(known)}")
+    return folder
 
 
-def load_component_config(family: str, component: str) -> dict[str, Any]:
-    """The shipped diffusers config of one component ("unet", "vae", "text_encoder", "scheduler")."""
-    path = family_config_dir(family) / COMPONENT_CONFIG_FILES[component]
+def load_component_config(assets_name: str, component: str) -> dict[str, Any]:
+    """The shipped diffusers config of one component ("unet", "vae", "text_encoder", "scheduler") of a family."""
+    path = family_config_dir(assets_name) / COMPONENT_CONFIG_FILES[component]
     return json.loads(path.read_text())
 
 
 def load_sdxl_tokenizers() -> tuple[Any, Any]:
     """SDXL's two shipped CLIP tokenizers (first and second text encoder), loaded from disk only."""
-    from transformers import CLIPTokenizer
+    from dreamcore.families.sdxl import SDXL
 
-    return tuple(CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token=pad, local_files_only=True)
-                 for pad in SDXL_PAD_TOKENS)
-
-
-def tokenizer_family(family: str) -> str:
-    """SD1 and SD2 share the BPE vocabulary; only the padding token differs."""
-    return "sd1" if family == "sd1" else "sd2"
+    return load_tokenizers(SDXL.name)
 
 
-def load_tokenizer(family: str = "sd1"):
-    """The shipped CLIP tokenizer for a family, loaded from disk only."""
-    from transformers import CLIPTokenizer
+def load_tokenizers(family: str) -> tuple[Any, ...]:
+    """A family's shipped CLIP tokenizers, one per text encoder, loaded from disk only."""
+    from dreamcore.families.registry import get_family
 
-    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token=PAD_TOKEN[family], local_files_only=True)
+    chosen = get_family(family)
+    return tuple(chosen.shipped_tokenizer(index) for index in range(len(chosen.tokenizer_names)))
+
+
+def load_tokenizer(family: str | None = None) -> Any:
+    """The shipped CLIP tokenizer of a family's (first) text encoder, loaded from disk only; the default
+    family's when none is given."""
+    from dreamcore.families.registry import DEFAULT_FAMILY, get_family
+
+    return get_family(family or DEFAULT_FAMILY.name).shipped_tokenizer(0)

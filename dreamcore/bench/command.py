@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dreamcore.families.registry import DEFAULT_FAMILY
 from dreamcore.memory_tiers import TIER_NAMES, auto_tiers
 
 HELP = "Benchmark the guide's recipe on this GPU (SD1.5 shapes, random weights, offline): speed and memory."
@@ -33,8 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=120, help="training steps per preset (default 120)")
     parser.add_argument("--warmup", type=int, default=20,
                         help="steps counted as warm-up, not in the steady-state time (default 20)")
-    parser.add_argument("--model-size", choices=("sd1", "tiny"), default="sd1",
-                        help="sd1: SD1.5 shapes at 512 px (default); tiny: the test model at 64 px (plumbing only)")
+    full = DEFAULT_FAMILY.name
+    parser.add_argument("--model-size", choices=(full, "tiny"), default=full,
+                        help=f"{full}: {DEFAULT_FAMILY.label} shapes at {DEFAULT_FAMILY.default_resolution} px "
+                             "(default); tiny: the test model at 64 px (plumbing only)")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the random model, photos and run outputs (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamcore.config import TrainConfig
+from dreamcore.families.registry import DEFAULT_FAMILY
 from dreamcore.presets import GUIDE_PRESET, MEMORY_PRESETS, PRESETS, preset_overrides
 
 GUIDE = "guide"  # the guide's recipe exactly (fp16, 8-bit AdamW), through the plain step: the baseline
@@ -26,7 +27,9 @@ GUIDE_COMMAND_FLAGS = ("pretrained_model_name_or_path", "pretrained_vae_name_or_
                        "instance_prompt", "class_prompt")
 GUIDE_PHOTOS = 20  # 20 photos x 100 steps = the guide's 2,000 steps
 GUIDE_STEPS = 2000
-MODEL_SIZES = {"sd1": 512, "tiny": 64}  # model size -> training resolution
+TINY_SIZE = "tiny"
+# model size -> training resolution: the default family's published shapes (SD1.5) or the tiny test model
+MODEL_SIZES = {DEFAULT_FAMILY.name: DEFAULT_FAMILY.default_resolution, TINY_SIZE: 64}
 
 
 @dataclass(frozen=True)
@@ -134,18 +137,19 @@ def single_file_inputs(model: Path) -> dict[str, Path]:
 
 
 def build_random_model(folder: Path, size: str, seed: int = 0) -> Path:
-    """Write a model of SD1.5's shapes ("sd1") or the tiny test model ("tiny") with random weights."""
-    from dreamcore.assets import load_component_config
+    """Write a model of the default family's published shapes (SD1.5) or the tiny test model ("tiny") with random
+    weights."""
     from dreamcore.models import save_diffusers_folder
     from dreamcore.tiny import build_components, tiny_component_configs
 
-    if size == "tiny":
-        configs = tiny_component_configs("sd1")
-    elif size == "sd1":
-        configs = {name: load_component_config("sd1", name) for name in ("unet", "vae", "text_encoder", "scheduler")}
+    family = DEFAULT_FAMILY
+    if size == TINY_SIZE:
+        configs = tiny_component_configs(family.name)
+    elif size == family.name:
+        configs = {name: family.shipped_config(name) for name in ("unet", "vae", "text_encoder", "scheduler")}
     else:
         raise ValueError(f"model size {size!r} is unknown; use one of {', '.join(MODEL_SIZES)}")
-    save_diffusers_folder(build_components(configs, "sd1", seed=seed), folder)
+    save_diffusers_folder(build_components(configs, family.name, seed=seed), folder)
     return folder
 
 

@@ -46,12 +46,13 @@ def make_demo_photos(folder: Path, count: int = 6, size: int = 96) -> list[Path]
 def run(args: argparse.Namespace) -> int:
     from dreamcore import TrainConfig, generate, train
     from dreamcore.commands.train import ConsoleReporter
+    from dreamcore.families.registry import DEFAULT_FAMILY
     from dreamcore.tiny import TINY_RESOLUTION, save_tiny_model
 
     started = time.perf_counter()
     out = Path(args.out).resolve()
     print(f"== dreamcore demo in {out}")
-    base = save_tiny_model(out / "base", family="sd1", fmt="safetensors")
+    base = save_tiny_model(out / "base", family=DEFAULT_FAMILY.name, fmt="safetensors")
     print(f"tiny base model (single file, SD1 layout): {base}")
     photos = make_demo_photos(out / "photos", size=TINY_RESOLUTION)  # already square: trained as they are
     print(f"{len(photos)} demo photos: {photos[0].parent}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from dreamcore.assets import FAMILIES, load_component_config
+from dreamcore.assets import load_component_config
 from dreamcore.convert.errors import ModelLoadError
-from dreamcore.families.registry import get_family
+from dreamcore.families.registry import FAMILIES, get_family
 
 COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
 # Config fields that decide the shape of the weights or the numbers they produce.
@@ -23,10 +23,10 @@ STRUCTURAL_FIELDS = {
 
 
 def published_configs(family: str) -> dict[str, dict[str, Any]]:
-    """The shipped diffusers configs of a published family (sd1, sd2, sd2-v)."""
+    """The shipped diffusers configs of a published family of one text encoder (SD1, SD2, SD2-v)."""
     if family not in FAMILIES:
         raise ModelLoadError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
-    return {component: load_component_config(family, component) for component in COMPONENTS}
+    return {component: load_component_config(get_family(family).assets_name, component) for component in COMPONENTS}
 
 
 def differs_from_published(configs: Mapping[str, Mapping[str, Any]], family: str) -> bool:

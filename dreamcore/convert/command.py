@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from dreamcore.families.registry import AUTO, FAMILY_CHOICES, get_family
+
 HELP = "Convert a model between a diffusers folder and a single .safetensors/.ckpt file (VAE alone too)."
 FORMATS = ("safetensors", "ckpt", "diffusers")
 
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--half", action="store_true",
                         help="store weights as fp16 (half the size; the round trip is exact for fp16 inputs)")
     parser.add_argument("--use-ema", action="store_true", help="take the UNet's EMA weights from a single file")
-    parser.add_argument("--family", choices=("auto", "sd1", "sd2", "sd2-v", "sdxl"), default="auto",
+    parser.add_argument("--family", choices=FAMILY_CHOICES, default=AUTO,
                         help="model type; 'auto' detects it (a .yaml beside the file is honoured)")
     parser.add_argument("--original-config", metavar="YAML", default=None,
                         help="the model's original .yaml config, when it is not beside SRC under SRC's name")
@@ -83,7 +85,7 @@ def convert(src: str, dst: str, to: str | None = None, half: bool = False, use_e
 
         return save_diffusers_folder(components, destination, torch.float16 if half else torch.float32)
     written = save_single_file(components, destination, half=half)
-    if components.family == "sd2-v":
+    if get_family(components.family).needs_original_config:
         log.info("wrote %s beside it: the WebUI needs it to know this is a v-prediction model",
                  written.with_suffix(".yaml").name)
     return written

@@ -17,6 +17,8 @@ from dreamcore.convert.text_keys import (POSITION_IDS, SD1_TEXT_PREFIX, SD2_TEXT
                                          openclip_to_clip)
 from dreamcore.convert.unet_keys import UNET_PREFIX, unet_key_table
 from dreamcore.convert.vae_keys import VAE_PREFIX, vae_key_table
+from dreamcore.families.registry import family_of_key_layout
+from dreamcore.families.sd1 import SD1
 
 EMA_PREFIX = "model_ema."
 # Training-time buffers of the original LatentDiffusion class: the noise schedule (recomputed from the
@@ -74,7 +76,7 @@ def to_single_file_layout(unet: Mapping[str, torch.Tensor], vae: Mapping[str, to
     out: dict[str, torch.Tensor] = {}
     out.update(_prefixed(unet_to_original(unet, unet_config), UNET_PREFIX))
     out.update(_prefixed(vae_to_original(vae, vae_config), VAE_PREFIX))
-    if family == "sd1":
+    if family == SD1.key_layout:
         text = {key: tensor for key, tensor in text_encoder.items() if key != POSITION_IDS}
         # Older transformers (the WebUIs' 4.30) keep position ids as weights; write the exact values.
         text[POSITION_IDS] = torch.arange(max_positions, dtype=torch.int64).unsqueeze(0)
@@ -91,7 +93,7 @@ def split_single_file_layout(state_dict: Mapping[str, torch.Tensor], family: str
     unet_original, vae_original, text_original = {}, {}, {}
     ignored: list[str] = []
     has_ema = any(key.startswith(EMA_PREFIX) and key not in SCHEDULE_KEYS for key in state_dict)
-    text_prefix = SD1_TEXT_PREFIX if family == "sd1" else SD2_TEXT_PREFIX
+    text_prefix = SD1_TEXT_PREFIX if family == SD1.key_layout else SD2_TEXT_PREFIX
     for key, tensor in state_dict.items():
         if key.startswith(UNET_PREFIX):
             unet_original[key[len(UNET_PREFIX):]] = tensor
@@ -102,13 +104,14 @@ def split_single_file_layout(state_dict: Mapping[str, torch.Tensor], family: str
         elif key.startswith(text_prefix):
             text_original[key[len(text_prefix):]] = tensor
         else:
-            raise ModelLoadError(f"unexpected key {key!r}: it is not part of a Stable Diffusion "
-                                 f"{'1.x' if family == 'sd1' else '2.x'} model")
+            model = family_of_key_layout(family)
+            raise ModelLoadError(f"unexpected key {key!r}: it is not part of an {model.label} model "
+                                 f"({model.text_encoder_label} text encoder)")
     if use_ema:
         if not has_ema:
             raise ModelLoadError("this file has no EMA weights (no 'model_ema.*' keys); load it without use_ema")
         unet_original = {key: _ema_tensor(state_dict, key) for key in unet_original}
-    if family == "sd1":
+    if family == SD1.key_layout:
         if (SD1_TEXT_PREFIX + POSITION_IDS) in state_dict:
             ignored.append(SD1_TEXT_PREFIX + POSITION_IDS)  # arange(77) by definition; see to_single_file_layout
         text = {key: tensor for key, tensor in text_original.items() if key != POSITION_IDS}

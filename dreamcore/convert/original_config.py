@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dreamcore.convert.errors import ModelLoadError
+from dreamcore.families.registry import family_of_key_layout, get_family
+from dreamcore.families.sd1 import SD1
+from dreamcore.families.sd2 import SD2
 
 SD1_TEXT_TARGET = "ldm.modules.encoders.modules.FrozenCLIPEmbedder"
 SD2_TEXT_TARGET = "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder"
@@ -22,7 +25,7 @@ SD2_TEXT_TARGET = "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder"
 class OriginalConfig:
     """What a ``.yaml`` beside a checkpoint says about the model."""
 
-    family: str  # "sd1", "sd2" or "sd2-v"
+    family: str  # a family of the SD1/SD2 key layouts
     scale_factor: float | None
     beta_start: float | None
     beta_end: float | None
@@ -45,7 +48,7 @@ def original_config(family: str, unet: Mapping[str, Any], vae: Mapping[str, Any]
         raise ModelLoadError(f"attention heads {heads} over channels {channels} cannot be written as an original "
                              "config")
     vae_channels = list(vae["block_out_channels"])
-    text_stage: dict[str, Any] = ({"target": SD1_TEXT_TARGET} if family == "sd1" else
+    text_stage: dict[str, Any] = ({"target": SD1_TEXT_TARGET} if family == SD1.name else
                                   {"target": SD2_TEXT_TARGET, "params": {"freeze": True, "layer": "penultimate"}})
     params: dict[str, Any] = {
         "linear_start": scheduler.get("beta_start", 0.00085),
@@ -104,7 +107,7 @@ def original_config(family: str, unet: Mapping[str, Any], vae: Mapping[str, Any]
         },
         "cond_stage_config": text_stage,
     }
-    if family == "sd2-v":
+    if get_family(family).prediction_type == "v_prediction":
         params = {"parameterization": "v", **params}
     return {"model": {"base_learning_rate": 1.0e-4, "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
                       "params": params}}
@@ -130,11 +133,12 @@ def read_original_config(path: str | Path) -> OriginalConfig:
         raise ModelLoadError(f"{path} is not a Stable Diffusion model config (no model.params); fix or remove it")
     target = str((params.get("cond_stage_config") or {}).get("target", ""))
     if target.endswith("FrozenOpenCLIPEmbedder"):
-        family = "sd2-v" if params.get("parameterization") == "v" else "sd2"
+        family = family_of_key_layout(SD2.key_layout, "v_prediction" if params.get("parameterization") == "v"
+                                      else "epsilon").name
     elif target.endswith("FrozenCLIPEmbedder"):
         if params.get("parameterization") == "v":
             raise ModelLoadError(f"{path}: SD1 with v-prediction is not supported")
-        family = "sd1"
+        family = SD1.name
     else:
         raise ModelLoadError(f"{path}: text encoder {target or '(none)'} is not SD1's or SD2's; dreamcore trains "
                              "Stable Diffusion 1.x and 2.x only")

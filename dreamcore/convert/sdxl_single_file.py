@@ -24,12 +24,12 @@ from dreamcore.convert.sdxl_keys import SDXL_FAMILY, check_sdxl_base, is_sdxl_st
 from dreamcore.convert.sdxl_layout import split_sdxl_single_file_layout, to_sdxl_single_file_layout
 from dreamcore.convert.single_file import (ARCHITECTURE_KEY, FAMILY_KEY, PREDICTION_KEY, VERSION_KEY,
                                            _check_noise_schedule, _json_metadata, _single_file_path)
+from dreamcore.families.registry import get_family
 from dreamcore.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")
-MODELSPEC_ARCHITECTURE = "stable-diffusion-xl-v1-base"
 MODEL_NAME = "SDXL"  # in error messages
 # Config fields that decide the shape of the weights or the numbers they produce: a model that differs from the
 # published SDXL base in any of them records its configs in the file (tiny test models do).
@@ -218,7 +218,7 @@ def _file_metadata(components: ModelComponents, path: Path) -> dict[str, str]:
         configs["scheduler"]["prediction_type"] = "epsilon"
         metadata[ARCHITECTURE_KEY] = metadata_json(configs)
     else:
-        metadata["modelspec.architecture"] = MODELSPEC_ARCHITECTURE
+        metadata["modelspec.architecture"] = get_family(SDXL_FAMILY).modelspec_architecture
     return metadata
 
 

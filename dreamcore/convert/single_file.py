@@ -23,6 +23,8 @@ from dreamcore.convert.modules import (assign_weights, diffusers_config, empty_t
 from dreamcore.convert.original_config import original_config, original_config_yaml, read_original_config
 from dreamcore.convert.sdxl_keys import SDXL_FAMILY, is_sdxl_state_dict
 from dreamcore.convert.vae_keys import VAE_PREFIX
+from dreamcore.families.registry import (DEFAULT_FAMILY, FAMILIES, families_of_key_layout, family_of_key_layout,
+                                         get_family)
 from dreamcore.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,6 @@ FAMILY_KEY = "dreamcore.family"
 PREDICTION_KEY = "dreamcore.prediction_type"
 ARCHITECTURE_KEY = "dreamcore.architecture"  # the component configs of a custom (non-published) model
 VAE_ARCHITECTURE_KEY = "dreamcore.vae_architecture"
-MODELSPEC_ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
-                          "sd2-v": "stable-diffusion-v2-768-v"}
 
 
 def training_metadata(base_model: str, trigger_words: str | list[str], steps: int,
@@ -76,8 +76,8 @@ def single_file_writer(components: ModelComponents, path: str | Path, half: bool
         return sdxl_single_file_writer(components, path, half, metadata, user_metadata, snapshot)
     path = _single_file_path(path)
     family = components.family
-    if family not in MODELSPEC_ARCHITECTURE:
-        raise ValueError(f"model family {family!r} is unknown; a single file holds sd1, sd2 or sd2-v")
+    if family not in FAMILIES:
+        raise ValueError(f"model family {family!r} is unknown; a single file holds one of {', '.join(FAMILIES)}")
     # On the host before any cast: a half copy made on the GPU would need another 2 GB of GPU memory at the end
     # of a training run, when the optimizer's state is still there.
     state_dict = {key: t.detach().to("cpu", copy=snapshot) for key, t in components_state_dict(components).items()}
@@ -88,7 +88,7 @@ def single_file_writer(components: ModelComponents, path: str | Path, half: bool
                             "use training_metadata() or str()")
         file_metadata[key] = value
     yaml_text = components.original_config_text or ""  # the base's own .yaml travels with what is made from it
-    if family == "sd2-v" and not yaml_text:
+    if get_family(family).needs_original_config and not yaml_text:
         # The WebUI cannot tell v-prediction from SD2's keys; the yaml beside the file tells it.
         configs = _component_configs(components)
         yaml_text = original_config_yaml(original_config(family, configs["unet"], configs["vae"],
@@ -160,15 +160,16 @@ def load_single_file(path: str | Path, family: str = "auto", use_ema: bool = Fal
         raise ModelLoadError(f"{path}: {error}") from None
     if split.has_ema and not use_ema:
         log.info("%s also holds EMA weights; they are not used (pass use_ema / --use-ema to use them)", path.name)
-    name = {"sd1": "SD1.x", "sd2": "SD2.x"}[base_family(key_family)]
+    name = family_of_key_layout(key_family).label
     unet = assign_weights(empty_unet(configs["unet"]), split.unet, "UNet", str(path), name)
     vae = assign_weights(empty_vae(configs["vae"]), split.vae, "VAE", str(path), name)
     text_encoder = assign_weights(empty_text_encoder(configs["text_encoder"]), split.text_encoder,
                                   "text encoder", str(path), name)
     if chosen is None:  # SD2 with nothing but its keys to go by: test it as the WebUI does
-        chosen = "sd2-v" if (not custom and looks_v_prediction(unet)) else "sd2"
-        if chosen == "sd2-v":  # same weights as SD2's layout; the 768-v model's default image size
-            v_configs = published_configs("sd2-v")
+        v_prediction = not custom and looks_v_prediction(unet)
+        chosen = family_of_key_layout(key_family, "v_prediction" if v_prediction else "epsilon").name
+        if v_prediction:  # same weights as the epsilon model's layout; the v model's default image size
+            v_configs = published_configs(chosen)
             unet.register_to_config(sample_size=v_configs["unet"]["sample_size"])
             vae.register_to_config(sample_size=v_configs["vae"]["sample_size"])
         log.info("%s: no .yaml beside it; detected %s from its weights", path.name, chosen)
@@ -192,7 +193,7 @@ def save_vae_file(vae: Any, path: str | Path, half: bool = False) -> Path:
 
     metadata = {VERSION_KEY: dreamcore.__version__}
     vae_config = diffusers_config(vae.config)
-    if differs_from_published({**published_configs("sd1"), "vae": vae_config}, "sd1"):
+    if differs_from_published({**published_configs(DEFAULT_FAMILY.name), "vae": vae_config}, DEFAULT_FAMILY.name):
         metadata[VAE_ARCHITECTURE_KEY] = metadata_json(vae_config)
     if path.suffix == ".ckpt":
         return write_ckpt(path, state_dict, metadata)
@@ -215,7 +216,7 @@ def load_vae_file(path: str | Path) -> Any:
     if VAE_ARCHITECTURE_KEY in metadata:
         config = _json_metadata(path, metadata, VAE_ARCHITECTURE_KEY)
     else:
-        config = published_configs("sd1")["vae"]
+        config = published_configs(DEFAULT_FAMILY.name)["vae"]
     try:
         converted = vae_from_original(state_dict, config)
     except ModelLoadError as error:
@@ -249,7 +250,7 @@ def _file_metadata(components: ModelComponents, path: Path) -> dict[str, str]:
         configs["scheduler"]["prediction_type"] = prediction_type(components.family)
         metadata[ARCHITECTURE_KEY] = metadata_json(configs)
     else:
-        metadata["modelspec.architecture"] = MODELSPEC_ARCHITECTURE[components.family]
+        metadata["modelspec.architecture"] = get_family(components.family).modelspec_architecture
     return metadata
 
 
@@ -262,14 +263,16 @@ def _choose_family(path: Path, key_family: str, requested: str, yaml_config, met
     for source, family in sources:
         if family is None:
             continue
-        if family not in MODELSPEC_ARCHITECTURE:
-            raise ModelLoadError(f"{path}: {source} names family {family!r}; use sd1, sd2 or sd2-v")
+        if family not in FAMILIES:
+            raise ModelLoadError(f"{path}: {source} names family {family!r}; use one of {', '.join(FAMILIES)}")
         if base_family(family) != key_family:
             raise ModelLoadError(f"{path}: {source} says {family} but the weights are {key_family} "
-                                 f"({'OpenAI CLIP' if key_family == 'sd1' else 'OpenCLIP'} text encoder); "
+                                 f"({family_of_key_layout(key_family).text_encoder_label} text encoder); "
                                  "fix or remove the wrong one")
         return family
-    return "sd1" if key_family == "sd1" else None
+    # one family to a key layout: the keys say it all; several (SD2 and SD2-v): only a forward pass can tell
+    sharing = families_of_key_layout(key_family)
+    return sharing[0].name if len(sharing) == 1 else None
 
 
 def _configs_for(path: Path, metadata: Mapping[str, str], family: str) -> tuple[dict[str, dict[str, Any]], bool]:

@@ -48,12 +48,13 @@ def time_generation(num_inference_steps: int = 30) -> dict[str, Any]:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from dreamcore.assets import load_component_config
+    from dreamcore.families.registry import DEFAULT_FAMILY
     from dreamcore.likeness.evaluate import DEFAULT_PROMPT_VARIATIONS, expand_prompts, generate_samples
     from dreamcore.tiny import build_components
 
-    configs = {name: load_component_config("sd1", name) for name in ("unet", "vae", "text_encoder", "scheduler")}
-    model = build_components(configs, "sd1", seed=0)
+    family = DEFAULT_FAMILY  # SD1.5's shapes: the model the timing is quoted for
+    configs = {name: family.shipped_config(name) for name in ("unet", "vae", "text_encoder", "scheduler")}
+    model = build_components(configs, family.name, seed=0)
     device, dtype = ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
     pipeline = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
                                        unet=model.unet, scheduler=model.scheduler, safety_checker=None,

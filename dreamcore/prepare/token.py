@@ -37,7 +37,7 @@ class TokenCheck:
 def _tokenizer():
     from dreamcore.assets import load_tokenizer
 
-    return load_tokenizer("sd1")
+    return load_tokenizer()  # every family's first tokenizer is CLIP's BPE; only padding differs
 
 
 def _encode(token: str) -> tuple[list[int], list[str]]:
