@@ -29,6 +29,7 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 class UseInTxt2img:
     title: str    # the checkpoint's title in the WebUI's list, now loaded
     prompt: str   # a prompt that calls the subject
+    warning: str = ""  # for a LoRA: why the loaded checkpoint cannot use it, when it cannot
 
 
 class TrainingController:
@@ -165,9 +166,33 @@ class TrainingController:
             raise RuntimeError(f"Job {name} is {info.status}; only a completed job's model can be used.")
         published = self.publish(info)
         if published.prompt_snippet:  # a LoRA: the base model stays, the prompt calls the LoRA
-            return UseInTxt2img("", f"{published.prompt_snippet}, portrait")
+            return UseInTxt2img("", f"{published.prompt_snippet}, portrait", self._lora_base_warning(published.path))
         title = self.host.select_checkpoint(published.path)
         return UseInTxt2img(title, f"portrait {published.activation_text}")
+
+    def _lora_base_warning(self, lora: Path) -> str:
+        """What is wrong with using the LoRA at ``lora`` on the WebUI's loaded checkpoint (an SDXL LoRA needs an
+        SDXL checkpoint, an SD1 LoRA an SD1 one); empty when they fit or when either says nothing."""
+        from dreamcore.convert.errors import ModelLoadError
+        from dreamcore.families.registry import get_family
+        from dreamcore.lora.files import lora_family
+        from dreamcore.models import base_model_family
+
+        wanted = lora_family(lora)
+        title = self.host.loaded_checkpoint()
+        if wanted is None or title is None:
+            return ""
+        checkpoint = self.host.checkpoint_path(title) or title
+        try:
+            loaded = base_model_family(checkpoint)
+        except ModelLoadError as error:
+            return f"The WebUI's loaded checkpoint {title} could not be read ({error}); this LoRA needs a " \
+                   f"{get_family(wanted).label} checkpoint."
+        if loaded.same_weights_as(get_family(wanted)):
+            return ""
+        return (f"This LoRA is for {get_family(wanted).label} models, but the WebUI has {title} loaded, a "
+                f"{loaded.label} checkpoint: the LoRA would do nothing there. Select a {get_family(wanted).label} "
+                "checkpoint in the WebUI's checkpoint list first.")
 
     # --- the WebUI's model -----------------------------------------------------------------------
     def _restore_gpu_when_idle(self) -> None:

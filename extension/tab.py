@@ -185,6 +185,9 @@ class TabHandlers:
         except (LookupError, OSError, RuntimeError, ConfigError) as error:
             return _problem_markdown(error), "", ""
         if not result.title:  # a LoRA: nothing to select, the prompt calls it
+            if result.warning:
+                return (f"**Base model does not fit:** {result.warning} Then use the prompt `{result.prompt}`",
+                        result.prompt, "")
             return (f"The LoRA is in the WebUI's Lora folder; keep your base model and use the prompt "
                     f"`{result.prompt}`", result.prompt, "")
         return (f"The WebUI has loaded **{result.title}** for txt2img. Prompt: `{result.prompt}`", result.prompt,
@@ -288,6 +291,14 @@ def _problem_markdown(error: BaseException) -> str:
 
 # --- gradio ----------------------------------------------------------------------------------------------
 
+def base_model_label() -> str:
+    """The base model list's label, naming every family dreamcore trains (SD1.x / SD2.x / SDXL checkpoint)."""
+    from dreamcore.families.registry import FAMILIES
+
+    labels = list(dict.fromkeys(family.label.split()[0] for family in FAMILIES.values()))
+    return f"Base model ({' / '.join(labels)} checkpoint)"
+
+
 def build_tab(controller: TrainingController, default_preset: str, notice: str = "") -> tuple[Any, TabHandlers]:
     """The tab's gr.Blocks and the handlers wired into it."""
     import gradio as gr
@@ -303,8 +314,8 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                     # Standalone (newest gradio only) also takes a typed path; the WebUIs offer their list.
                     custom = {"allow_custom_value": True} if controller.host.flavor == "standalone" else {}
                     model_choices, model = handlers.base_model_choices()
-                    base_model = gr.Dropdown(choices=model_choices, value=model, label="Base model "
-                                             "(SD 1.x / 2.x checkpoint)", elem_id="dreamcore_base_model", **custom)
+                    base_model = gr.Dropdown(choices=model_choices, value=model, label=base_model_label(),
+                                             elem_id="dreamcore_base_model", **custom)
                     refresh = gr.Button("Refresh list")
                 photos_dir = gr.Textbox(label="Photos: a folder of 13-20 photos of the subject")
                 uploads = gr.File(file_count="multiple", file_types=["image"], label="... or upload the photos")

@@ -285,6 +285,16 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def lora_family(path: str | Path) -> str | None:
+    """The family a LoRA ``.safetensors`` says it is for (dreamcore's or kohya's metadata), without reading its
+    tensors; None when its metadata does not say."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        metadata = handle.metadata() or {}
+    return metadata.get(FAMILY_KEY) or _family_from_kohya_metadata(metadata)
+
+
 def webui_prompt_snippet(path: str | Path, weight: float | None = None) -> str:
     """What to paste into a WebUI prompt for the LoRA at ``path``: ``<lora:NAME:W> ACTIVATION TEXT``.
 

@@ -65,7 +65,7 @@ def test_the_base_model_starts_on_the_only_checkpoint_or_the_loaded_one(webui: d
     from modules import paths, sd_models
 
     tabs = webui["callbacks"].ui_tabs_callback()
-    value, choices = _dropdown(tabs[0][0], "Base model (SD 1.x / 2.x checkpoint)")
+    value, choices = _dropdown(tabs[0][0], "Base model (SD1.x / SD2.x / SDXL checkpoint)")
     assert (value, choices) == (BASE_TITLE, [BASE_TITLE])  # the only checkpoint, though none is loaded yet
 
     write_loadable_checkpoint(Path(paths.models_path) / "Stable-diffusion" / "other.safetensors")
@@ -74,7 +74,7 @@ def test_the_base_model_starts_on_the_only_checkpoint_or_the_loaded_one(webui: d
     assert handlers.base_model_choices() == ([BASE_TITLE, "other.safetensors"], None)  # two: the person picks
     sd_models.start_with_model("other.safetensors")
     tabs = webui["callbacks"].ui_tabs_callback()
-    assert _dropdown(tabs[0][0], "Base model (SD 1.x / 2.x checkpoint)") == (
+    assert _dropdown(tabs[0][0], "Base model (SD1.x / SD2.x / SDXL checkpoint)") == (
         "other.safetensors", [BASE_TITLE, "other.safetensors"])  # the WebUI's loaded model
 
 
@@ -84,7 +84,7 @@ def test_each_page_load_shows_the_model_the_webui_has_loaded_by_then(webui: dict
     write_loadable_checkpoint(Path(paths.models_path) / "Stable-diffusion" / "other.safetensors")
     webui["shared"].refresh_checkpoints()
     blocks = webui["callbacks"].ui_tabs_callback()[0][0]  # built at WebUI start: no model loaded yet
-    assert _dropdown(blocks, "Base model (SD 1.x / 2.x checkpoint)")[0] is None
+    assert _dropdown(blocks, "Base model (SD1.x / SD2.x / SDXL checkpoint)")[0] is None
     sd_models.start_with_model("other.safetensors")  # the WebUI's model finished loading after the tab was built
     on_page_load = [function.fn for function in blocks.fns.values()
                     if any(event == "load" for _target, event in function.targets)]
@@ -147,6 +147,47 @@ def test_use_in_txt2img_fills_txt2img_only_once_the_webui_has_loaded_the_model(
     assert webui["extension"].host.loaded_checkpoint() == "dreamcore/anna.safetensors"
 
 
+def _completed_lora_job(folder: Path, name: str, family: str) -> Any:
+    """A finished LoRA job whose kohya file says which family it is for."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dreamcore.config import TrainConfig
+    from dreamcore.jobs.info import JobInfo
+    from dreamcore.lora.files import FAMILY_KEY
+
+    exported = folder / "output" / f"{name}.safetensors"
+    exported.parent.mkdir(parents=True)
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, str(exported),
+              metadata={FAMILY_KEY: family})
+    TrainConfig(pretrained_model_name_or_path="base", instance_data_dir=str(folder), output_dir=str(folder),
+                instance_prompt="photo of sks person").save(folder / "train_config.json")
+    return JobInfo(name=name, status="completed", folder=str(folder), outputs={"lora": str(exported)})
+
+
+def test_use_in_txt2img_says_when_a_lora_needs_another_family_than_the_loaded_checkpoint(
+        webui: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modules import sd_models
+
+    from dreamcore.families import DEFAULT_FAMILY, FAMILIES
+
+    other = next(f for f in FAMILIES.values() if not f.same_weights_as(DEFAULT_FAMILY))  # the base is SD1
+    sd_models.start_with_model(BASE_TITLE)
+    webui["callbacks"].ui_tabs_callback()
+    handlers = webui["extension"].handlers
+    jobs = {"fits": _completed_lora_job(tmp_path / "fits", "fits", DEFAULT_FAMILY.name),
+            "other": _completed_lora_job(tmp_path / "other", "other", other.name)}
+    monkeypatch.setattr(handlers.controller, "job", jobs.__getitem__)
+
+    message, prompt, title = handlers.use_in_txt2img("fits")
+    assert message.startswith("The LoRA is in the WebUI's Lora folder") and "<lora:fits:1>" in prompt
+    message, prompt, title = handlers.use_in_txt2img("other")
+    assert message.startswith("**Base model does not fit:** This LoRA is for " + other.label)
+    assert f"{BASE_TITLE} loaded, a {DEFAULT_FAMILY.label} checkpoint" in message
+    assert "<lora:other:1>" in prompt and title == ""
+    assert webui["shared"].opts.data["sd_model_checkpoint"] == BASE_TITLE  # the WebUI's model is left alone
+
+
 def test_tab_shows_every_advanced_field_and_the_settings(webui: dict) -> None:
     webui["callbacks"].ui_settings_callback()
     tabs = webui["callbacks"].ui_tabs_callback()
@@ -154,7 +195,8 @@ def test_tab_shows_every_advanced_field_and_the_settings(webui: dict) -> None:
     handlers = webui["extension"].handlers
     labels = _labels(tabs[0][0])
     assert {f.name for f in handlers.advanced} <= labels
-    assert {"Base model (SD 1.x / 2.x checkpoint)", "Preset", "Samples per saved step", "Log"} <= labels
+    assert {"Base model (SD1.x / SD2.x / SDXL checkpoint)", "Preset", "Samples per saved step", "Log"} <= labels
+    assert {"SDXL LoRA", "SDXL full"} <= set(_dropdown(tabs[0][0], "Preset")[1])  # the presets of every family
     options = webui["shared"].opts.data_labels
     assert options["dreamcore_default_preset"].default == "Portrait"
     assert options["dreamcore_output_dir"].default.endswith("outputs/dreamcore")
