@@ -8,10 +8,11 @@ each after install.py has added what that host lacks.
 
 from __future__ import annotations
 
-import pytest
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from host_venvs import ensure_host_venv
 from scenario_checks import REPO_ROOT, assert_loaded_like_the_host, assert_trained_and_selected, run_scenario

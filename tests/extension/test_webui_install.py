@@ -8,7 +8,6 @@ cached venv stays as the WebUI ships it. The same copy then runs the whole exten
 
 from __future__ import annotations
 
-import pytest
 import json
 import os
 import queue
@@ -19,6 +18,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from host_venvs import ensure_host_venv
 from scenario_checks import REPO_ROOT, assert_loaded_like_the_host, assert_trained_and_selected, run_scenario
@@ -78,8 +79,6 @@ def test_nothing_missing_is_a_fast_no_op_from_any_working_folder(tmp_path: Path)
 STUB_PIP = """
 import json, os, sys, time
 from pathlib import Path
-
-pytestmark = pytest.mark.slow  # a WebUI's venv and its install step: run by .ci/run
 folder = Path(os.environ["STUB_PIP_FOLDER"])
 (folder / "pip-argv.json").write_text(json.dumps(sys.argv[1:]))
 deadline = time.monotonic() + 120
@@ -124,6 +123,7 @@ def test_before_pip_starts_it_says_what_it_installs_and_how_long_it_may_take(tmp
     assert report["installed"] == [] and "nothing was changed" in report["messages"][0]
 
 
+@pytest.mark.slow  # a copy of a WebUI's venv, its install step and a training child: run by .ci/run
 def test_a1111_pins_install_adds_only_packages_and_dreamcore_trains(tmp_path: Path, tiny_base_model: Path) -> None:
     pristine = ensure_host_venv("a1111").parent.parent
     venv = tmp_path / "a1111-venv"
