@@ -65,3 +65,29 @@ def test_tiny_model_command_writes_a_tiny_sdxl_that_loads_as_sdxl(fmt: str, tmp_
         mine, theirs = getattr(loaded, name).state_dict(), getattr(built, name).state_dict()
         assert mine.keys() == theirs.keys()
         assert all(torch.equal(mine[key], theirs[key]) for key in theirs), name
+
+
+def test_generate_draws_from_an_sdxl_single_file_and_its_lora(tmp_path) -> None:
+    from dreamcore.generate import GenerationSettings, ModelSource, PipelineCache, generate_images
+    from dreamcore.lora.adapters import LoraSettings, add_lora_adapters
+    from dreamcore.lora.export import lora_weights_from_models
+    from dreamcore.lora.files import kohya_metadata, write_kohya_file
+
+    assert main(["tiny-model", "--family", "sdxl", "--format", "safetensors", str(tmp_path)]) == 0
+    path = tmp_path / "tiny-sdxl.safetensors"
+    adapted = build_tiny_sdxl(seed=0)
+    add_lora_adapters(adapted.unet, None, LoraSettings(rank=4, alpha=4.0), "sdxl", torch.float32)
+    with torch.no_grad():
+        for name, parameter in adapted.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # PEFT starts B at zero: an adapter that changes nothing
+    weights = lora_weights_from_models(adapted)
+    lora = write_kohya_file(tmp_path / "subject.safetensors", weights, kohya_metadata(weights, "tiny", "sks", {}))
+    settings = GenerationSettings("photo of sks person", seed=3, num_inference_steps=2)
+    cache = PipelineCache()
+    plain = generate_images(path, settings, cache=cache)[0].image
+    with_lora = generate_images(ModelSource(path, lora), settings, cache=cache)[0].image
+    assert plain.size == (64, 64)  # the tiny SDXL's own size
+    with cache.use(ModelSource(path)) as model:
+        assert type(model.pipeline).__name__ == "StableDiffusionXLPipeline"
+    assert not torch.equal(torch.tensor(list(plain.getdata())), torch.tensor(list(with_lora.getdata())))
