@@ -88,14 +88,14 @@ def base_model_family(path: str, revision: str = "", family: str = "auto") -> Mo
         return _folder_family(source, family)
     from dreamcore.convert.family import detect_family
     from dreamcore.convert.layout import normalise_legacy_keys
-    from dreamcore.convert.sdxl_keys import check_sdxl_base, is_sdxl_state_dict
+    from dreamcore.convert.sdxl_keys import SDXL_FAMILY, check_sdxl_base, is_sdxl_state_dict
     from dreamcore.convert.single_file import FAMILY_KEY
 
     shapes, metadata = _single_file_shapes(source)
     try:
         if is_sdxl_state_dict(shapes):
             check_sdxl_base(shapes)
-            key_layout = get_family("sdxl").key_layout
+            key_layout = get_family(SDXL_FAMILY).key_layout
         else:
             key_layout = detect_family(normalise_legacy_keys(shapes))
     except ModelLoadError as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dreamcore.config import DEFAULT_LEARNING_RATE, GUIDE_LEARNING_RATE, TrainConfig
+from dreamcore.families.sdxl import SDXL
 from dreamcore.memory_tiers import (MEMORY_BUDGET_VALUES, MEMORY_TIERS, TIER_FIELDS, TIER_NAMES, memory_tier,
                                     pick_memory_tier)
 
@@ -177,7 +178,7 @@ PRESETS[SDXL_LORA_PRESET] = {**_LORA, "resolution": 1024}
 PRESETS[SDXL_FULL_PRESET] = {**_PORTRAIT, "resolution": 1024, "memory_preset": MEMORY_TIERS[-1].name,
                              "sample_batch_size": 1}
 # The preset the tab starts from for a model of each family; any other family: PORTRAIT_PRESET.
-FAMILY_DEFAULT_PRESETS: dict[str, str] = {"sdxl": SDXL_LORA_PRESET}
+FAMILY_DEFAULT_PRESETS: dict[str, str] = {SDXL.name: SDXL_LORA_PRESET}
 
 
 def default_preset(family: str) -> str:

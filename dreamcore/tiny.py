@@ -23,6 +23,8 @@ import torch
 
 from dreamcore.assets import load_component_config, load_tokenizer
 from dreamcore.components import ModelComponents
+from dreamcore.families.sd1 import SD1
+from dreamcore.families.sdxl import SDXL
 
 TINY_RESOLUTION = 64  # pixels; the VAE downsamples by 8, so latents are 8x8
 SDXL_TEXT_WIDTHS = (16, 24)  # the tiny SDXL's two text encoders; its UNet attends to both side by side
@@ -30,14 +32,14 @@ SDXL_POOLED_WIDTH = 16  # its text encoder 2's projection: the pooled embedding
 SDXL_TIME_ID_WIDTH = 8  # each of the six size/crop ids
 
 
-def tiny_component_configs(family: str = "sd1") -> dict[str, dict[str, Any]]:
+def tiny_component_configs(family: str = SD1.name) -> dict[str, dict[str, Any]]:
     """Configs of a tiny model of the given family (the shipped full-size configs, shrunk)."""
-    if family == "sdxl":
+    if family == SDXL.name:
         return tiny_sdxl_configs()
     unet = load_component_config(family, "unet")
     unet.update(block_out_channels=[16, 32, 32, 32], norm_num_groups=8, cross_attention_dim=32,
                 sample_size=TINY_RESOLUTION // 8,
-                attention_head_dim=[2, 2, 2, 2] if family != "sd1" else 2)
+                attention_head_dim=[2, 2, 2, 2] if family != SD1.name else 2)
     vae = load_component_config(family, "vae")
     vae.update(block_out_channels=[8, 16, 16, 16], norm_num_groups=4, sample_size=TINY_RESOLUTION)
     text_encoder = load_component_config(family, "text_encoder")
@@ -49,7 +51,7 @@ def tiny_component_configs(family: str = "sd1") -> dict[str, dict[str, Any]]:
 
 def tiny_sdxl_configs() -> dict[str, dict[str, Any]]:
     """Configs of a tiny SDXL base: the shipped SDXL configs with a few channels each."""
-    configs = {name: load_component_config("sdxl", name)
+    configs = {name: load_component_config(SDXL.name, name)
                for name in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")}
     configs["unet"].update(block_out_channels=[16, 16, 32], norm_num_groups=8, attention_head_dim=[2, 2, 4],
                            transformer_layers_per_block=[1, 1, 2], cross_attention_dim=sum(SDXL_TEXT_WIDTHS),
@@ -67,30 +69,30 @@ def tiny_sdxl_configs() -> dict[str, dict[str, Any]]:
 def webui_tiny_component_configs() -> dict[str, dict[str, Any]]:
     """An SD1 model the WebUIs load: UNet and VAE as small as their model code allows (every channel count 32,
     GroupNorm(32)), the full-size CLIP ViT-L/14 text encoder they always build for SD1 (random weights)."""
-    unet = load_component_config("sd1", "unet")
+    unet = load_component_config(SD1.name, "unet")
     # Two levels, cross-attention on the first only, one resnet a level: the smallest UNet with a down- and an
     # up-sampler and both kinds of block. Two heads of 16 channels.
     unet.update(block_out_channels=[32, 32], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1, norm_num_groups=32,
                 attention_head_dim=2, sample_size=TINY_RESOLUTION // 8)
-    vae = load_component_config("sd1", "vae")
+    vae = load_component_config(SD1.name, "vae")
     # Four levels as in SD: the WebUIs take latents as 1/8 of the image size.
     vae.update(block_out_channels=[32, 32, 32, 32], layers_per_block=1, norm_num_groups=32,
                sample_size=TINY_RESOLUTION)
-    return {"unet": unet, "vae": vae, "text_encoder": load_component_config("sd1", "text_encoder"),
-            "scheduler": load_component_config("sd1", "scheduler")}
+    return {"unet": unet, "vae": vae, "text_encoder": load_component_config(SD1.name, "text_encoder"),
+            "scheduler": load_component_config(SD1.name, "scheduler")}
 
 
 def webui_original_config_yaml(configs: dict[str, dict[str, Any]]) -> str:
     """The ``.yaml`` the WebUIs build the tiny SD1 model from (their default SD1 config has SD's sizes)."""
     from dreamcore.convert.original_config import original_config, original_config_yaml
 
-    return original_config_yaml(original_config("sd1", configs["unet"], configs["vae"], configs["scheduler"]))
+    return original_config_yaml(original_config(SD1.name, configs["unet"], configs["vae"], configs["scheduler"]))
 
 
 def build_components(configs: dict[str, dict[str, Any]], family: str, seed: int = 0) -> ModelComponents:
     """Instantiate diffusers/transformers modules from component configs with seeded random weights."""
-    if family == "sdxl":
+    if family == SDXL.name:
         return build_tiny_sdxl(configs, seed)
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -127,15 +129,15 @@ def build_tiny_sdxl(configs: dict[str, dict[str, Any]] | None = None, seed: int 
                     parameter.normal_(0, 0.02)
     scheduler = DDPMScheduler.from_config(_strip_private(configs["scheduler"]))
     tokenizer, tokenizer_2 = load_sdxl_tokenizers()
-    return ModelComponents("sdxl", unet.eval(), vae.eval(), text_encoder, tokenizer, scheduler, architecture=configs,
+    return ModelComponents(SDXL.name, unet.eval(), vae.eval(), text_encoder, tokenizer, scheduler, architecture=configs,
                            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
 
 
-def build_tiny_model(family: str = "sd1", seed: int = 0, webui: bool = False) -> ModelComponents:
+def build_tiny_model(family: str = SD1.name, seed: int = 0, webui: bool = False) -> ModelComponents:
     """A tiny model; ``webui``: the SD1 one the WebUIs load, carrying its ``.yaml`` text."""
     if not webui:
         return build_components(tiny_component_configs(family), family, seed)
-    if family != "sd1":
+    if family != SD1.name:
         raise ValueError(f"a tiny model for the WebUIs is SD1 only (got family {family!r})")
     configs = webui_tiny_component_configs()
     model = build_components(configs, family, seed)
@@ -143,7 +145,7 @@ def build_tiny_model(family: str = "sd1", seed: int = 0, webui: bool = False) ->
     return model
 
 
-def save_tiny_model(directory: str | Path, family: str = "sd1", fmt: str = "diffusers", seed: int = 0,
+def save_tiny_model(directory: str | Path, family: str = SD1.name, fmt: str = "diffusers", seed: int = 0,
                     webui: bool = False) -> Path:
     """Write a tiny model as a diffusers folder or a single ``.safetensors`` file; returns its path.
 

@@ -59,12 +59,6 @@ def test_test_modules_have_unique_names() -> None:
     assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
 
 
-# Files that build or choose models by family name and have not yet moved onto the registry: the tiny test
-# models, their command, loading's SDXL single-file branch and the family default presets.
-FAMILY_LITERALS_NOT_YET_MOVED = {"dreamcore/tiny.py", "dreamcore/commands/tiny_model.py", "dreamcore/models.py",
-                                 "dreamcore/presets.py"}
-
-
 def family_name_literals(path: Path, names: set[str]) -> list[int]:
     """Lines where a string constant is exactly a family name (docstrings and prose are whole sentences)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -82,8 +76,7 @@ def test_only_the_families_and_their_assets_name_a_family() -> None:
     for folder in ("dreamcore", "extension", "scripts"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             relative = path.relative_to(ROOT).as_posix()
-            if relative.startswith(("dreamcore/families/", "dreamcore/assets/")) \
-                    or relative in FAMILY_LITERALS_NOT_YET_MOVED:
+            if relative.startswith(("dreamcore/families/", "dreamcore/assets/")):
                 continue
             lines = family_name_literals(path, names)
             if lines:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dreamcore.families.registry import FAMILY_NAMES
+from dreamcore.families.registry import DEFAULT_FAMILY, FAMILY_NAMES
 
 HELP = "Write a tiny model with SD's or SDXL's block layout (random weights, real tokenizer) for tests and the demo."
 
@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="Output folder (diffusers) or file/folder for a single file.")
     parser.add_argument("--format", choices=("diffusers", "safetensors", "ckpt"), default=None,
                         help="diffusers (default) or a single file; --webui: safetensors (default) or ckpt")
-    parser.add_argument("--family", choices=FAMILY_NAMES, default="sd1",
+    parser.add_argument("--family", choices=FAMILY_NAMES, default=DEFAULT_FAMILY.name,
                         help="the model family whose layout the tiny model has (sdxl: two text encoders)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--webui", action="store_true",
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from dreamcore.tiny import save_tiny_model
 
     fmt = args.format or ("safetensors" if args.webui else "diffusers")
-    if args.webui and (fmt == "diffusers" or args.family != "sd1"):
+    if args.webui and (fmt == "diffusers" or args.family != DEFAULT_FAMILY.name):
         print("tiny-model --webui writes an SD1 single file: leave out --family, and use --format safetensors "
               "(the default) or ckpt", file=sys.stderr)
         return 2
