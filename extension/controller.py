@@ -25,6 +25,9 @@ logger = logging.getLogger("dreamcore.webui")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
+FINAL_MODEL = "final"  # how dreamcore.grid labels a job's final model among its saved ones
+
+
 @dataclass(frozen=True)
 class UseInTxt2img:
     title: str    # the checkpoint's title in the WebUI's list, now loaded
@@ -41,6 +44,7 @@ class TrainingController:
         self._managers: dict[Path, Any] = {}
         self._lock = threading.Lock()
         self._published: dict[str, PublishedModel] = {}
+        self._generation: Any = None  # the checkpoint grid's drawer, made at the first Compare checkpoints
         self._gpu_watch: threading.Thread | None = None
 
     # --- jobs ------------------------------------------------------------------------------------
@@ -135,40 +139,82 @@ class TrainingController:
             time.sleep(self.poll_seconds)
 
     # --- results ---------------------------------------------------------------------------------
-    def publish(self, info: Any) -> PublishedModel:
-        """Copy a completed job's model into the WebUI's checkpoint folder (once) and refresh the list."""
-        if info.name in self._published and self._published[info.name].path.is_file():
-            return self._published[info.name]
+    def publish(self, info: Any, checkpoint: str = FINAL_MODEL) -> PublishedModel:
+        """Copy a completed job's model, or its checkpoint labelled ``checkpoint`` ("step 500"), into the WebUI's
+        checkpoint (or Lora) folder, once, and refresh the list."""
+        key = info.name if checkpoint == FINAL_MODEL else f"{info.name}@{checkpoint}"
+        if key in self._published and self._published[key].path.is_file():
+            return self._published[key]
         config = TrainConfig.load(Path(info.folder) / "train_config.json")
-        if info.outputs.get("lora"):
+        if checkpoint == FINAL_MODEL:
+            name, lora, exported = info.name, info.outputs.get("lora"), info.outputs.get("single_file")
+        else:
+            chosen = self._saved_model(info, checkpoint)
+            name = f"{info.name}-step-{chosen.step}"
+            lora = chosen.source.lora
+            exported = None if lora else chosen.source.path
+        if lora:
             # A LoRA goes to the WebUI's Lora folder and is called from the prompt, not selected as a model.
-            published = publish_lora(info.outputs["lora"], self.host.lora_dir(), info.name, config.instance_prompt)
-            self._published[info.name] = published
+            published = publish_lora(lora, self.host.lora_dir(), name, config.instance_prompt)
+            self._published[key] = published
             return published
-        exported = info.outputs.get("single_file")
         if not exported:
             raise FileNotFoundError(f"Job {info.name} finished without a single-file model (outputs: "
                                     f"{', '.join(info.outputs) or 'none'}); see its log in {info.folder}.")
-        published = publish_checkpoint(exported, self.host.checkpoint_dir(), info.name, config.instance_prompt)
+        published = publish_checkpoint(exported, self.host.checkpoint_dir(), name, config.instance_prompt)
         self.host.refresh_checkpoints()
-        self._published[info.name] = published
+        self._published[key] = published
         return published
 
     def published(self, name: str) -> PublishedModel | None:
         """The model this controller published for a job, if any."""
         return self._published.get(name)
 
-    def use_in_txt2img(self, name: str) -> UseInTxt2img:
-        """Publish the job's model and have the WebUI load it. Raises CheckpointNotLoaded (from the host)
-        when the WebUI did not load it: then nothing may be put in txt2img."""
+    def saved_models(self, name: str) -> list[str]:
+        """A job's saved models by label: its checkpoints in step order ("step 500"), then "final"."""
+        return [saved.label for saved in self._saved_models(self.job(name))]
+
+    def compare_checkpoints(self, name: str) -> tuple[str | None, str]:
+        """The job's checkpoint grid (every saved model against a few prompts at the run's seed): (PNG path,
+        message), as the standalone app's Compare checkpoints draws it."""
+        from dreamcore.jobs.generate_api import GenerateService
+
+        from .generate_panel import GeneratePanel
+
+        if self._generation is None:
+            self._generation = GeneratePanel(GenerateService(self.manager()), self.host.checkpoint_dir())
+        return self._generation.compare(name, hint="Pick the one to keep under *Checkpoint to use* and press "
+                                                   "*Use this checkpoint in txt2img*.")
+
+    def use_in_txt2img(self, name: str, checkpoint: str = FINAL_MODEL) -> UseInTxt2img:
+        """Publish the job's model (or its checkpoint labelled ``checkpoint``) and have the WebUI load it.
+        Raises CheckpointNotLoaded (from the host) when the WebUI did not load it: then nothing may be put in
+        txt2img."""
         info = self.job(name)
         if info.status != "completed":
             raise RuntimeError(f"Job {name} is {info.status}; only a completed job's model can be used.")
-        published = self.publish(info)
+        published = self.publish(info, checkpoint)
         if published.prompt_snippet:  # a LoRA: the base model stays, the prompt calls the LoRA
             return UseInTxt2img("", f"{published.prompt_snippet}, portrait", self._lora_base_warning(published.path))
         title = self.host.select_checkpoint(published.path)
         return UseInTxt2img(title, f"portrait {published.activation_text}")
+
+    def _saved_models(self, info: Any) -> list[Any]:
+        from dreamcore.grid import GridError, run_models
+        from dreamcore.jobs.folder import JobFolder
+
+        try:
+            return run_models(JobFolder(info.folder).output).checkpoints
+        except GridError as error:
+            raise LookupError(f"Job {info.name} has no saved model yet: {error}") from error
+
+    def _saved_model(self, info: Any, label: str) -> Any:
+        saved = self._saved_models(info)
+        for model in saved:
+            if model.label == label:
+                return model
+        raise LookupError(f"Job {info.name} has no saved model {label!r}; it has: "
+                          f"{', '.join(model.label for model in saved)}.")
 
     def _lora_base_warning(self, lora: Path) -> str:
         """What is wrong with using the LoRA at ``lora`` on the WebUI's loaded checkpoint (an SDXL LoRA needs an

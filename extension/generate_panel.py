@@ -75,7 +75,7 @@ class GeneratePanel:
         where = images[0].path.parent if images else self.service.out_dir
         return PanelImages(gallery, text, f"{len(images)} image(s) saved in `{where}`.", str(images[0].seed))
 
-    def compare(self, job: str) -> tuple[str | None, str]:
+    def compare(self, job: str, hint: str = "Pick the column you like in the Model list above.") -> tuple[str | None, str]:
         """The job's checkpoint grid at its seed: (PNG path, message). Every saved model against the instance
         prompt, a scene, a style and the class prompt."""
         from dreamcore.generate import GenerateError, parameters_text, save_png
@@ -103,7 +103,7 @@ class GeneratePanel:
         scores = ", ".join(f"{c.label} {s:.2f}" for c, s in zip(grid.checkpoints, grid.likeness) if s is not None)
         note = f" Likeness: {scores}." if scores else (f" ({grid.note})" if grid.note else "")
         return str(path), (f"{len(grid.checkpoints)} checkpoints x {len(prompts)} prompts at seed {models.seed}, "
-                           f"saved as `{path}`.{note} Pick the column you like in the Model list above.")
+                           f"saved as `{path}`.{note} {hint}")
 
     def jobs(self) -> list[str]:
         return [info.name for info in sorted(self.service.manager.list(), key=lambda i: i.created_at, reverse=True)]

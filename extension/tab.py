@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from dreamcore.config import ConfigError, field_type
 from dreamcore.presets import preset_names, preset_overrides
 
-from .controller import FINAL_STATUSES, TrainingController
+from .controller import FINAL_MODEL, FINAL_STATUSES, TrainingController
 from .form import (MAIN_FIELDS, OPTIONAL_SWITCH, TabForm, advanced_fields, advanced_groups, default_ui_value,
                    is_optional_switch, ui_value, uses_text_box)
 from .host import CheckpointNotLoaded
@@ -175,11 +175,12 @@ class TabHandlers:
             return _problem_markdown(error)
         return f"Cancelling {info.name}: it stops at the next step and keeps a state you can resume."
 
-    def use_in_txt2img(self, name: str) -> tuple[str, str, str]:
-        """Have the WebUI load the job's model for txt2img; returns (message, prompt, checkpoint title) for the
-        page. Unless the WebUI has loaded it, prompt and title are empty and the page leaves txt2img alone."""
+    def use_in_txt2img(self, name: str, checkpoint: str | None = FINAL_MODEL) -> tuple[str, str, str]:
+        """Have the WebUI load the job's model (or its saved checkpoint labelled ``checkpoint``, e.g. "step 500")
+        for txt2img; returns (message, prompt, checkpoint title) for the page. Unless the WebUI has loaded it,
+        prompt and title are empty and the page leaves txt2img alone."""
         try:
-            result = self.controller.use_in_txt2img((name or "").strip())
+            result = self.controller.use_in_txt2img((name or "").strip(), checkpoint or FINAL_MODEL)
         except CheckpointNotLoaded as error:
             return f"**Not selected:** {error}", "", ""
         except (LookupError, OSError, RuntimeError, ConfigError) as error:
@@ -192,6 +193,18 @@ class TabHandlers:
                     f"`{result.prompt}`", result.prompt, "")
         return (f"The WebUI has loaded **{result.title}** for txt2img. Prompt: `{result.prompt}`", result.prompt,
                 result.title)
+
+    def compare_checkpoints(self, name: str) -> tuple[str | None, str, list[str]]:
+        """The job's checkpoint grid: (PNG path, message, the saved models' labels to choose from)."""
+        name = (name or "").strip()
+        if not name:
+            return None, "**Pick a job to compare its checkpoints.**", []
+        try:
+            labels = self.controller.saved_models(name)
+        except (LookupError, OSError, ConfigError) as error:
+            return None, _problem_markdown(error), []
+        path, message = self.controller.compare_checkpoints(name)
+        return path, message, labels
 
     def job_choices(self) -> list[str]:
         return self.controller.job_names()
@@ -365,6 +378,16 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                                 visible=controller.host.flavor != "standalone")
                 prompt_out = gr.Textbox(visible=False)
                 title_out = gr.Textbox(visible=False)
+                # In a WebUI: choose among a job's saved checkpoints by eye (the standalone app has this in its
+                # Generate tab).
+                with gr.Accordion("Compare checkpoints: every saved model of the job against a few prompts",
+                                  open=False, visible=controller.host.flavor != "standalone"):
+                    compare = gr.Button("Compare checkpoints")
+                    grid_message = gr.Markdown()
+                    grid_image = gr.Image(label="Checkpoint grid", type="filepath", interactive=False)
+                    with gr.Row():
+                        keep = gr.Dropdown(choices=[], label="Checkpoint to use")
+                        use_saved = gr.Button("Use this checkpoint in txt2img")
 
         form_inputs = [base_model, photos_dir, uploads, token, class_word, job_name, preset, *advanced_controls]
         watch_outputs = [message, progress, loss_plot, samples, log, job]
@@ -411,6 +434,14 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
                       outputs=[prepare_report, prepare_preview, photos_dir])
         refresh_jobs.click(lambda: gr.update(choices=handlers.job_choices()), inputs=[], outputs=[job])
         use.click(handlers.use_in_txt2img, inputs=[job], outputs=[message, prompt_out, title_out]).then(
+            None, inputs=[prompt_out, title_out], outputs=None, **{js_keyword: USE_IN_TXT2IMG_JS})
+
+        def compare_and_list(name: str) -> tuple[Any, str, Any]:
+            path, text, labels = handlers.compare_checkpoints(name)
+            return path, text, gr.update(choices=labels, value=labels[-1] if labels else None)
+
+        compare.click(compare_and_list, inputs=[job], outputs=[grid_image, grid_message, keep])
+        use_saved.click(handlers.use_in_txt2img, inputs=[job, keep], outputs=[message, prompt_out, title_out]).then(
             None, inputs=[prompt_out, title_out], outputs=None, **{js_keyword: USE_IN_TXT2IMG_JS})
     return blocks, handlers
 

@@ -340,3 +340,31 @@ def test_check_token_explains_split_tokens_and_accepts_rare_ones(webui: dict) ->
     assert split.startswith("Consider another token") and "`" in split  # with suggestions
     assert handlers.check_token("sks").startswith("OK")
     assert "one word" in handlers.check_token("two words")
+
+
+def test_a_saved_checkpoint_is_chosen_by_eye_and_used_in_txt2img(webui: dict, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compare checkpoints lists a job's saved models; the one picked is published and loaded as its own model."""
+    from dreamcore.config import TrainConfig
+    from modules import sd_models
+
+    sd_models.start_with_model(BASE_TITLE)
+    webui["callbacks"].ui_tabs_callback()
+    handlers = webui["extension"].handlers
+    job = _completed_job(tmp_path / "anna", "anna", loadable=True)
+    output = tmp_path / "anna" / "output"
+    write_loadable_checkpoint(output / "checkpoints" / "anna-step-000002.safetensors")
+    TrainConfig(pretrained_model_name_or_path="base", instance_data_dir=str(tmp_path), output_dir=str(output),
+                instance_prompt="photo of sks person", model_name="anna").save(output / "train_config.json")
+    monkeypatch.setattr(handlers.controller, "job", {"anna": job}.__getitem__)
+    monkeypatch.setattr(handlers.controller, "compare_checkpoints", lambda name: ("grid.png", f"grid of {name}"))
+
+    assert handlers.compare_checkpoints("anna") == ("grid.png", "grid of anna", ["step 2", "final"])
+    assert handlers.compare_checkpoints("")[0] is None
+    message, prompt, title = handlers.use_in_txt2img("anna", "step 2")
+    assert title == "dreamcore/anna-step-2.safetensors" and prompt == "portrait photo of sks person"
+    assert webui["extension"].host.loaded_checkpoint() == "dreamcore/anna-step-2.safetensors"
+    message, prompt, title = handlers.use_in_txt2img("anna", "step 7")
+    assert "has no saved model 'step 7'" in message and "step 2, final" in message and (prompt, title) == ("", "")
+    _, _, title = handlers.use_in_txt2img("anna", "final")
+    assert title == "dreamcore/anna.safetensors"
