@@ -11,6 +11,7 @@ which no longer resolve on this machine's Python; every other pin is the host's 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -52,8 +53,17 @@ def ensure_host_venv(host: str) -> Path:
     stamp = venv_dir / ".dreamcore-host-pins.json"
     wanted = {"torch": TORCH_SPEC, "pins": pins,
               "digest": hashlib.sha256(json.dumps([TORCH_SPEC, pins]).encode()).hexdigest()}
-    if stamp.is_file() and json.loads(stamp.read_text()) == wanted and host_python(host).exists():
-        return host_python(host)
+    # Test workers run in parallel (pytest-xdist): one builds a host's venv while the others wait for it.
+    HOST_VENVS_DIR.mkdir(exist_ok=True)
+    with open(HOST_VENVS_DIR / f"{host}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.is_file() and json.loads(stamp.read_text()) == wanted and host_python(host).exists():
+            return host_python(host)
+        return _build(host, venv_dir, stamp, wanted)
+
+
+def _build(host: str, venv_dir: Path, stamp: Path, wanted: dict) -> Path:
+    pins = wanted["pins"]
     started = time.monotonic()
     _run([sys.executable, "-m", "venv", "--clear", str(venv_dir)])
     python = str(host_python(host))

@@ -25,10 +25,11 @@ def test_newest_gradio_trains_through_the_tab_and_selects_the_model(tmp_path: Pa
     assert_loaded_like_the_host(result)
     assert_trained_and_selected(result)
     base = "base/tiny-sd1.safetensors"
-    # The WebUI's model left the GPU for training, came back after it, then the new model was loaded.
-    assert result["model_calls"][0] == "unload"
-    assert result["model_calls"].index(f"load:{base}") < result["model_calls"].index(
-        "load:dreamcore/tiny-anna.safetensors")
+    # The WebUI's model left the GPU for training; the new model was loaded; the old one came back in between or
+    # not at all (the controller checks for a finished job once a second: Use in txt2img may come first).
+    calls = result["model_calls"]
+    assert calls[0] == "unload" and "load:dreamcore/tiny-anna.safetensors" in calls
+    assert f"load:{base}" not in calls[calls.index("load:dreamcore/tiny-anna.safetensors"):]
 
 
 def _install_then_train(tmp_path: Path, host: str, tiny_base_model: Path, install_cwd: str) -> dict:
