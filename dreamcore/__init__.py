@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from dreamcore.config import ConfigError, TrainConfig
+# The function itself, bound after its module loads: importing the submodule dreamcore.generate later would
+# otherwise replace a wrapper of that name with the module (the module imports no torch at load).
+from dreamcore.generate import generate
 
 __version__ = "0.1.0"
 __all__ = ["TrainConfig", "ConfigError", "train", "generate", "__version__"]
@@ -20,10 +23,3 @@ def train(config: TrainConfig, callbacks: Any = None, stop: Any = None) -> Any:
     from dreamcore.training import train as _train
 
     return _train(config, callbacks=callbacks, stop=stop)
-
-
-def generate(*args: Any, **kwargs: Any) -> Any:
-    """Generate images from a model; see ``dreamcore.generate.generate``."""
-    from dreamcore.generate import generate as _generate
-
-    return _generate(*args, **kwargs)

@@ -45,7 +45,7 @@ def make_demo_photos(folder: Path, count: int = 6, size: int = 96) -> list[Path]
 
 def run(args: argparse.Namespace) -> int:
     from dreamcore import TrainConfig, generate, train
-    from dreamcore.commands.train import ConsoleReporter
+    from dreamcore.commands.train import TrainingProgressPrinter
     from dreamcore.families.registry import DEFAULT_FAMILY
     from dreamcore.tiny import TINY_RESOLUTION, save_tiny_model
 
@@ -64,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
         max_train_steps=args.steps, save_interval=args.steps // 2, checkpointing_steps=args.steps // 2,
         save_sample_prompt="portrait photo of sks person", n_save_sample=2, save_infer_steps=10,
         model_name="demo-sks", seed=1337)
-    result = train(config, callbacks=[ConsoleReporter()])
+    printer = TrainingProgressPrinter()
+    try:
+        result = train(config, callbacks=[printer])
+    finally:
+        printer.close()
     single_file = result.outputs["single_file"]
     images = generate(single_file, "portrait photo of sks person wearing a fancy suit", seed=1337,
                       num_inference_steps=10, num_images=2, out=out / "generated")

@@ -107,7 +107,10 @@ def test_random_seed_is_drawn_recorded_and_reproduces(tiny_file: Path, tmp_path:
 
 
 def test_the_model_stays_loaded_until_released(tiny_file: Path, tmp_path: Path, monkeypatch) -> None:
-    import dreamcore.generate as generate_module
+    import importlib
+
+    # the module, not the package's generate() function of the same name
+    generate_module = importlib.import_module("dreamcore.generate")
 
     loads = []
     real_load = generate_module._load
