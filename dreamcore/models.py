@@ -52,12 +52,7 @@ def load_base_model(path: str, vae: str = "", revision: str = "", family: str = 
     files of that variant (``*.fp16.safetensors``). The scheduler returned is a ``DDPMScheduler``
     with the family's prediction type (epsilon, or v_prediction for SD2-v).
     """
-    if family not in FAMILY_CHOICES:
-        raise ModelLoadError(f"model family {family!r} is unknown; use one of {', '.join(FAMILY_CHOICES)}")
-    if not path:
-        raise ModelLoadError("no base model given; pass a diffusers folder, a .safetensors/.ckpt file, or a hub "
-                             "id that is in the local Hugging Face cache")
-    source = _resolve_source(path, revision, what="base model")
+    source = _base_model_source(path, revision, family)
     if source.is_file():
         from dreamcore.convert.single_file import load_single_file
 
@@ -72,18 +67,23 @@ def load_base_model(path: str, vae: str = "", revision: str = "", family: str = 
     return components
 
 
+def _base_model_source(path: str, revision: str, family: str) -> Path:
+    """The base model's file or folder, the family asked for checked first."""
+    if family not in FAMILY_CHOICES:
+        raise ModelLoadError(f"model family {family!r} is unknown; use one of {', '.join(FAMILY_CHOICES)}")
+    if not path:
+        raise ModelLoadError("no base model given; pass a diffusers folder, a .safetensors/.ckpt file, or a hub "
+                             "id that is in the local Hugging Face cache")
+    return _resolve_source(path, revision, what="base model")
+
+
 def base_model_family(path: str, revision: str = "", family: str = "auto") -> ModelFamily:
     """The family of a base model, told from its files without loading its weights: a diffusers folder's configs,
     a single file's key names and metadata. What training decides before the model loads (its resolution) asks
     here; an SDXL refiner is refused now, with the reason. SD2 and SD2-v single files without dreamcore's
     metadata are told apart only when loaded (the WebUI's test forward pass): SD2 is returned for both.
     """
-    if family not in FAMILY_CHOICES:
-        raise ModelLoadError(f"model family {family!r} is unknown; use one of {', '.join(FAMILY_CHOICES)}")
-    if not path:
-        raise ModelLoadError("no base model given; pass a diffusers folder, a .safetensors/.ckpt file, or a hub "
-                             "id that is in the local Hugging Face cache")
-    source = _resolve_source(path, revision, what="base model")
+    source = _base_model_source(path, revision, family)
     if source.is_dir():
         return _folder_family(source, family)
     from dreamcore.convert.family import detect_family

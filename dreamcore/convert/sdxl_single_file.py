@@ -7,7 +7,6 @@ file's state dict (the key layout is ``sdxl_layout``/``sdxl_keys``); ``load_sdxl
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -16,16 +15,15 @@ import torch
 
 from dreamcore.assets import load_component_config, load_sdxl_tokenizers
 from dreamcore.components import ModelComponents
-from dreamcore.convert.checkpoint_files import metadata_json, read_state_dict, write_ckpt, write_safetensors
+from dreamcore.convert.checkpoint_files import metadata_json, read_state_dict
 from dreamcore.convert.errors import ModelLoadError
 from dreamcore.convert.modules import (TEXT_MODEL_PREFIX, assign_weights, diffusers_config, empty_unet, empty_vae,
                                        empty_text_encoder, text_config_dict, text_encoder_state_dict)
 from dreamcore.convert.sdxl_keys import SDXL_FAMILY, check_sdxl_base, is_sdxl_state_dict
 from dreamcore.convert.sdxl_layout import split_sdxl_single_file_layout, to_sdxl_single_file_layout
 from dreamcore.convert.single_file import (ARCHITECTURE_KEY, FAMILY_KEY, PREDICTION_KEY, VERSION_KEY,
-                                           _check_noise_schedule, _json_metadata, _single_file_path)
+                                           _check_noise_schedule, _file_writer, _json_metadata, _single_file_path)
 from dreamcore.families.registry import get_family
-from dreamcore.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -173,20 +171,7 @@ def sdxl_single_file_writer(components: ModelComponents, path: str | Path, half:
         file_metadata[key] = value
     yaml_text = components.original_config_text or ""
 
-    def write() -> Path:
-        tensors = {key: t.half() if half and t.is_floating_point() else t for key, t in state_dict.items()}
-        if path.suffix == ".ckpt":
-            write_ckpt(path, tensors, file_metadata)
-        else:
-            write_safetensors(path, tensors, file_metadata)
-        if yaml_text:
-            atomic_write_text(path.with_suffix(".yaml"), yaml_text)
-        if user_metadata is not None:
-            atomic_write_text(path.with_suffix(".json"),
-                              json.dumps(user_metadata, indent=4, ensure_ascii=False) + "\n")
-        return path
-
-    return write
+    return _file_writer(path, state_dict, file_metadata, half, yaml_text, user_metadata)
 
 
 def empty_projection_text_encoder(config: Mapping[str, Any]) -> Any:

@@ -94,20 +94,7 @@ def single_file_writer(components: ModelComponents, path: str | Path, half: bool
         yaml_text = original_config_yaml(original_config(family, configs["unet"], configs["vae"],
                                                          configs["scheduler"]))
 
-    def write() -> Path:
-        tensors = {key: t.half() if half and t.is_floating_point() else t for key, t in state_dict.items()}
-        if path.suffix == ".ckpt":
-            write_ckpt(path, tensors, file_metadata)
-        else:
-            write_safetensors(path, tensors, file_metadata)
-        if yaml_text:
-            atomic_write_text(path.with_suffix(".yaml"), yaml_text)
-        if user_metadata is not None:
-            atomic_write_text(path.with_suffix(".json"),
-                              json.dumps(user_metadata, indent=4, ensure_ascii=False) + "\n")
-        return path
-
-    return write
+    return _file_writer(path, state_dict, file_metadata, half, yaml_text, user_metadata)
 
 
 def components_state_dict(components: ModelComponents) -> dict[str, torch.Tensor]:
@@ -317,3 +304,23 @@ def _check_noise_schedule(path: Path, state_dict: Mapping[str, torch.Tensor], sc
         raise ModelLoadError(f"{path}: its noise schedule (alphas_cumprod) is not the standard scaled-linear "
                              f"{scheduler['beta_start']}..{scheduler['beta_end']} schedule; put the model's .yaml "
                              "config beside it (linear_start/linear_end) so dreamcore trains with its schedule")
+
+
+def _file_writer(path: Path, state_dict: dict, file_metadata: dict[str, str], half: bool, yaml_text: str,
+                 user_metadata: Any) -> Callable[[], Path]:
+    """The write of a single file (fp16 when ``half``), its .yaml when given and its .json card when given."""
+
+    def write() -> Path:
+        tensors = {key: t.half() if half and t.is_floating_point() else t for key, t in state_dict.items()}
+        if path.suffix == ".ckpt":
+            write_ckpt(path, tensors, file_metadata)
+        else:
+            write_safetensors(path, tensors, file_metadata)
+        if yaml_text:
+            atomic_write_text(path.with_suffix(".yaml"), yaml_text)
+        if user_metadata is not None:
+            atomic_write_text(path.with_suffix(".json"),
+                              json.dumps(user_metadata, indent=4, ensure_ascii=False) + "\n")
+        return path
+
+    return write
