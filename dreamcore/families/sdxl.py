@@ -42,9 +42,10 @@ class SDXLFamily(ModelFamily):
 
         hidden, pooled = encoded
         # photos are cropped square at the training resolution (prepare_photos), so the original size, the
-        # crop's top-left corner and the target size are the same for every image
-        time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=hidden.dtype,
-                                device=hidden.device).repeat(hidden.shape[0], 1)
+        # crop's top-left corner and the target size are the same for every image. Filled on the device, not
+        # copied from a host list: a copy from the host cannot be recorded in the CUDA-graph step.
+        time_ids = torch.full((hidden.shape[0], 6), resolution, dtype=hidden.dtype, device=hidden.device)
+        time_ids[:, 2:4] = 0
         return UnetConditioning(hidden, {"text_embeds": pooled, "time_ids": time_ids})
 
     def pipeline(self, components: "ModelComponents", scheduler: Any) -> Any:
