@@ -1,4 +1,5 @@
-"""``python -m dreamcore bench``: the guide's recipe through dreamcore's trainer, timed per preset.
+"""``python -m dreamcore bench``: the guide's recipe (or named presets) through dreamcore's trainer, timed per preset,
+on a random model of one family's published shapes (``--family``: SD1.5 by default, SDXL, ...).
 
 Each preset runs in its own process (so one preset's cached GPU memory or an out-of-memory error never
 colours the next), while this process samples the device's memory with nvidia-smi. The table reports the
@@ -17,10 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from dreamcore.families.registry import DEFAULT_FAMILY
+from dreamcore.families.registry import DEFAULT_FAMILY, FAMILIES, FAMILY_NAMES, get_family
 from dreamcore.memory_tiers import TIER_NAMES, auto_tiers
 
-HELP = "Benchmark the guide's recipe on this GPU (SD1.5 shapes, random weights, offline): speed and memory."
+HELP = ("Benchmark training on this GPU (random weights of a model family's published shapes, SD1.5 by default; "
+        "offline): speed and memory.")
+# for the default family; any other family's default is the preset a run of its models starts from
 DEFAULT_PRESETS = ("guide", *(tier.name for tier in auto_tiers()))  # not 24GB: the 16GB settings again
 
 
@@ -30,14 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "step), 'guide-verbatim' (the guide's command end to end: single-file base and VAE, "
                              "its flags under memory_preset auto, saves every 500 steps; use --steps 2000) or a "
                              f"memory preset {'/'.join(TIER_NAMES)}, optionally with TrainConfig overrides, "
-                             f"e.g. 16GB:cuda_graph=false (default: {' '.join(DEFAULT_PRESETS)})")
+                             f"e.g. 16GB:cuda_graph=false, or a named preset such as 'SDXL LoRA' (default: "
+                             f"{' '.join(DEFAULT_PRESETS)}; for another --family, the preset its runs start from)")
     parser.add_argument("--steps", type=int, default=120, help="training steps per preset (default 120)")
     parser.add_argument("--warmup", type=int, default=20,
                         help="steps counted as warm-up, not in the steady-state time (default 20)")
-    full = DEFAULT_FAMILY.name
-    parser.add_argument("--model-size", choices=(full, "tiny"), default=full,
-                        help=f"{full}: {DEFAULT_FAMILY.label} shapes at {DEFAULT_FAMILY.default_resolution} px "
-                             "(default); tiny: the test model at 64 px (plumbing only)")
+    parser.add_argument("--family", choices=FAMILY_NAMES, default=DEFAULT_FAMILY.name,
+                        help=f"the model family whose shapes are benchmarked (default {DEFAULT_FAMILY.name}: "
+                             f"{DEFAULT_FAMILY.label})")
+    parser.add_argument("--model-size", choices=(*FAMILY_NAMES, "tiny"), default=None,
+                        help="the family's name (the default): its published shapes at its default resolution ("
+                             + ", ".join(f"{family.name} {family.default_resolution} px" for family in FAMILIES.values())
+                             + "); tiny: the family's test model at 64 px (plumbing only)")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the random model, photos and run outputs (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -55,16 +62,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-out", type=Path, default=None, help=argparse.SUPPRESS)  # the child's file
     parser.add_argument("--python-profile-out", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one preset, in this process
+    parser.add_argument("--build-inputs", action="store_true", help=argparse.SUPPRESS)  # the model and photos
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamcore.bench.recipe import parse_preset
+    from dreamcore.bench.recipe import GUIDE_VERBATIM, bench_inputs, model_sizes, parse_preset
+    from dreamcore.presets import default_preset
 
-    specs = args.preset or list(DEFAULT_PRESETS)
+    family = get_family(args.family)
+    size = args.model_size or family.name
+    if size not in model_sizes(family):
+        print(f"dreamcore bench: --model-size {size} does not go with --family {family.name}; use "
+              f"{' or '.join(model_sizes(family))}.", file=sys.stderr)
+        return 2
+    specs = args.preset or (list(DEFAULT_PRESETS) if family is DEFAULT_FAMILY else [default_preset(family.name)])
     try:
         presets = [parse_preset(spec) for spec in specs]
     except ValueError as error:
         print(f"dreamcore bench: {error}", file=sys.stderr)
+        return 2
+    if family is not DEFAULT_FAMILY and any(preset.name == GUIDE_VERBATIM for preset in presets):
+        print(f"dreamcore bench: --preset {GUIDE_VERBATIM} is the guide's {DEFAULT_FAMILY.label} command (its "
+              f"single-file base and VAE); run it with --family {DEFAULT_FAMILY.name}, or use 'guide' for the "
+              f"guide's recipe on {family.label}.", file=sys.stderr)
         return 2
     if args.num_processes < 1:
         print(f"dreamcore bench: --num-processes {args.num_processes} must be 1 or more.", file=sys.stderr)
@@ -77,29 +97,44 @@ def run(args: argparse.Namespace) -> int:
         print(f"dreamcore bench: --steps {args.steps} leaves no steady state after --warmup {args.warmup}; "
               f"use at least {args.warmup + 2}.", file=sys.stderr)
         return 2
+    if args.build_inputs:
+        if args.work is None:
+            print("dreamcore bench --build-inputs needs --work", file=sys.stderr)
+            return 2
+        _build_inputs(bench_inputs(args.work, family, size))
+        return 0
     if args.child:
         if len(presets) != 1 or args.work is None or args.json is None:
             print("dreamcore bench --child needs one --preset, --work and --json", file=sys.stderr)
             return 2
-        return _run_child(presets[0], args)
+        return _run_child(presets[0], args, size)
     if args.work is None:
         with tempfile.TemporaryDirectory(prefix="dreamcore-bench-") as work:
-            return _run_parent(presets, args, Path(work))
-    return _run_parent(presets, args, args.work)
+            return _run_parent(presets, args, size, Path(work))
+    return _run_parent(presets, args, size, args.work)
 
 
-def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
+def _run_parent(presets, args: argparse.Namespace, size: str, work: Path) -> int:
     from dreamcore.bench.measure import DeviceMemorySampler, describe_card
-    from dreamcore.bench.recipe import GUIDE_STEPS, GUIDE_VERBATIM, single_file_inputs
+    from dreamcore.bench.recipe import GUIDE_STEPS, GUIDE_VERBATIM, bench_inputs, single_file_inputs
     from dreamcore.bench.report import PresetResult, format_parts, format_table
 
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    _ensure_inputs(work, args.model_size)
+    inputs = bench_inputs(work, get_family(args.family), size)
+    if not _inputs_ready(inputs):
+        # in a process of its own, which builds on the GPU where there is one: the build's memory and CUDA context
+        # must not count in the presets' device peaks
+        command = [sys.executable, "-m", "dreamcore", "bench", "--build-inputs", "--family", args.family,
+                   "--model-size", size, "--work", str(work)]
+        if subprocess.run(command, env=os.environ.copy()).returncode != 0:
+            print(f"dreamcore bench: building the random {inputs.family.label} model and photos under {work} "
+                  "failed (its error is above)", file=sys.stderr)
+            return 1
     if any(preset.name == GUIDE_VERBATIM for preset in presets):  # once, not timed in the run
-        single_file_inputs(work / f"model-{args.model_size}")
-    print(f"bench inputs ready in {time.perf_counter() - started:.0f} s (random {args.model_size} model, photos)",
-          flush=True)
+        single_file_inputs(inputs.model)
+    print(f"bench inputs ready in {time.perf_counter() - started:.0f} s (random {inputs.family.label} model "
+          f"{inputs.model}, photos {inputs.photos} at {inputs.resolution} px)", flush=True)
     results: list[PresetResult] = []
     for index, preset in enumerate(presets):
         result_file = work / f"result-{index}.json"
@@ -109,8 +144,8 @@ def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
         launcher = [sys.executable] if args.num_processes == 1 else \
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.num_processes}"]
         command = [*launcher, "-m", "dreamcore", "bench", "--child", "--preset", preset.spec(),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--model-size", args.model_size,
-                   "--work", str(work), "--json", str(result_file)]
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--family", args.family,
+                   "--model-size", size, "--work", str(work), "--json", str(result_file)]
         folder = args.json.parent if args.json is not None else work
         if args.profile:
             command += ["--profile-out", str(folder / f"profile-{index}-{_folder_name(preset.spec())}.txt")]
@@ -137,8 +172,9 @@ def _run_parent(presets, args: argparse.Namespace, work: Path) -> int:
     card = describe_card()
     text = "\n".join([
         "card: " + ", ".join(f"{k} {v}" for k, v in card.items()),
-        f"recipe: SD1.5 shapes ({args.model_size}), batch 1 + 1 prior image, text encoder trained, 12 class "
-        f"images (unless a preset overrides them), {args.steps} steps timed, first {args.warmup} = warm-up"
+        f"recipe: {inputs.family.label} shapes ({size}, {inputs.resolution} px), batch 1 + 1 prior "
+        f"image, 12 class images (unless a preset overrides them), {args.steps} steps timed, first {args.warmup} "
+        "= warm-up"
         + (f"; {args.num_processes} processes, one per GPU" if args.num_processes > 1 else ""),
         format_table(results, GUIDE_STEPS), format_parts(results, GUIDE_STEPS)])
     print("\n" + text, flush=True)
@@ -155,20 +191,26 @@ def _write_json(path: Path | None, results, extra: dict | None) -> None:
                                         "results": [r.to_dict() for r in results]}, indent=2) + "\n")
 
 
-def _ensure_inputs(work: Path, model_size: str) -> None:
-    from dreamcore.bench.recipe import GUIDE_PHOTOS, MODEL_SIZES, build_random_model, make_photos
+def _inputs_ready(inputs) -> bool:
+    """True when an earlier run under the same --work left the random model and the photos."""
+    from dreamcore.bench.recipe import GUIDE_PHOTOS
 
-    model = work / f"model-{model_size}"
-    if not (model / "model_index.json").is_file():
-        build_random_model(model, model_size)
-    photos = work / f"photos-{MODEL_SIZES[model_size]}"
-    if len(list(photos.glob("*.png"))) < GUIDE_PHOTOS:
-        make_photos(photos, GUIDE_PHOTOS, MODEL_SIZES[model_size])
+    return (inputs.model / "model_index.json").is_file() and len(list(inputs.photos.glob("*.png"))) >= GUIDE_PHOTOS
 
 
-def _run_child(preset, args: argparse.Namespace) -> int:
+def _build_inputs(inputs) -> None:
+    """The random model and the photos, each built unless an earlier run under the same --work left it."""
+    from dreamcore.bench.recipe import GUIDE_PHOTOS, build_random_model, make_photos
+
+    if not (inputs.model / "model_index.json").is_file():
+        build_random_model(inputs.model, inputs.size, family=inputs.family)
+    if len(list(inputs.photos.glob("*.png"))) < GUIDE_PHOTOS:
+        make_photos(inputs.photos, GUIDE_PHOTOS, inputs.resolution)
+
+
+def _run_child(preset, args: argparse.Namespace, size: str) -> int:
     from dreamcore.bench.measure import RunTimes, phases
-    from dreamcore.bench.recipe import MODEL_SIZES, recipe_config
+    from dreamcore.bench.recipe import bench_inputs, recipe_config
     from dreamcore.bench.report import PresetResult
     from dreamcore.fileio import atomic_write_text
 
@@ -178,9 +220,8 @@ def _run_child(preset, args: argparse.Namespace) -> int:
     from dreamcore.training import TrainingError, leave_process_group, train
 
     output = args.work / "runs" / _folder_name(preset.spec())
-    config = recipe_config(preset, args.work / f"model-{args.model_size}",
-                           args.work / f"photos-{MODEL_SIZES[args.model_size]}", output, args.steps,
-                           MODEL_SIZES[args.model_size])
+    inputs = bench_inputs(args.work, get_family(args.family), size)
+    config = recipe_config(preset, inputs.model, inputs.photos, output, args.steps, inputs.resolution)
 
     def show_logs(event) -> None:
         if event.kind == "log":

@@ -1,4 +1,5 @@
-"""What a benchmark run trains: an SD1.5-shaped model with random weights, synthetic photos, the guide's recipe.
+"""What a benchmark run trains: a model of one family's published shapes (SD1.5 by default, SDXL, ...) with random
+weights, synthetic photos at the family's resolution, and the guide's recipe or a named preset.
 
 Same shapes and FLOPs as the real model, so speed and memory are real; image quality is not measured.
 Everything is built in code from the shipped configs: nothing is downloaded.
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamcore.config import TrainConfig
+from dreamcore.families.base import ModelFamily
 from dreamcore.families.registry import DEFAULT_FAMILY
 from dreamcore.presets import GUIDE_PRESET, MEMORY_PRESETS, PRESETS, preset_overrides
 
@@ -28,8 +30,40 @@ GUIDE_COMMAND_FLAGS = ("pretrained_model_name_or_path", "pretrained_vae_name_or_
 GUIDE_PHOTOS = 20  # 20 photos x 100 steps = the guide's 2,000 steps
 GUIDE_STEPS = 2000
 TINY_SIZE = "tiny"
-# model size -> training resolution: the default family's published shapes (SD1.5) or the tiny test model
-MODEL_SIZES = {DEFAULT_FAMILY.name: DEFAULT_FAMILY.default_resolution, TINY_SIZE: 64}
+TINY_RESOLUTION = 64  # the tiny test models' size (dreamcore.tiny, not imported here: it pulls torch)
+
+
+def model_sizes(family: ModelFamily) -> dict[str, int]:
+    """The bench's model sizes of ``family`` and the resolution each trains at: the family's published shapes
+    (named as the family: "sd1", "sdxl") at its default resolution, or the tiny test model ("tiny")."""
+    return {family.name: family.default_resolution, TINY_SIZE: TINY_RESOLUTION}
+
+
+# Components of a random model of published shapes besides the text encoders (which the family names)
+_OTHER_COMPONENTS = ("unet", "vae", "scheduler")
+
+
+@dataclass(frozen=True)
+class BenchInputs:
+    """Where one bench model and its photos live under the bench's work folder, and the resolution they train at."""
+
+    family: ModelFamily
+    size: str
+    model: Path
+    photos: Path
+    resolution: int
+
+
+def bench_inputs(work: Path, family: ModelFamily, size: str) -> BenchInputs:
+    """The model and photo folders of ``family`` at ``size`` under ``work``: model-<size> (model-sd1, model-sdxl,
+    model-tiny; a tiny model of another family than the default: model-tiny-<family>) and photos-<resolution>.
+    Raises ValueError when ``size`` is not one of the family's sizes."""
+    sizes = model_sizes(family)
+    if size not in sizes:
+        raise ValueError(f"--model-size {size} does not go with --family {family.name}; use one of "
+                         f"{', '.join(sizes)}")
+    folder = f"model-{size}" if size == family.name or family is DEFAULT_FAMILY else f"model-{size}-{family.name}"
+    return BenchInputs(family, size, work / folder, work / f"photos-{sizes[size]}", sizes[size])
 
 
 @dataclass(frozen=True)
@@ -92,8 +126,9 @@ def recipe_config(preset: BenchPreset, model: Path, photos: Path, output_dir: Pa
     """
     if preset.name == GUIDE_VERBATIM:
         return _guide_command_config(preset, model, photos, output_dir, steps, resolution)
-    tier = MEMORY_PRESETS.get(preset.name, {})
     named = preset.name if preset.name in PRESETS else GUIDE_PRESET  # e.g. lora-5GB: its own recipe
+    # a memory preset, or a named preset that names a tier ("SDXL full", "GPU 8 GB"): that tier's settings
+    tier = MEMORY_PRESETS.get(preset.name) or MEMORY_PRESETS.get(preset_overrides(named).get("memory_preset"), {})
     values: dict[str, Any] = {**preset_overrides(named),
                               "pretrained_model_name_or_path": str(model), "instance_data_dir": str(photos),
                               "instance_prompt": "photo of ukj person", "class_prompt": "photo of a person",
@@ -136,20 +171,31 @@ def single_file_inputs(model: Path) -> dict[str, Path]:
     return files
 
 
-def build_random_model(folder: Path, size: str, seed: int = 0) -> Path:
-    """Write a model of the default family's published shapes (SD1.5) or the tiny test model ("tiny") with random
-    weights."""
-    from dreamcore.models import save_diffusers_folder
-    from dreamcore.tiny import build_components, tiny_component_configs
-
-    family = DEFAULT_FAMILY
+def random_model_configs(family: ModelFamily, size: str) -> dict[str, dict[str, Any]]:
+    """The component configs of the bench's model: the family's shipped configs of its published model (every text
+    encoder it has) or the tiny test model's. Raises ValueError for a size the family has not."""
     if size == TINY_SIZE:
-        configs = tiny_component_configs(family.name)
-    elif size == family.name:
-        configs = {name: family.shipped_config(name) for name in ("unet", "vae", "text_encoder", "scheduler")}
-    else:
-        raise ValueError(f"model size {size!r} is unknown; use one of {', '.join(MODEL_SIZES)}")
-    save_diffusers_folder(build_components(configs, family.name, seed=seed), folder)
+        from dreamcore.tiny import tiny_component_configs
+
+        return tiny_component_configs(family.name)
+    if size != family.name:
+        raise ValueError(f"model size {size!r} is not one of {family.label}'s: {', '.join(model_sizes(family))}")
+    return {name: family.shipped_config(name) for name in (*_OTHER_COMPONENTS, *family.text_encoder_names)}
+
+
+def build_random_model(folder: Path, size: str, seed: int = 0, family: ModelFamily = DEFAULT_FAMILY) -> Path:
+    """Write a model of ``family``'s published shapes (``size`` the family's name) or the tiny test model
+    ("tiny") with random weights, as a diffusers folder."""
+    import torch
+
+    from dreamcore.models import save_diffusers_folder
+    from dreamcore.tiny import build_components
+
+    configs = random_model_configs(family, size)
+    # Initialised on the GPU where there is one: SDXL's 3.5 billion weights take minutes of CPU time to draw.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        components = build_components(configs, family.name, seed=seed)
+    save_diffusers_folder(components, folder)
     return folder
 
 
