@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_FAMILY.label})")
     parser.add_argument("--model-size", choices=(*FAMILY_NAMES, "tiny"), default=None,
                         help="the family's name (the default): its published shapes at its default resolution ("
-                             + ", ".join(f"{family.name} {family.default_resolution} px" for family in FAMILIES.values())
+                             + ", ".join(f"{f.name} {f.default_resolution} px" for f in FAMILIES.values())
                              + "); tiny: the family's test model at 64 px (plumbing only)")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the random model, photos and run outputs (default: a temporary folder)")
