@@ -9,6 +9,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from dreamcore.events import SAVING_STAGE
+
 
 @dataclass
 class RunTimes:
@@ -21,6 +23,7 @@ class RunTimes:
     class_image_stamps: list[float] = field(default_factory=list)
     last_samples: float | None = None  # when the last checkpoint's samples were written
     steps: list[float] = field(default_factory=list)  # stamp of each completed step, in order
+    save_stamps: list[float] = field(default_factory=list)  # each save's start during training
     losses: list[float] = field(default_factory=list)
     finished: float | None = None
     # The training phase alone (first step to export), for memory: epoch seconds (to match the device
@@ -32,6 +35,8 @@ class RunTimes:
         now = time.perf_counter()
         if event.kind == "stage":
             self.stages.setdefault(event.name, now)
+            if event.name == SAVING_STAGE:
+                self.save_stamps.append(now)
             if event.name in ("train", "export"):
                 self._mark_training_phase(event.name)
         elif event.kind == "class_images":
@@ -85,6 +90,11 @@ class Phases:
     median_step_s: float | None = None
     slowest_step_s: float | None = None
     slowest_step: int | None = None  # its number (1-based)
+    # The step intervals that hold a save (the samples it draws and its copies to the host: the pause training
+    # takes), and the slowest step of the others (a save written beside training must not slow them).
+    save_pauses_s: tuple[float, ...] = ()
+    slowest_other_step_s: float | None = None
+    slowest_other_step: int | None = None
 
     @property
     def steady_it_per_s(self) -> float:
@@ -117,6 +127,9 @@ def phases(times: RunTimes, warmup_steps: int) -> Phases:
     class_stamps = times.class_image_stamps if class_start is not None else []
     step_times = [b - a for a, b in zip(steady, steady[1:])]  # step i+warmup+1 took step_times[i]
     slowest = max(range(len(step_times)), key=step_times.__getitem__)
+    holds_save = [any(a < stamp <= b for stamp in times.save_stamps) for a, b in zip(steady, steady[1:])]
+    others = [i for i in range(len(step_times)) if not holds_save[i]]
+    slowest_other = max(others, key=step_times.__getitem__) if others else None
     batch_times = [b - a for a, b in zip(class_stamps, class_stamps[1:])]
     return Phases(load_s=loaded - times.started, class_images_s=class_end - loaded,
                   prepare_s=train_start - class_end, warmup_steps=warmup_steps,
@@ -132,7 +145,10 @@ def phases(times: RunTimes, warmup_steps: int) -> Phases:
                   class_batch_s=sum(batch_times[1:]) / len(batch_times[1:]) if len(batch_times) > 1 else None,
                   class_batches=len(batch_times),
                   total_s=times.finished - times.started, median_step_s=statistics.median(step_times),
-                  slowest_step_s=step_times[slowest], slowest_step=warmup_steps + slowest + 1)
+                  slowest_step_s=step_times[slowest], slowest_step=warmup_steps + slowest + 1,
+                  save_pauses_s=tuple(step_times[i] for i in range(len(step_times)) if holds_save[i]),
+                  slowest_other_step_s=step_times[slowest_other] if slowest_other is not None else None,
+                  slowest_other_step=warmup_steps + slowest_other + 1 if slowest_other is not None else None)
 
 
 class DeviceMemorySampler:

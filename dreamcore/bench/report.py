@@ -31,7 +31,8 @@ class PresetResult:
     def from_dict(cls, values: dict[str, Any]) -> "PresetResult":
         values = dict(values)
         if values.get("phases") is not None:
-            values["phases"] = Phases(**values["phases"])
+            values["phases"] = Phases(**{**values["phases"],
+                                         "save_pauses_s": tuple(values["phases"].get("save_pauses_s") or ())})
         values["first_losses"] = tuple(values.get("first_losses") or ())
         if values.get("train_window") is not None:
             values["train_window"] = tuple(values["train_window"])
@@ -81,6 +82,11 @@ def format_parts(results: list[PresetResult], guide_steps: int) -> str:
             lines.append(f"    (measured: {result.steps} steps in {p.total_s:.1f} s end to end; median step "
                          f"{p.median_step_s * 1000:.1f} ms, slowest {p.slowest_step_s * 1000:.1f} ms at step "
                          f"{p.slowest_step}, {p.slowest_step_s / p.median_step_s:.1f}x the median)")
+            if p.save_pauses_s and p.slowest_other_step_s is not None:
+                lines.append(f"    (saves: the steps holding them took "
+                             f"{', '.join(f'{pause:.2f}' for pause in p.save_pauses_s)} s; of the other steps the "
+                             f"slowest {p.slowest_other_step_s * 1000:.1f} ms at step {p.slowest_other_step}, "
+                             f"{p.slowest_other_step_s / p.median_step_s:.1f}x the median)")
         if p.validate_s is not None and p.export_samples_s is not None:
             lines.append(f"    (load: {p.validate_s:.1f} s to the model load, {p.load_s - p.validate_s:.1f} s loading; "
                          f"export: {p.export_samples_s:.1f} s samples, {p.export_s - p.export_samples_s:.1f} s files)")

@@ -359,6 +359,7 @@ def run_steps(trainer: Trainer, checkpoints: Checkpoints, emit: Emitter, stop: S
             report(unread)  # nothing is saved from a step whose loss was not checked
             unread = None
             with clock.paused():
+                trainer.saver.wait()  # the last save's files are written before this one's copies are made
                 emit(Stage(SAVING_STAGE, f"step {step}: " + ", ".join(
                     what for what, due in (("state", state_due), ("samples", samples_due or checkpoint_due),
                                            ("checkpoint", checkpoint_due)) if due)))
@@ -378,6 +379,7 @@ def run_steps(trainer: Trainer, checkpoints: Checkpoints, emit: Emitter, stop: S
     state = None
     if status == "stopped":
         emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
+        trainer.saver.wait()
         state = checkpoints.save_state(step)
         outputs = checkpoints.save_checkpoint(step, final=False)
         trainer.saver.wait()

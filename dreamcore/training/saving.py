@@ -28,20 +28,29 @@ def host_copy(value: Any) -> Any:
 
 
 class BackgroundWriter:
-    """One writer thread for slow file writes; ``submit`` a write, ``poll`` for what finished."""
+    """One writer for slow file writes, run one after another in the order submitted; ``submit`` a write,
+    ``poll`` for what finished. A save submits all its writes at once (its state and its checkpoint), so
+    training waits for none of them; the caller ``wait``s before the next save's host copies, so at most one
+    save's copies are held at a time."""
 
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the last write submitted; it runs after the one before
         self._finished: list[Callable[[], None]] = []  # what each finished write reports, run by the caller
         self._error: BaseException | None = None
         self._lock = threading.Lock()
 
     def submit(self, write: Callable[[], Any], report: Callable[[], None] | None = None) -> None:
-        """Run ``write`` on the writer thread once the save before it is done; ``report`` (what to say when it
-        has finished) is called by ``poll`` on the training thread."""
-        self.wait()
+        """Run ``write`` on a writer thread once every write submitted before it is done; ``report`` (what to say
+        when it has finished) is called by ``poll`` on the training thread."""
+        self.poll()
+        before = self._thread
 
         def run() -> None:
+            if before is not None:
+                before.join()
+            with self._lock:
+                if self._error is not None:  # a write before this one failed: this save is not complete
+                    return
             try:
                 write()
             except BaseException as error:  # handed to the training thread, which raises it

@@ -24,6 +24,9 @@ from dreamcore.lora.adapters import load_trainable_state_dict, trainable_state_d
 
 STATE_DIR_NAME = "state"
 PROGRESS_FILE = "progress.json"
+OPTIMIZER_FILE = "optimizer.pt"  # optimizer, schedule, scaler and generator states, their tensors replaced by names
+OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"  # those tensors (states of earlier versions hold them in the .pt)
+_TENSOR_MARK = "dreamcore.tensor"  # (mark, name): where a tensor of optimizer.safetensors goes back
 _NUMBERED = re.compile(r"step-(\d+)")  # the folders this version writes
 
 
@@ -55,16 +58,64 @@ def training_state_writer(folder: Path, progress: TrainingProgress, trained_modu
     })
     progress_json = json.dumps(progress.__dict__, indent=2) + "\n"
 
+    # The tensors go to a safetensors file, the structure around them to a small optimizer.pt: torch.save holds
+    # Python's lock for hundreds of milliseconds at a time while it writes large tensors, which would stall the
+    # training thread beside the writer; safetensors writes without it.
+    skeleton, tensors = _split_tensors(rest)
+
     def write() -> Path:
         with atomic_directory(folder) as temp:
             for name, state in weights.items():
                 save_file(state, str(temp / f"{name}.safetensors"))
-            torch.save(rest, temp / "optimizer.pt")
+            save_file(tensors, str(temp / OPTIMIZER_TENSORS_FILE))
+            torch.save(skeleton, temp / OPTIMIZER_FILE)
             (temp / PROGRESS_FILE).write_text(progress_json)
             (temp / "train_config.json").write_text(config_json)
         return folder
 
     return write
+
+
+def read_saved_optimizer_state(folder: Path) -> dict[str, Any]:
+    """The optimizer, learning-rate schedule, gradient scaler and noise generator states of a saved state, on
+    the host (``{"optimizer": ..., "lr_scheduler": ..., "scaler": ..., "noise_generator": ...}``)."""
+    skeleton = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    tensors_path = folder / OPTIMIZER_TENSORS_FILE
+    if not tensors_path.is_file():  # written by an earlier version: the tensors are inside the .pt
+        return skeleton
+    return _join_tensors(skeleton, load_file(str(tensors_path)), tensors_path)
+
+
+def _split_tensors(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """``value`` with each tensor replaced by (mark, name), and the tensors by name."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def split(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            name = f"t{len(tensors)}"
+            tensors[name] = item.contiguous()
+            return (_TENSOR_MARK, name)
+        if isinstance(item, dict):
+            return {key: split(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return type(item)(split(inner) for inner in item)
+        return item
+
+    return split(value), tensors
+
+
+def _join_tensors(value: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
+    """The inverse of ``_split_tensors``."""
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == _TENSOR_MARK:
+        if value[1] not in tensors:
+            raise ResumeError(f"{path}: the saved state has no tensor {value[1]!r}; the state is damaged, resume "
+                              "from another state (step-N).")
+        return tensors[value[1]]
+    if isinstance(value, dict):
+        return {key: _join_tensors(inner, tensors, path) for key, inner in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_join_tensors(inner, tensors, path) for inner in value)
+    return value
 
 
 def _plain_learning_rates(state: dict) -> dict:
@@ -176,7 +227,7 @@ def load_training_state(folder: Path, trained_modules: dict[str, torch.nn.Module
             raise ResumeError(f"{folder}: the saved state has no {name} weights, but this run trains {name}; "
                               "resume with the same train_text_encoder setting as the saved run.")
         load_trainable_state_dict(module, load_file(str(path)), str(path))
-    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    saved = read_saved_optimizer_state(folder)
     live_rates = [group["lr"] for group in optimizer.param_groups]
     optimizer.load_state_dict(_plain_learning_rates(saved["optimizer"]))
     for group, live in zip(optimizer.param_groups, live_rates):

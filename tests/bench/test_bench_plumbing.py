@@ -76,6 +76,14 @@ def test_phases_and_the_projected_total() -> None:
     slow = phases(_finished_run(stalled), warmup_steps=1)
     assert slow.slowest_step == 7 and slow.slowest_step_s == pytest.approx(2.0)
     assert slow.median_step_s == pytest.approx(0.5)
+    assert slow.save_pauses_s == () and slow.slowest_other_step == 7  # no save was announced
+    # the same stall announced as a save (the trainer's "saving" stage after step 6): its step is the save's
+    # pause, and the slowest other step is an ordinary one
+    announced = _finished_run(stalled)
+    announced.save_stamps = [stalled[5] + 0.01]
+    saved = phases(announced, warmup_steps=1)
+    assert saved.save_pauses_s == (pytest.approx(2.0),) and saved.slowest_step == 7
+    assert saved.slowest_other_step_s == pytest.approx(0.5) and saved.slowest_other_step != 7
     # launch-bound: the last step is reported right after the one before it (no launch follows it)
     early_last = [12.0, 12.5, 13.0, 13.01]
     assert phases(_finished_run(early_last), warmup_steps=2).steady_s_per_step == pytest.approx(0.5)

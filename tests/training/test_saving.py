@@ -25,7 +25,7 @@ def test_host_copy_is_a_copy_in_the_same_nesting() -> None:
     assert isinstance(snapshot["a"][1], tuple) and snapshot["a"][1][1] == 2 and snapshot["b"] == "text"
 
 
-def test_one_write_at_a_time_reported_on_the_callers_thread() -> None:
+def test_writes_run_in_order_without_the_caller_waiting_and_are_reported_on_its_thread() -> None:
     writer = BackgroundWriter()
     release = threading.Event()
     running: list[str] = []
@@ -41,14 +41,32 @@ def test_one_write_at_a_time_reported_on_the_callers_thread() -> None:
         return lambda: reported.append((name, threading.current_thread().name))
 
     writer.submit(slow("first"), report("first"))
-    time.sleep(0.05)
-    assert writer.busy() and running == ["first"] and reported == []
-    threading.Timer(0.2, release.set).start()
-    writer.submit(slow("second"), report("second"))  # waits for the first to finish
-    assert running == ["first", "second"]
-    assert reported == [("first", threading.current_thread().name)]
+    started = time.perf_counter()
+    writer.submit(slow("second"), report("second"))  # a save's state and checkpoint: training waits for neither
+    assert time.perf_counter() - started < 1
+    time.sleep(0.1)
+    assert writer.busy() and running == ["first"] and reported == []  # the second waits for the first
+    release.set()
     writer.wait()
-    assert [name for name, _ in reported] == ["first", "second"] and not writer.busy()
+    assert running == ["first", "second"] and not writer.busy()
+    assert reported == [("first", threading.current_thread().name), ("second", threading.current_thread().name)]
+
+
+def test_a_write_after_a_failed_one_is_not_made_and_the_failure_is_raised() -> None:
+    writer = BackgroundWriter()
+    made: list[str] = []
+    release = threading.Event()
+
+    def failing():
+        release.wait(5)
+        raise OSError(28, "No space left on device")
+
+    writer.submit(failing)
+    writer.submit(lambda: made.append("checkpoint"))  # queued while the state is still being written
+    release.set()
+    with pytest.raises(OSError, match="No space left"):
+        writer.wait()
+    assert made == []
 
 
 def test_a_failed_write_is_raised_at_the_next_poll_and_logged_after_a_training_error() -> None:

@@ -13,7 +13,8 @@ from dreamcore import TrainConfig
 from dreamcore.config import ConfigError
 from dreamcore.training import train
 from dreamcore.training.optim import build_lr_scheduler
-from dreamcore.training.state import TrainingProgress, load_training_state, training_state_writer
+from dreamcore.training.state import (OPTIMIZER_FILE, OPTIMIZER_TENSORS_FILE, TrainingProgress, load_training_state,
+                                      read_saved_optimizer_state, training_state_writer)
 
 
 def _run(lr: float | torch.Tensor) -> tuple[torch.nn.Linear, torch.optim.Optimizer, object]:
@@ -40,7 +41,7 @@ def test_a_state_with_a_tensor_lr_resumes_into_either_kind_of_optimizer(tmp_path
     write = training_state_writer(tmp_path / "state", TrainingProgress(2, 10, 0), {"unet": module}, optimizer,
                                   scheduler, None, torch.Generator().manual_seed(0), json.dumps({}))
     folder = write()
-    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    saved = read_saved_optimizer_state(folder)
     assert type(saved["optimizer"]["param_groups"][0]["lr"]) is float
     assert all(type(rate) is float for rate in saved["lr_scheduler"]["base_lrs"] + saved["lr_scheduler"]["_last_lr"])
 
@@ -153,3 +154,47 @@ def test_resuming_beyond_max_train_steps_or_with_another_seed_is_refused_before_
     with pytest.raises(ConfigError, match="seed 7, this one has 99"):
         train(config.replace(seed=99, max_train_steps=8, resume_from_checkpoint="latest"), callbacks=[on_stage])
     assert stages == ["validate", "validate"]
+
+
+def test_the_optimizers_tensors_are_written_apart_and_a_state_of_an_earlier_version_still_resumes(
+        tmp_path: Path) -> None:
+    module, optimizer, scheduler = _run(1e-3)
+    _steps(module, optimizer, scheduler, 2)
+    generator = torch.Generator().manual_seed(3)
+    folder = training_state_writer(tmp_path / "state", TrainingProgress(2, 10, 0), {"unet": module}, optimizer,
+                                   scheduler, None, generator, json.dumps({}))()
+    tensors = load_file(str(folder / OPTIMIZER_TENSORS_FILE))
+    moments = [state["exp_avg"] for state in optimizer.state_dict()["state"].values()]
+    assert len(tensors) >= 2 * len(moments) + 1  # both moments of every weight, and the generator's state
+    skeleton = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
+    assert not any(isinstance(v, torch.Tensor) for state in skeleton["optimizer"]["state"].values()
+                   for v in state.values())  # the .pt holds the structure only
+    saved = read_saved_optimizer_state(folder)
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            assert torch.equal(saved["optimizer"]["state"][index][key], value), (index, key)
+    assert torch.equal(saved["noise_generator"], generator.get_state())
+
+    # an earlier version's state: every tensor inside optimizer.pt, no optimizer.safetensors
+    (folder / OPTIMIZER_TENSORS_FILE).unlink()
+    torch.save(saved, folder / OPTIMIZER_FILE)
+    resumed_module, resumed_optimizer, resumed_scheduler = _run(1e-3)
+    resumed_generator = torch.Generator()
+    load_training_state(folder, {"unet": resumed_module}, resumed_optimizer, resumed_scheduler, resumed_generator)
+    for index, state in optimizer.state_dict()["state"].items():
+        assert torch.equal(resumed_optimizer.state_dict()["state"][index]["exp_avg"], state["exp_avg"])
+    assert torch.equal(resumed_generator.get_state(), generator.get_state())
+
+
+def test_a_damaged_optimizer_tensor_file_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from dreamcore.training.state import ResumeError
+
+    module, optimizer, scheduler = _run(1e-3)
+    _steps(module, optimizer, scheduler, 1)
+    folder = training_state_writer(tmp_path / "state", TrainingProgress(1, 10, 0), {"unet": module}, optimizer,
+                                   scheduler, None, torch.Generator(), json.dumps({}))()
+    save_file({"other": torch.zeros(1)}, str(folder / OPTIMIZER_TENSORS_FILE))
+    with pytest.raises(ResumeError, match="optimizer.safetensors.*has no tensor"):
+        read_saved_optimizer_state(folder)
