@@ -55,20 +55,20 @@ class MemoryTier:
         return f"GPU {self.name.removesuffix('GB')} GB" + (" and more" if self.same_as else "")
 
 
-# The 16GB tier's need: 11.6 GiB measured without clipping (runs K and M), plus the gradients it now holds until
-# backward ends so it can clip them (bf16: 2 bytes a trained weight, ~1.9 GiB for SD1.5's UNet and text encoder):
-# an estimate until measured on a card.
-_CLIPPING_EXTRA_GIB = 1.9
+# The 16GB tier's need with clipping: 12.0 GiB on the device for the guide's command with its saves (BENCHMARKS.md,
+# run GV2, 2026-12-03; 11.75 GiB before it clipped). The gradients held for clipping (2 bytes a trained weight)
+# build up in backward while the activations are freed, so the peak rose by 0.25 GiB, not by their 1.9 GiB.
+_CLIPPING_NEED_GIB = 12.0
 # The 12GB and 8GB tiers keep no gradient (each update runs inside backward), so they cannot clip: in the quality
 # lab the fp32 path without clipping learned faces ~0.05 less alike (BENCHMARKS.md, "Quality", run Q4).
 _NOT_CLIPPED = "; each update runs inside backward, so no gradient is held and none is clipped (faces ~0.05 less " \
     "alike in the quality lab)"
 MEMORY_TIERS: tuple[MemoryTier, ...] = (
     MemoryTier("24GB", "the 16GB tier's settings (nothing faster needs more memory)", dict(_FASTEST),
-               11.6 + _CLIPPING_EXTRA_GIB, {**_HOLDING, "use_8bit_adam": False}, 22.0, same_as="16GB"),
+               _CLIPPING_NEED_GIB, {**_HOLDING, "use_8bit_adam": False}, 22.0, same_as="16GB"),
     MemoryTier("16GB", "bf16 weights with a Kahan remainder (updates add up as in fp32), one fused AdamW kernel "
                "a weight on the gradient clipped as in the exact path, the step recorded as a CUDA graph",
-               dict(_FASTEST), 11.6 + _CLIPPING_EXTRA_GIB,
+               dict(_FASTEST), _CLIPPING_NEED_GIB,
                {**_HOLDING, "use_8bit_adam": True}, 14.5),
     MemoryTier("12GB", "as 16GB with stochastic rounding instead of the remainder (2 bytes a weight less)"
                + _NOT_CLIPPED,
