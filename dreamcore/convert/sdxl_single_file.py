@@ -22,7 +22,8 @@ from dreamcore.convert.modules import (TEXT_MODEL_PREFIX, assign_weights, diffus
 from dreamcore.convert.sdxl_keys import SDXL_FAMILY, check_sdxl_base, is_sdxl_state_dict
 from dreamcore.convert.sdxl_layout import split_sdxl_single_file_layout, to_sdxl_single_file_layout
 from dreamcore.convert.single_file import (ARCHITECTURE_KEY, FAMILY_KEY, PREDICTION_KEY, VERSION_KEY,
-                                           _check_noise_schedule, _file_writer, _json_metadata, _single_file_path)
+                                           _check_noise_schedule, _file_writer, _json_metadata, _on_host,
+                                           _single_file_path)
 from dreamcore.families.registry import get_family
 
 log = logging.getLogger(__name__)
@@ -157,12 +158,12 @@ def save_sdxl_single_file(components: ModelComponents, path: str | Path, half: b
 
 def sdxl_single_file_writer(components: ModelComponents, path: str | Path, half: bool = False,
                             metadata: dict[str, str] | None = None, user_metadata: dict | None = None,
-                            snapshot: bool = True) -> Callable[[], Path]:
+                            snapshot: bool = True,
+                            copy_to_host: Callable[[dict], dict] | None = None) -> Callable[[], Path]:
     """``save_sdxl_single_file`` in two parts, as ``single_file.single_file_writer``: the weights are copied to
     the host now, the returned function writes the files (on any thread) and returns the model file's path."""
     path = _single_file_path(path)
-    state_dict = {key: t.detach().to("cpu", copy=snapshot)
-                  for key, t in components_to_sdxl_single_file(components).items()}
+    state_dict = _on_host(components_to_sdxl_single_file(components), snapshot, copy_to_host)
     file_metadata = _file_metadata(components, path)
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):

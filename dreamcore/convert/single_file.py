@@ -66,21 +66,23 @@ def save_single_file(components: ModelComponents, path: str | Path, half: bool =
 
 def single_file_writer(components: ModelComponents, path: str | Path, half: bool = False,
                        metadata: dict[str, str] | None = None, user_metadata: dict | None = None,
-                       snapshot: bool = True) -> Callable[[], Path]:
+                       snapshot: bool = True,
+                       copy_to_host: Callable[[dict], dict] | None = None) -> Callable[[], Path]:
     """``save_single_file`` in two parts: the weights are copied to the host now (``snapshot``: a copy even of
-    weights already there, which training may go on changing in place), and the returned function writes the
-    files, on any thread; it returns the model file's path."""
+    weights already there, which training may go on changing in place; ``copy_to_host``: how, when the caller
+    has its own buffers for it), and the returned function writes the files, on any thread; it returns the model
+    file's path."""
     if components.family == SDXL_FAMILY:
         from dreamcore.convert.sdxl_single_file import sdxl_single_file_writer
 
-        return sdxl_single_file_writer(components, path, half, metadata, user_metadata, snapshot)
+        return sdxl_single_file_writer(components, path, half, metadata, user_metadata, snapshot, copy_to_host)
     path = _single_file_path(path)
     family = components.family
     if family not in FAMILIES:
         raise ValueError(f"model family {family!r} is unknown; a single file holds one of {', '.join(FAMILIES)}")
     # On the host before any cast: a half copy made on the GPU would need another 2 GB of GPU memory at the end
     # of a training run, when the optimizer's state is still there.
-    state_dict = {key: t.detach().to("cpu", copy=snapshot) for key, t in components_state_dict(components).items()}
+    state_dict = _on_host(components_state_dict(components), snapshot, copy_to_host)
     file_metadata = _file_metadata(components, path)
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -304,6 +306,15 @@ def _check_noise_schedule(path: Path, state_dict: Mapping[str, torch.Tensor], sc
         raise ModelLoadError(f"{path}: its noise schedule (alphas_cumprod) is not the standard scaled-linear "
                              f"{scheduler['beta_start']}..{scheduler['beta_end']} schedule; put the model's .yaml "
                              "config beside it (linear_start/linear_end) so dreamcore trains with its schedule")
+
+
+def _on_host(state_dict: dict[str, torch.Tensor], snapshot: bool,
+             copy_to_host: Callable[[dict], dict] | None) -> dict[str, torch.Tensor]:
+    """The weights on the host: through the caller's ``copy_to_host``, else one copy a tensor."""
+    detached = {key: t.detach() for key, t in state_dict.items()}
+    if copy_to_host is not None:
+        return copy_to_host(detached)
+    return {key: t.to("cpu", copy=snapshot) for key, t in detached.items()}
 
 
 def _file_writer(path: Path, state_dict: dict, file_metadata: dict[str, str], half: bool, yaml_text: str,

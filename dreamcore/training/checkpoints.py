@@ -42,7 +42,7 @@ class Checkpoints:
                 folder, TrainingProgress(step, self.plan.total_steps, self.config.seed),
                 {name: self.trainer.accelerator.unwrap_model(m) for name, m in self.trainer.wrapped.items()},
                 optimizer, self.trainer.lr_scheduler, scaler, self.trainer.noise_generator,
-                json.dumps(self.config.to_dict(), indent=2) + "\n")
+                json.dumps(self.config.to_dict(), indent=2) + "\n", self.trainer.staging.copier("state"))
             self.trainer.saver.submit(write, lambda: self.report_state(step, folder))
         if sharded:
             optimizer.keep_own_parts_only()
@@ -144,7 +144,8 @@ class Checkpoints:
                     self.report_checkpoint(step, path, final)
                 else:  # the weights copied to the host now, the file written while training goes on
                     write = single_file_writer(components, path, half=config.save_half, metadata=metadata,
-                                               user_metadata=user_metadata)
+                                               user_metadata=user_metadata,
+                                               copy_to_host=self.trainer.staging.copier("checkpoint"))
                     self.trainer.saver.submit(write, lambda: self.report_checkpoint(step, path, final))
                 if not config.use_lora:
                     outputs["single_file"] = str(path)

@@ -294,6 +294,8 @@ def train(config: TrainConfig, callbacks: list[Callable] | None = None, stop: St
     except BaseException:
         trainer.saver.finish_after_error(emit.log)  # the files of a save in flight are completed, not cut
         raise
+    finally:
+        trainer.staging.release()  # every write that read the save buffers has finished by now
 
 
 def run_steps(trainer: Trainer, checkpoints: Checkpoints, emit: Emitter, stop: StopSignal | None) -> TrainResult:

@@ -10,7 +10,7 @@ training thread at the next save, poll or finish, never dropped.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -24,6 +24,132 @@ def host_copy(value: Any) -> Any:
         return {key: host_copy(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(host_copy(item) for item in value)
+    return value
+
+
+# Page-locked staging only where it leaves this much host memory free beside it (the WebUI, the OS, the writer's
+# own fp16 copies of a checkpoint).
+STAGING_HEADROOM_BYTES = 4 * 2**30
+_ALIGNMENT = 64  # bytes; every dtype's views into one flat buffer start aligned
+
+
+class HostStaging:
+    """Where a save's copies to the host go, one buffer per kind of save ("state", "checkpoint").
+
+    With CUDA and host memory to spare, the buffer is one flat block of ordinary memory registered as page-locked
+    (cudaHostRegister through torch.cuda.cudart(), so it is released when training ends, which torch's own pinned
+    allocator would not do until the process exits), made at the first save and reused by the next ones: every
+    copy is queued at the bus's full speed and waited for once. Without it each tensor is copied on its own into
+    fresh pageable memory: one blocking copy and a page fault per 4 KiB (BENCHMARKS.md, run GV2: a save of the
+    16GB tier's state stalled training for seconds). The values are the same either way; the caller waits for
+    the last save's files before the next save's copies (run.py), so a buffer is never overwritten while read.
+    """
+
+    def __init__(self, log: Callable[[str, str], None]) -> None:
+        self._log = log
+        self._buffers: dict[str, tuple[tuple, torch.Tensor]] = {}  # kind -> (layout, registered block)
+        self._said_why_not = False
+
+    def copier(self, kind: str) -> Callable[[Any], Any]:
+        """A function copying a nested structure's tensors to the host (as ``host_copy``) through ``kind``'s
+        buffer."""
+        return lambda value: self.copy(kind, value)
+
+    def copy(self, kind: str, value: Any) -> Any:
+        """``value`` with every tensor copied to the host, in the same nesting (``host_copy``'s contract)."""
+        leaves: list[torch.Tensor] = []
+        _collect_cuda_tensors(value, leaves)
+        block = self._block(kind, leaves) if leaves else None
+        if block is None:
+            return host_copy(value)
+        views: list[torch.Tensor] = []
+        offset = 0
+        for tensor in leaves:  # each occurrence its own place, as host_copy gives each its own copy
+            size = tensor.numel() * tensor.element_size()
+            view = block[offset:offset + size].view(tensor.dtype).view(tensor.shape)
+            view.copy_(tensor, non_blocking=True)
+            views.append(view)
+            offset = _aligned(offset + size)
+        torch.cuda.current_stream(leaves[0].device).synchronize()
+        return _replace_tensors(value, iter(views))
+
+    def release(self) -> None:
+        """Unregister and free every buffer (training has ended and its writes are done)."""
+        for kind, (_, block) in self._buffers.items():
+            error = _unregister(block)
+            if error:  # said, not raised: this runs after training, also while its own error propagates
+                self._log(f"CUDA could not release the page-locked {kind} save buffer (error {error}); its "
+                          f"{block.numel() / 2**30:.1f} GiB stay locked until this process ends.", "warning")
+        self._buffers.clear()
+
+    def _block(self, kind: str, leaves: list[torch.Tensor]) -> torch.Tensor | None:
+        layout = tuple((tuple(t.shape), t.dtype) for t in leaves)
+        held = self._buffers.get(kind)
+        if held is not None and held[0] == layout:
+            return held[1]
+        if held is not None:  # the layout changed (a LoRA run's state, say): a buffer that fits it
+            error = _unregister(held[1])
+            if error:
+                raise RuntimeError(f"CUDA could not release a page-locked save buffer (error {error})")
+            del self._buffers[kind]
+        total = sum(_aligned(t.numel() * t.element_size()) for t in leaves)
+        why_not = _why_not_page_locked(total)
+        block = None
+        if why_not is None:
+            block = torch.empty(total, dtype=torch.uint8)
+            error = torch.cuda.cudart().cudaHostRegister(block.data_ptr(), total, 0)
+            if int(error) != 0:
+                why_not, block = f"CUDA could not page-lock {total / 2**30:.1f} GiB (error {int(error)})", None
+        if block is None:
+            if not self._said_why_not:
+                self._log(f"saves copy to ordinary host memory, tensor by tensor (slower: training waits longer "
+                          f"at each save): {why_not}.", "info")
+                self._said_why_not = True
+            return None
+        self._buffers[kind] = (layout, block)
+        return block
+
+
+def _why_not_page_locked(total: int) -> str | None:
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if available < total + STAGING_HEADROOM_BYTES:
+        return (f"{total / 2**30:.1f} GiB to page-lock would leave less than "
+                f"{STAGING_HEADROOM_BYTES / 2**30:.0f} GiB of the {available / 2**30:.1f} GiB of host memory free")
+    return None
+
+
+def _unregister(block: torch.Tensor) -> int:
+    """cudaHostUnregister's error code (0: released)."""
+    return int(torch.cuda.cudart().cudaHostUnregister(block.data_ptr()))
+
+
+def _aligned(size: int) -> int:
+    return (size + _ALIGNMENT - 1) // _ALIGNMENT * _ALIGNMENT
+
+
+def _collect_cuda_tensors(value: Any, found: list[torch.Tensor]) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.is_cuda:
+            found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_cuda_tensors(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_cuda_tensors(item, found)
+
+
+def _replace_tensors(value: Any, views: Iterator[torch.Tensor]) -> Any:
+    """``value`` with its CUDA tensors replaced by their host views (in the order ``_collect_cuda_tensors`` found
+    them) and every other tensor copied."""
+    if isinstance(value, torch.Tensor):
+        return next(views) if value.is_cuda else value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _replace_tensors(item, views) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_replace_tensors(item, views) for item in value)
     return value
 
 

@@ -43,19 +43,21 @@ class ResumeError(ValueError):
 
 def training_state_writer(folder: Path, progress: TrainingProgress, trained_modules: dict[str, torch.nn.Module],
                           optimizer: torch.optim.Optimizer, lr_scheduler: Any, scaler_state: dict | None,
-                          noise_generator: torch.Generator, config_json: str) -> Callable[[], Path]:
-    """Copy the resumable state to the host now; the returned function writes it (atomically) into ``folder``,
-    on any thread, while training goes on."""
+                          noise_generator: torch.Generator, config_json: str,
+                          copy_to_host: Callable[[Any], Any] | None = None) -> Callable[[], Path]:
+    """Copy the resumable state to the host now (``copy_to_host``: how, as ``saving.host_copy`` does by default);
+    the returned function writes it (atomically) into ``folder``, on any thread, while training goes on."""
     from dreamcore.training.saving import host_copy
 
-    weights = {name: host_copy(trainable_state_dict(module))  # LoRA runs: the adapters' weights only
-               for name, module in trained_modules.items()}
-    rest = host_copy({
-        "optimizer": _plain_learning_rates(optimizer.state_dict()),
-        "lr_scheduler": _plain_learning_rates(lr_scheduler.state_dict()),
-        "scaler": scaler_state,
-        "noise_generator": noise_generator.get_state(),
+    snapshot = (copy_to_host or host_copy)({
+        # LoRA runs: the adapters' weights only
+        "weights": {name: trainable_state_dict(module) for name, module in trained_modules.items()},
+        "rest": {"optimizer": _plain_learning_rates(optimizer.state_dict()),
+                 "lr_scheduler": _plain_learning_rates(lr_scheduler.state_dict()),
+                 "scaler": scaler_state,
+                 "noise_generator": noise_generator.get_state()},
     })
+    weights, rest = snapshot["weights"], snapshot["rest"]
     progress_json = json.dumps(progress.__dict__, indent=2) + "\n"
 
     # The tensors go to a safetensors file, the structure around them to a small optimizer.pt: torch.save holds

@@ -27,7 +27,7 @@ from dreamcore.training.data import (ConceptExamples, Example, ExampleSchedule, 
                                      image_to_tensor, needs_random_augmentation)
 from dreamcore.training.memory_layout import apply_memory_layout
 from dreamcore.training.optim import build_lr_scheduler, build_optimizer, optimizer_spec, parameter_groups
-from dreamcore.training.saving import BackgroundWriter
+from dreamcore.training.saving import BackgroundWriter, HostStaging
 from dreamcore.training.setup import (RunPlan, TrainingError, check_precision_supported, effective_precision,
                                       weight_dtype)
 from dreamcore.training.tokens import identifier_token_ids, train_only_rows
@@ -96,6 +96,7 @@ class Trainer:
         self.emit = emit
         self.stop = stop
         self.saver = BackgroundWriter()  # checkpoints and states written while training goes on
+        self.staging = HostStaging(self.emit.log)  # where saves copy to the host; released when training ends
         config = self.config
         self.precision = effective_precision(config.mixed_precision, emit)
         # bf16_autocast off: bf16 weights compute in bf16 without autocast; accelerate must then not wrap the

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from dreamcore.training import train
-from dreamcore.training.saving import BackgroundWriter, host_copy
+from dreamcore.training.saving import BackgroundWriter, HostStaging, host_copy
 
 from tiny_runs import tiny_config
 
@@ -111,3 +111,67 @@ def test_training_goes_on_while_a_checkpoint_is_written_and_the_file_holds_its_s
     assert checkpoint.keys() == final.keys()
     assert all(torch.equal(checkpoint[key], final[key]) for key in final)
     assert not list((tmp_path / "long").rglob(".tmp*"))  # every write finished under its final name
+
+
+def test_staging_without_cuda_tensors_copies_as_host_copy_does() -> None:
+    logged: list[tuple[str, str]] = []
+    staging = HostStaging(lambda message, level: logged.append((message, level)))
+    weight = torch.ones(3)
+    snapshot = staging.copier("state")({"a": [weight, (weight, 2)], "n": 5})
+    weight.add_(1)
+    assert torch.equal(snapshot["a"][0], torch.ones(3)) and torch.equal(snapshot["a"][1][0], torch.ones(3))
+    assert snapshot["a"][0] is not snapshot["a"][1][0] and snapshot["n"] == 5
+    staging.release()
+    assert logged == []  # nothing to stage on the CPU, nothing to say
+
+
+def test_a_save_copies_its_state_in_one_call_through_the_trainers_staging(
+        tiny_model_dir: Path, photo_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    copies: list[tuple[str, set]] = []
+    real = HostStaging.copy
+
+    def spy(self, kind, value):
+        copies.append((kind, set(value)))
+        return real(self, kind, value)
+
+    monkeypatch.setattr(HostStaging, "copy", spy)
+    train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "run", max_train_steps=4, save_interval=2,
+                      checkpointing_steps=2))
+    state_copies = [keys for kind, keys in copies if kind == "state"]
+    # step 2's state and the final one's; each holds the weights and the optimizer's state together
+    assert state_copies == [{"weights", "rest"}] * 2
+    assert [kind for kind, _ in copies].count("checkpoint") == 1  # step 2's file (the final one is written at once)
+
+
+@pytest.mark.gpu
+def test_staging_on_cuda_equals_host_copy_reuses_its_buffer_and_releases_it() -> None:
+    logged: list[tuple[str, str]] = []
+    staging = HostStaging(lambda message, level: logged.append((message, level)))
+    base = torch.randn(64, 33, device="cuda")
+    value = {"w": base.t(), "same": [base, base], "half": base.half()[:5], "step": torch.tensor(3.0, device="cuda"),
+             "flags": torch.ones(7, dtype=torch.bool, device="cuda"), "cpu": torch.arange(4), "text": "x"}
+    first = staging.copy("state", value)
+    expected = host_copy(value)
+    for key in ("w", "half", "step", "flags", "cpu"):
+        assert torch.equal(first[key], expected[key]) and first[key].device.type == "cpu", key
+    assert torch.equal(first["same"][0], base.cpu()) and first["same"][0].data_ptr() != first["same"][1].data_ptr()
+    assert first["text"] == "x"
+    pointer = first["w"].data_ptr()
+    base.add_(1)
+    second = staging.copy("state", value)
+    assert second["w"].data_ptr() == pointer and torch.equal(second["w"], base.t().cpu())  # the same buffer
+    staging.release()
+    assert logged == []
+
+
+@pytest.mark.gpu
+def test_staging_says_once_why_it_copies_to_ordinary_memory(monkeypatch) -> None:
+    from dreamcore.training import saving
+
+    monkeypatch.setattr(saving, "STAGING_HEADROOM_BYTES", 1 << 60)  # no host has this much memory spare
+    logged: list[tuple[str, str]] = []
+    staging = HostStaging(lambda message, level: logged.append((message, level)))
+    tensor = torch.randn(10, device="cuda")
+    for _ in range(2):
+        assert torch.equal(staging.copy("state", {"t": tensor})["t"], tensor.cpu())
+    assert len(logged) == 1 and "ordinary host memory" in logged[0][0]
