@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=LAB_RECIPE["max_train_steps"], help="training steps a run")
     parser.add_argument("--keep", action="store_true", help="keep each run's trained model (default: delete it "
                                                            "once scored; its config and log stay)")
+    parser.add_argument("--score-every", type=int, default=0, metavar="N",
+                        help="also score dreamcore's checkpoints every N steps (full fine-tuning; rows VARIANT@STEP), "
+                             "to see where along the run the likeness is best (default 0: the final model only)")
     parser.add_argument("--only-table", action="store_true", help="print the table of the results so far")
     args = parser.parse_args(argv)
 
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     recipe = {**LAB_RECIPE, "max_train_steps": args.steps, "num_class_images": args.class_images}
+    if args.score_every:  # a checkpoint every N steps, with one cheap sample (samples are not scored)
+        recipe.update(save_interval=args.score_every, n_save_sample=1, save_infer_steps=5)
     lab = Lab(args.lab.resolve(), work, recipe)
     lab.prepare(args.subjects, args.class_images)
     done = {(r["variant"], r["subject"], r["seed"]) for r in read_results(results_file)}
@@ -152,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     def do(run: Run) -> None:
-        result = lab.train_and_score(run, variants[run.variant], reference, args.samples, args.keep)
-        with open(results_file, "a", encoding="utf-8") as out:
-            out.write(json.dumps(result) + "\n")
-        shown = " ".join(f"{k}={result[k]}" for k in METRICS if k in result) or result.get("error", "")
-        print(f"[{time.perf_counter() - started:6.0f} s] {run.name}: {shown}", flush=True)
+        for result in lab.train_and_score(run, variants[run.variant], reference, args.samples, args.keep):
+            with open(results_file, "a", encoding="utf-8") as out:
+                out.write(json.dumps(result) + "\n")
+            shown = " ".join(f"{k}={result[k]}" for k in METRICS if k in result) or result.get("error", "")
+            print(f"[{time.perf_counter() - started:6.0f} s] {result['variant']}/s{run.subject}-seed{run.seed}: "
+                  f"{shown}", flush=True)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         for future in [pool.submit(do, run) for run in runs]:
@@ -209,7 +215,8 @@ class Lab:
         return self.work / "subjects" / f"subject-{subject}"
 
     def train_and_score(self, run: Run, flags: list[str], reference: Path | None, samples: int,
-                        keep: bool) -> dict:
+                        keep: bool) -> list[dict]:
+        """The run's result (its final model), then one a scored checkpoint (variant VARIANT@STEP)."""
         out = self.work / "runs" / run.variant / f"s{run.subject}-seed{run.seed}"
         out.parent.mkdir(parents=True, exist_ok=True)
         result: dict = {"variant": run.variant, "subject": run.subject, "seed": run.seed, "flags": flags}
@@ -221,25 +228,48 @@ class Lab:
             command = ["-m", "dreamcore", "train", *self._dreamcore_flags(run, out), *flags]
         if self._python(command, log, check=False) is None:
             result["error"] = f"training failed: see {log}"
-            return result
+            return [result]
         result["train_s"] = round(time.perf_counter() - started, 1)
         pipeline, lora = self._trained_model(run, out, flags)
+        result.update(self._score(run, pipeline, lora, samples, out.parent / f"{out.name}.eval.log"))
+        results = [result]
+        if run.variant != "reference" and lora is None:
+            for step, checkpoint in self._checkpoints(out):
+                folder = out / f"checkpoint-{step}"
+                scored = {"variant": f"{run.variant}@{step}", "subject": run.subject, "seed": run.seed,
+                          "flags": flags, "step": step}
+                if self._python(["-m", "dreamcore", "convert", str(checkpoint), str(folder)],
+                                out.parent / f"{out.name}.convert-{step}.log", check=False) is None:
+                    scored["error"] = f"conversion failed: see {out.parent / (out.name + f'.convert-{step}.log')}"
+                else:
+                    scored.update(self._score(run, folder, None, samples,
+                                              out.parent / f"{out.name}.eval-{step}.log"))
+                results.append(scored)
+        if not keep:
+            for heavy in [out / "diffusers", *out.glob("*.safetensors"), out / "checkpoints", out / "unet",
+                          out / "text_encoder", out / "vae", *out.glob("checkpoint-*")]:
+                subprocess.run(["rm", "-rf", str(heavy)], check=False)
+        return results
+
+    def _score(self, run: Run, pipeline: Path, lora: Path | None, samples: int, log: Path) -> dict:
+        """The lab's metrics of one model (or {"error": ...})."""
         started = time.perf_counter()
         env = {"LAB_LORA": str(lora)} if lora else {}
         output = self._python([str(self.folder / "lab.py"), "eval", str(pipeline), str(self.evaluator),
                                str(self.subject_dir(run.subject) / "identity.json"), str(samples)],
-                              out.parent / f"{out.name}.eval.log", check=False, env=env, capture=True)
+                              log, check=False, env=env, capture=True)
         scores = [line for line in (output or "").splitlines() if line.startswith("LAB ")]
         if not scores:
-            result["error"] = f"scoring failed: see {out.parent / (out.name + '.eval.log')}"
-            return result
-        result.update(json.loads(scores[-1][4:]))
-        result["eval_s"] = round(time.perf_counter() - started, 1)
-        if not keep:
-            for heavy in [out / "diffusers", *out.glob("*.safetensors"), out / "checkpoints", out / "unet",
-                          out / "text_encoder", out / "vae"]:
-                subprocess.run(["rm", "-rf", str(heavy)], check=False)
-        return result
+            return {"error": f"scoring failed: see {log}"}
+        return {**json.loads(scores[-1][4:]), "eval_s": round(time.perf_counter() - started, 1)}
+
+    @staticmethod
+    def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+        """The run's step checkpoints (single files), (step, file), in step order."""
+        found = []
+        for path in (out / "checkpoints").glob("*-step-*.safetensors"):
+            found.append((int(path.stem.rsplit("-step-", 1)[1]), path))
+        return sorted(found)
 
     def _dreamcore_flags(self, run: Run, out: Path) -> list[str]:
         flags = ["--pretrained_model_name_or_path", str(self.base),
@@ -319,7 +349,13 @@ def write_table(results_file: Path, table_file: Path, order: list[str]) -> str:
     by_variant: dict[str, list[dict]] = {}
     for result in results:
         by_variant.setdefault(result["variant"], []).append(result)
-    names = [v for v in order if v in by_variant] + [v for v in by_variant if v not in order]
+    def with_checkpoints(variant: str) -> list[str]:
+        steps = sorted((int(name.rsplit("@", 1)[1]), name) for name in by_variant
+                       if name.rsplit("@", 1)[0] == variant and "@" in name)
+        return [variant, *(name for _, name in steps)]
+
+    listed = [name for v in order for name in with_checkpoints(v) if name in by_variant]
+    names = listed + [v for v in by_variant if v not in listed]
     lines = ["| variant | runs | " + " | ".join(METRICS) + " | train s |",
              "|---|---|" + "---|" * len(METRICS) + "---|"]
     for name in names:
