@@ -3,7 +3,8 @@
 Runs ``dreamcore.train`` on the job's ``train_config.json`` and appends every event to the job's
 ``events.jsonl``. A stop request arrives as the job's stop file (written by any JobManager) or as SIGINT /
 SIGTERM; either makes training stop at the next step and save a resumable state. An error is written as a
-``job_error`` event with advice and then re-raised, so the exit code and the log show it too.
+``job_error`` event with advice and then re-raised, so the exit code and the log show it too. The family of
+the model the job trains is written as a ``job_model`` event, for the UIs and the REST API.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from dreamcore.config import TrainConfig
-from dreamcore.events import Event, Log, StopRequest
+from dreamcore.events import Event, Finished, Log, Stage, StopRequest
 from dreamcore.jobs.advice import advice_for_error
-from dreamcore.jobs.events_file import JOB_STARTED, EventWriter
+from dreamcore.jobs.events_file import JOB_MODEL, JOB_STARTED, EventWriter
 from dreamcore.jobs.folder import JobFolder
 
 
@@ -34,6 +35,52 @@ class StopFileOrSignal:
         return self.by_signal.is_set() or self.stop_file.exists()
 
 
+class FamilyRecorder:
+    """Writes the family of the job's model into its events: when training loads the base model, as read from
+    its files (as training reads it to choose a resolution), and again at the end from the model the run wrote,
+    which names the family it trained (an SD2-v single file without dreamcore's metadata reads as SD2 until
+    it is loaded)."""
+
+    def __init__(self, writer: EventWriter, config: TrainConfig):
+        self.writer = writer
+        self.config = config
+        self.family = ""
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Stage) and event.name == "load":
+            from dreamcore.models import base_model_family
+
+            config = self.config
+            # a model that cannot be read raises here as its loading would a moment later, with the same message
+            family = base_model_family(config.pretrained_model_name_or_path, config.revision,
+                                       config.model_family).name
+        elif isinstance(event, Finished):
+            family = written_family(event.outputs) or self.family
+        else:
+            return
+        if family != self.family:
+            self.family = family
+            self.writer.write({"kind": JOB_MODEL, "family": family})
+
+
+def written_family(outputs: dict[str, str]) -> str:
+    """The family a run's exported model names in its metadata (its LoRA, else its single file); empty when
+    the run exported none (a run stopped before its first save) or the file does not say."""
+    lora, single_file = outputs.get("lora", ""), outputs.get("single_file", "")
+    if lora and Path(lora).is_file():
+        from dreamcore.lora.files import lora_family
+
+        return lora_family(lora) or ""
+    if single_file and Path(single_file).is_file():
+        from safetensors import safe_open
+
+        from dreamcore.convert.single_file import FAMILY_KEY
+
+        with safe_open(single_file, framework="pt", device="cpu") as handle:
+            return (handle.metadata() or {}).get(FAMILY_KEY, "")
+    return ""
+
+
 def run_job(folder: JobFolder, attempt: int) -> int:
     writer = EventWriter(folder.events)
     writer.write({"kind": JOB_STARTED, "attempt": attempt, "pid": os.getpid()})
@@ -44,7 +91,7 @@ def run_job(folder: JobFolder, attempt: int) -> int:
         config = TrainConfig.load(folder.config).validate()
         import dreamcore
 
-        dreamcore.train(config, callbacks=[writer, _print_messages], stop=stop)
+        dreamcore.train(config, callbacks=[writer, FamilyRecorder(writer, config), _print_messages], stop=stop)
     except Exception as error:
         writer.error(error, advice_for_error(type(error).__name__, str(error), config))
         raise

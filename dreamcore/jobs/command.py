@@ -240,6 +240,11 @@ def _print_table(infos) -> None:
 
 def _describe(info) -> str:
     lines = [_one_line(info), f"folder: {info.folder}"]
+    if info.family:
+        from dreamcore.families import FAMILIES
+
+        # a family this version does not know (a job of a newer one) is shown by its name
+        lines.append(f"model family: {FAMILIES[info.family].label if info.family in FAMILIES else info.family}")
     if info.advice:
         lines.append(f"advice: {info.advice}")
     for key, path in info.outputs.items():

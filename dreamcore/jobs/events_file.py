@@ -26,6 +26,7 @@ LOG_FILE_NAME = "log.txt"
 JOB_STARTED = "job_started"  # the child began an attempt: {"attempt", "pid"}
 JOB_ERROR = "job_error"  # the child caught an error: {"error_type", "message", "advice", "traceback"}
 RUN_STARTED = "run_started"  # a command-line run began writing its output folder's file: {"pid", "command"}
+JOB_MODEL = "job_model"  # the child read the family of the model the job trains: {"family"} (a family's name)
 
 
 class EventWriter:
@@ -156,6 +157,7 @@ class JobProgress:
     finished_status: str | None = None  # "completed" | "stopped" in this attempt
     error: dict[str, str] | None = None  # the JOB_ERROR event of this attempt
     messages: list[str] = field(default_factory=list)  # Log events, newest last (bounded)
+    family: str = ""  # the model family the job trains ("sdxl"); empty until the child has read it
 
     def apply(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
@@ -191,6 +193,8 @@ class JobProgress:
             self.outputs.update({str(k): str(v) for k, v in (event.get("outputs") or {}).items()})
             if self.finished_status == "completed":
                 self.eta_seconds = 0.0
+        elif kind == JOB_MODEL:
+            self.family = str(event["family"])
         elif kind == JOB_ERROR:
             self.error = {k: str(event.get(k, "")) for k in ("error_type", "message", "advice", "traceback")}
         elif kind == "log":

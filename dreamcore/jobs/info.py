@@ -29,6 +29,7 @@ class JobInfo:
     folder: str = ""
     # Beyond the core fields: what a detailed view wants.
     stage: str = ""
+    family: str = ""  # the model family the job trains, by name ("sdxl"; get_family gives its label); empty until read
     attempt: int = 0
     stop_requested: bool = False
     checkpoints: list[tuple[int, str, str]] = field(default_factory=list)  # (step, what, path)
@@ -68,6 +69,7 @@ def build_job_info(folder: JobFolder, record: JobRecord, progress: JobProgress, 
         losses=list(progress.losses), samples=[(step, list(paths)) for step, paths in progress.samples],
         outputs=dict(progress.outputs), error=record.error, advice=record.advice,
         log_tail=folder.log_tail(log_lines), folder=str(folder.path), stage=progress.stage,
+        family=progress.family,
         attempt=record.attempt, stop_requested=record.stop_requested_at is not None,
         checkpoints=list(progress.checkpoints), messages=progress.messages[-20:], created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at)
