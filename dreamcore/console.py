@@ -40,6 +40,11 @@ KNOWN_NOTICES = (
     # transformers' image processors serve the safety checker, which dreamcore never runs; PIL's version is used.
     KnownNotice("transformers.utils.import_utils", r"`\w+ImageProcessor` requires torchvision",
                 "the image processors are not used in training"),
+    # A LoRA without text-encoder parts (the UNet alone trained) is complete; diffusers warns for each encoder.
+    KnownNotice("diffusers.loaders.lora_base", r"No LoRA keys associated to \w+ found with the prefix=",
+                "a LoRA that adapts the UNet only is complete"),
+    KnownNotice("diffusers.loaders.peft", r"No LoRA keys associated to \w+ found with the prefix=",
+                "a LoRA that adapts the UNet only is complete"),
     # bitsandbytes' CPU 4-bit kernels: dreamcore uses its 8-bit Adam, on CUDA only (and says so on a CPU).
     KnownNotice("bitsandbytes.backends.cpu.ops", r"Failed to load CPU gemm_4bit_forward",
                 "4-bit CPU kernels are not used"),

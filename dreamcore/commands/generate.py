@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dreamcore.generate import ModelSource
 
 HELP = "Generate images from a model (diffusers folder or single file); the same seed gives the same image."
 
@@ -15,7 +19,12 @@ HELP = "Generate images from a model (diffusers folder or single file); the same
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dreamcore.generate import DEFAULT_SAMPLER, SAMPLERS
 
-    parser.add_argument("--model", required=True, help="Diffusers folder or .safetensors/.ckpt file.")
+    parser.add_argument("--model", required=True,
+                        help="Diffusers folder, .safetensors/.ckpt file, or a training run's output_dir (its final "
+                             "model; for a LoRA run, its LoRA on the run's base model).")
+    parser.add_argument("--lora", default=None,
+                        help="A LoRA file (.safetensors; the WebUI's or diffusers' layout) fused into --model at "
+                             "weight 1.")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative_prompt", default="")
     parser.add_argument("--seed", type=_seed, default=1337,
@@ -45,6 +54,7 @@ def _seed(text: str) -> int | None:
 def run(args: argparse.Namespace) -> int:
     from dreamcore.fileio import OutputWriteError
     from dreamcore.generate import GenerateError, GenerationSettings, generate_images
+    from dreamcore.grid import GridError
     from dreamcore.models import ModelLoadError
 
     settings = GenerationSettings(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
@@ -52,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
                                   sampler=args.sampler, width=args.width or args.resolution,
                                   height=args.height or args.resolution, batch_count=args.batch_count)
     try:
-        images = generate_images(args.model, settings, out=args.out)
+        images = generate_images(model_source(args.model, args.lora), settings, out=args.out)
+    except GridError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except GenerateError as error:
         print("error: the settings have problems:\n" + "\n".join(f"  - {p}" for p in error.problems), file=sys.stderr)
         return 1
@@ -64,3 +77,19 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is None:
         print(f"seed: {images[0].seed} (random)", file=sys.stderr)
     return 0
+
+
+def model_source(model: str, lora: str | None = None) -> "ModelSource":
+    """What ``--model`` and ``--lora`` name: a model (with a LoRA fused in), or a training run's output folder,
+    whose final model is drawn (a LoRA run's LoRA on the run's base model), as ``dreamcore grid`` draws it."""
+    from pathlib import Path
+
+    from dreamcore.config import CONFIG_FILE_NAME
+    from dreamcore.generate import ModelSource
+    from dreamcore.grid import run_models
+
+    path = Path(model)
+    is_run_folder = (path / CONFIG_FILE_NAME).is_file() and not (path / "model_index.json").is_file()
+    if is_run_folder and lora is None:
+        return run_models(path).checkpoints[-1].source
+    return ModelSource(path, lora=Path(lora) if lora else None)

@@ -50,7 +50,8 @@ def detect_family(state_dict: Mapping[str, torch.Tensor]) -> str:
 def _what_it_is_instead(keys) -> str:
     keys = list(keys)
     if any(key.startswith("lora_") or ".lora_down." in key or ".lora_A." in key for key in keys):
-        return "this is a LoRA, not a full model; use it with the model it was trained on"
+        return ("this is a LoRA, not a full model; use it with the model it was trained on (`dreamcore generate "
+                "--model BASE --lora THIS_FILE`, or <lora:NAME:1> in a WebUI prompt)")
     if VAE_ONLY_PROBE in keys or all(key.startswith("first_stage_model.") for key in keys):
         return "this is a VAE on its own, not a full model; pass it as the VAE (--pretrained_vae_name_or_path)"
     if any(key.startswith(("down_blocks.", "unet.", "text_model.")) for key in keys):

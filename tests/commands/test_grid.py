@@ -88,3 +88,42 @@ def run_models_stub() -> list:
     from dreamcore.grid import RunCheckpoint
 
     return [RunCheckpoint("final", None, ModelSource(Path("unused")))]
+
+
+@pytest.fixture(scope="module")
+def lora_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LoRA run: its output holds adapters only, drawn on the run's base model."""
+    root = tmp_path_factory.mktemp("lora-run")
+    model = save_tiny_model(root / "tiny", fmt="diffusers")
+    make_demo_photos(root / "photos", count=3, size=64)
+    train(tiny_config(model, root / "photos", root / "out", use_lora=True, lora_rank=4, lora_alpha=4.0,
+                      learning_rate=1e-2, max_train_steps=4))
+    return root / "out"
+
+
+def test_generate_draws_a_runs_final_model_from_its_output_folder(run_dir: Path, tmp_path: Path, capsys) -> None:
+    arguments = ["--prompt", "photo of sks person", "--seed", "5", "--num_inference_steps", "2"]
+    assert main(["generate", "--model", str(run_dir), *arguments, "--out", str(tmp_path / "a")]) == 0
+    final = run_models(run_dir).checkpoints[-1].source.path
+    assert main(["generate", "--model", str(final), *arguments, "--out", str(tmp_path / "b")]) == 0
+    (a,), (b,) = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_generate_draws_a_lora_on_its_base_and_a_lora_given_as_the_model_says_how(
+        lora_run_dir: Path, tmp_path: Path, capsys) -> None:
+    from dreamcore.config import TrainConfig
+
+    base = TrainConfig.load(lora_run_dir / "train_config.json").pretrained_model_name_or_path
+    lora = lora_run_dir / "out.safetensors"
+    arguments = ["--prompt", "photo of sks person", "--seed", "5", "--num_inference_steps", "2"]
+    assert main(["generate", "--model", str(lora_run_dir), *arguments, "--out", str(tmp_path / "run")]) == 0
+    assert main(["generate", "--model", base, "--lora", str(lora), *arguments, "--out", str(tmp_path / "lora")]) == 0
+    assert main(["generate", "--model", base, *arguments, "--out", str(tmp_path / "base")]) == 0
+    capsys.readouterr()
+    run, with_lora, plain = (np.asarray(Image.open(next((tmp_path / name).glob("*.png"))), dtype=np.int16)
+                             for name in ("run", "lora", "base"))
+    assert np.array_equal(run, with_lora)  # the run folder means its LoRA on its base
+    assert np.abs(with_lora - plain).max() > 0  # the LoRA changed the picture
+    assert main(["generate", "--model", str(lora), *arguments, "--out", str(tmp_path / "wrong")]) == 1
+    assert "--lora" in capsys.readouterr().err
