@@ -88,8 +88,30 @@ class TrainingController:
         self._restore_gpu_when_idle()
         return info, note
 
+    def prepare_size(self, resolution: int | None, base_model: str, preset: str) -> tuple[int, str]:
+        """The side of the prepared photos and why: the size training will use, so that it takes them as they
+        are. The resolution under Advanced when the person changed it from the preset's (as Start records the
+        choice), else the resolution the base model's family trains at (read from its files); without a base
+        model chosen, the preset's. Raises ModelLoadError when the base model cannot be read."""
+        from dreamcore.presets import preset_names, preset_overrides
+
+        starting = (preset_overrides(preset) if preset in preset_names() else {}).get("resolution",
+                                                                                       TrainConfig().resolution)
+        if resolution is not None and resolution != starting:
+            return resolution, "the resolution set under Advanced"
+        if not base_model:
+            return starting, "the preset's resolution (choose the base model to crop at its family's)"
+        checkpoint = self.host.checkpoint_path(base_model)
+        if checkpoint is None:
+            raise FileNotFoundError(f"Base model: {base_model!r} is not in the WebUI's checkpoint list any more; "
+                                    "press the refresh button and choose again.")
+        from dreamcore.models import base_model_family
+
+        family = base_model_family(checkpoint)
+        return family.training_resolution, f"{family.label}'s training resolution"
+
     def prepare_photos(self, photos_dir: str, uploaded: list[str], job_name: str, size: int, framing: str,
-                       token: str, class_word: str = "person") -> Any:
+                       token: str, class_word: str = "person", size_reason: str = "") -> Any:
         """Crop the photos into ``<output>/prepared/<job>`` (dreamcore.prepare): around the face for a person,
         around the salient region for any other class; returns its PrepareReport. Raises ImportError when
         dreamcore.prepare is absent, its errors otherwise."""
@@ -109,7 +131,8 @@ class TrainingController:
         word = class_word.strip() or "person"
         subject = subject_from_prompts(instance_prompt(token.strip(), word), class_prompt(word))
         return prepare_photos(source, Path(self.output_root()) / "prepared" / name, size=int(size),
-                              framing=framing, token=token.strip() or None, subject=subject)
+                              framing=framing, token=token.strip() or None, subject=subject,
+                              size_reason=size_reason)
 
     def job(self, name: str) -> Any:
         return self.manager().get(name)

@@ -123,15 +123,19 @@ class TabHandlers:
         yield from self.watch(current)
 
     def prepare(self, photos_dir: str, uploads: Any, token: str, job_name: str, size: Any,
-                framing: str, class_word: str = "person") -> tuple[str, list[tuple[str, str]], str]:
+                framing: str, class_word: str = "person", base_model: str = "",
+                preset: str = "") -> tuple[str, list[tuple[str, str]], str]:
         """"Prepare photos": square crops (around the face for a person, the salient region otherwise), their
-        preview and the report. Returns (report markdown, preview gallery, photo folder to train from: the
-        prepared one, or the old one on error)."""
+        preview and the report. The crops are as large as training will take them: the resolution under
+        Advanced when changed from the preset's, else the base model's family's. Returns (report markdown,
+        preview gallery, photo folder to train from: the prepared one, or the old one on error)."""
         from dreamcore.images import ImageLoadError
 
         try:
+            pixels, why = self.controller.prepare_size(int(size) if size else None, base_model or "", preset or "")
             report = self.controller.prepare_photos(photos_dir or "", uploaded_paths(uploads), job_name or "",
-                                                    int(size or 512), framing, token or "", class_word or "person")
+                                                    pixels, framing, token or "", class_word or "person",
+                                                    size_reason=why)
         except ImportError as error:
             return (f"**Photo preparation is not available here:** {error}. Training still works on photos "
                     "you crop yourself (square, the face filling about a third of the width).", [], photos_dir)
@@ -227,6 +231,8 @@ def framing_choices() -> list[str]:
 def _prepare_markdown(report: Any) -> str:
     lines = [f"**{len(report.kept)} of {len(report.photos)} photos kept** in `{report.out_dir}` "
              f"(suggested max_train_steps: {report.suggested_max_train_steps}). Training will use them."]
+    if report.size_reason:
+        lines.append(f"- size: {report.size} px, {report.size_reason}")
     if report.token_check is not None and not report.token_check.ok:
         lines.append(f"- token: {report.token_check.message}")
     lines += [f"- {warning}" for warning in report.warnings]
@@ -430,7 +436,8 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
         check.click(handlers.check_token, inputs=[token], outputs=[token_report])
         resume.click(resume_and_follow, inputs=[job], outputs=watch_outputs)
         resolution = advanced_controls[[f.name for f in handlers.advanced].index("resolution")]
-        prepare.click(handlers.prepare, inputs=[photos_dir, uploads, token, job_name, resolution, framing, class_word],
+        prepare.click(handlers.prepare, inputs=[photos_dir, uploads, token, job_name, resolution, framing, class_word,
+                                                base_model, preset],
                       outputs=[prepare_report, prepare_preview, photos_dir])
         refresh_jobs.click(lambda: gr.update(choices=handlers.job_choices()), inputs=[], outputs=[job])
         use.click(handlers.use_in_txt2img, inputs=[job], outputs=[message, prompt_out, title_out]).then(

@@ -1,20 +1,42 @@
 """``python -m dreamcore prepare IN_DIR OUT_DIR``: crop a folder of photos square around the subject, with a
-report."""
+report. The crops are as large as the model family you will train trains at (``--family``, or read from the base
+model with ``--model``), so training uses them as they are."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 HELP = ("crop a folder of photos square around the face (or, without one, around the subject), check the set "
         "against the guide, write a report")
 
 
+@dataclass(frozen=True)
+class CropSize:
+    pixels: int
+    reason: str  # for the summary: "SDXL's training resolution"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # the registry imports neither torch nor diffusers: --help stays instant
+    from dreamcore.families.registry import DEFAULT_FAMILY, FAMILIES, FAMILY_NAMES
+
+    resolutions = ", ".join(f"{family.label} {family.training_resolution}" for family in FAMILIES.values())
     parser.add_argument("in_dir", metavar="IN_DIR", help="folder with the photos (never modified)")
     parser.add_argument("out_dir", metavar="OUT_DIR",
                         help="folder for the crops, report/prepare_report.json and report/contact_sheet.png "
                              "(new, empty, or written by an earlier prepare: it is replaced whole)")
-    parser.add_argument("--size", type=int, default=512, help="side of the square crops in pixels (default 512)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="side of the square crops in pixels (default: the resolution the model family of "
+                             f"--family or --model trains at: {resolutions}; {DEFAULT_FAMILY.label}'s without "
+                             "either)")
+    base = parser.add_mutually_exclusive_group()
+    base.add_argument("--family", choices=FAMILY_NAMES, default=None,
+                      help="the model family you will train, for the crops' size")
+    base.add_argument("--model", metavar="PATH", default=None,
+                      help="the base model you will train (a .safetensors/.ckpt file or a diffusers folder): the "
+                           "crops get its family's size, the family read from the model's files as training "
+                           "reads it")
     parser.add_argument("--subject", default="", metavar="TEXT",
                         help="what the photos show, as your class prompt says it (e.g. 'dog', 'photo of a "
                              "woman'; default: a person). A person's photos are cropped around the face (one "
@@ -36,9 +58,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the trigger word you will train with (e.g. ohwx): checked against the CLIP tokenizer")
 
 
+def crop_size(size: int | None, family_name: str | None, model: str | None) -> CropSize:
+    """The crops' side: ``size`` when given, else the resolution training uses for the family named or read
+    from ``model`` when no resolution is set, so the crops are used as they are (the default family's without
+    either). Raises ModelLoadError when ``model`` cannot be read."""
+    from dreamcore.families.registry import DEFAULT_FAMILY, get_family
+
+    family = None
+    if model is not None:
+        from dreamcore.models import base_model_family
+
+        family = base_model_family(model)
+        why = f"{family.label}'s training resolution ({model} is an {family.label} model)"
+    elif family_name is not None:
+        family = get_family(family_name)
+        why = f"{family.label}'s training resolution"
+    else:
+        why = f"{DEFAULT_FAMILY.label}'s training resolution (give --family or --model for another model family)"
+    if size is None:
+        return CropSize((family or DEFAULT_FAMILY).training_resolution, why)
+    if family is not None and size != family.training_resolution:
+        return CropSize(size, f"as --size asks ({family.label} trains at {family.training_resolution} px unless "
+                              f"its resolution is set to {size})")
+    return CropSize(size, "as --size asks")
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from dreamcore.convert.errors import ModelLoadError
     from dreamcore.fileio import OutputWriteError
     from dreamcore.images import ImageLoadError
     from dreamcore.prepare.faces import DetectorUnavailableError
@@ -53,11 +101,12 @@ def run(args: argparse.Namespace) -> int:
                         keep_without_face="or leave out --require-face to keep it, cropped around the "
                                           "salient region")
     try:
-        report = prepare_photos(args.in_dir, args.out_dir, size=args.size, framing=args.framing,
+        size = crop_size(args.size, args.family, args.model)
+        report = prepare_photos(args.in_dir, args.out_dir, size=size.pixels, framing=args.framing,
                                 keep_center_crop=args.keep_center_crop, token=args.token, pad_mode=args.pad,
                                 progress=show_progress, subject=subject_from_prompts(class_prompt=args.subject),
-                                require_face=args.require_face, hints=hints)
-    except (PrepareError, ImageLoadError, OutputWriteError, DetectorUnavailableError) as error:
+                                require_face=args.require_face, hints=hints, size_reason=size.reason)
+    except (PrepareError, ImageLoadError, OutputWriteError, DetectorUnavailableError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.format_table())

@@ -68,6 +68,7 @@ class _Settings:
     """What every photo of one run is prepared with."""
 
     size: int
+    size_reason: str
     framing: str
     keep_center_crop: bool
     require_face: bool
@@ -93,7 +94,7 @@ def prepare_photos(in_dir: str | Path, out_dir: str | Path, size: int = 512, fra
                    keep_center_crop: bool = False, token: str | None = None, *, pad_mode: str = "blur",
                    max_pixels: int = DEFAULT_MAX_PIXELS, progress: Progress | None = None,
                    workers: int | None = None, subject: Subject | None = None, require_face: bool = False,
-                   hints: OptionHints = OptionHints()) -> PrepareReport:
+                   hints: OptionHints = OptionHints(), size_reason: str = "") -> PrepareReport:
     """Crop every photo in ``in_dir`` square and write the set to ``out_dir``.
 
     Where each square goes:
@@ -122,7 +123,8 @@ def prepare_photos(in_dir: str | Path, out_dir: str | Path, size: int = 512, fra
     ``OutputWriteError`` when writing fails, :class:`DetectorUnavailableError` when a person's photos need
     the face detector and it is missing). ``progress(index, total, path)`` is called as each photo is done;
     ``workers`` photos are processed at once (default: one per CPU core, at most 4, which bounds memory to
-    a few decoded photos).
+    a few decoded photos). ``size_reason`` says why the crops are ``size`` pixels ("SDXL's training
+    resolution"), for the report.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     _check_options(size, framing, pad_mode)
@@ -141,7 +143,7 @@ def prepare_photos(in_dir: str | Path, out_dir: str | Path, size: int = 512, fra
         raise PrepareError(f"{in_dir}: no photos found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); "
                            "put the photos directly in this folder")
     _check_output_folder(in_dir, out_dir)
-    settings = _Settings(size=size, framing=framing, keep_center_crop=keep_center_crop, require_face=require_face,
+    settings = _Settings(size=size, size_reason=size_reason, framing=framing, keep_center_crop=keep_center_crop, require_face=require_face,
                          look_for_faces=not detector_missing, subject=subject, pad_mode=pad_mode,
                          max_pixels=max_pixels, hints=hints)
 
@@ -417,7 +419,8 @@ def _assess_set(in_dir: Path, out_dir: Path, settings: _Settings, photos: list[P
             warnings.append(f"{len(groups[0])} of {len(face_crops)} photos have alike {part} "
                             f"({', '.join(named_groups[part][0])}); the model may learn them as part of the "
                             "person - vary " + ("the places" if part == "backgrounds" else "the outfits"))
-    return PrepareReport(in_dir=in_dir, out_dir=out_dir, size=settings.size, framing=settings.framing,
+    return PrepareReport(in_dir=in_dir, out_dir=out_dir, size=settings.size, size_reason=settings.size_reason,
+                         framing=settings.framing,
                          photos=photos, warnings=warnings,
                          duplicate_groups=[[photos[i].source.name for i in g] for g in duplicate_groups],
                          background_groups=named_groups["backgrounds"], clothing_groups=named_groups["clothing"],

@@ -58,6 +58,7 @@ class PrepareReport:
     same_person_checked: bool | None = None  # None: not applicable (fewer than two face crops)
     person_groups: list[list[str]] = field(default_factory=list)  # photos by the person they show
     different_person: list[str] = field(default_factory=list)  # photos that look like someone else
+    size_reason: str = ""  # why the crops are ``size`` pixels: "SDXL's training resolution"
 
     @property
     def kept(self) -> list[PhotoResult]:
@@ -107,6 +108,7 @@ class PrepareReport:
         else:
             lines.append(f"subject: {self.subject}" + ("" if self.subject == "a person" else " (a person)")
                          + ": crops around the face")
+        lines.append(f"size: {self.size} px" + (f", {self.size_reason}" if self.size_reason else ""))
         lines += [f"warning: {warning}" for warning in self.warnings]
         if self.token_check is not None:
             lines.append(f"token: {self.token_check.message}")
