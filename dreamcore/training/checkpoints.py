@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ class Checkpoints:
         self.config = trainer.config
         self.plan = trainer.plan
         self.emit = trainer.emit
+        self._warned_about_disk = False
 
     def save_state(self, step: int) -> Path:
         """Write the resumable state of ``step`` as state/step-N (in the background); returns that folder."""
@@ -56,6 +58,25 @@ class Checkpoints:
         if limit is not None:
             for old in prune_states(self.plan.output_dir, limit, up_to_step=step):
                 self.emit.log(f"removed {STATE_DIR_NAME}/{old.name} (checkpoints_total_limit={limit})")
+        elif not self._warned_about_disk:
+            self._warn_if_states_will_not_fit(step, folder)
+
+    def _warn_if_states_will_not_fit(self, step: int, folder: Path) -> None:
+        """Once the first state is on disk its size is known: say so now, not at a full disk hours later, when
+        the states still to come (every checkpointing_steps and the last step, all kept) will not fit."""
+        every, total = self.config.checkpointing_steps, self.plan.total_steps
+        if not every or step >= total:
+            return
+        to_come = len(range(step + every, total, every)) + 1  # the numbered ones, and the last step's
+        size = sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+        free = shutil.disk_usage(self.plan.output_dir).free
+        if to_come * size > free:
+            self._warned_about_disk = True
+            self.emit.log(f"each resumable state is {size / 2**30:.1f} GiB and {to_come} more will be written "
+                          f"(every {every} steps and at the end, all kept: {to_come * size / 2**30:.1f} GiB), but "
+                          f"{free / 2**30:.1f} GiB is free on the disk of {self.plan.output_dir}; set "
+                          "--checkpoints_total_limit 1 to keep only the newest, or a larger --checkpointing_steps.",
+                          "warning")
 
     def restore_state(self, folder: Path) -> int:
         """Load a saved state into the trainer; returns its step."""

@@ -175,3 +175,37 @@ def test_staging_says_once_why_it_copies_to_ordinary_memory(monkeypatch) -> None
     for _ in range(2):
         assert torch.equal(staging.copy("state", {"t": tensor})["t"], tensor.cpu())
     assert len(logged) == 1 and "ordinary host memory" in logged[0][0]
+
+
+def test_a_run_whose_states_will_not_fit_on_the_disk_says_so_once_after_the_first(
+        tiny_model_dir: Path, photo_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import shutil as real_shutil
+    from collections import namedtuple
+
+    from dreamcore.training import checkpoints
+
+    usage = namedtuple("usage", "total used free")
+    free = {"bytes": 10**12}
+
+    class Disk:  # shutil as the checkpoints module sees it, with the free space set by the test
+        def __getattr__(self, name):
+            return getattr(real_shutil, name)
+
+        @staticmethod
+        def disk_usage(path):
+            return usage(free["bytes"], 0, free["bytes"])
+
+    monkeypatch.setattr(checkpoints, "shutil", Disk())
+    roomy: list = []
+    train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "roomy", max_train_steps=4, checkpointing_steps=1),
+          callbacks=[roomy.append])
+    assert not [e for e in roomy if e.kind == "log" and "resumable state is" in e.message]
+
+    state_bytes = sum(p.stat().st_size for p in (tmp_path / "roomy" / "state" / "step-1").iterdir())
+    free["bytes"] = 2 * state_bytes  # three more states (steps 2, 3 and the last) will not fit
+    tight: list = []
+    train(tiny_config(tiny_model_dir, photo_dir, tmp_path / "tight", max_train_steps=4, checkpointing_steps=1),
+          callbacks=[tight.append])
+    warnings = [e for e in tight if e.kind == "log" and "resumable state is" in e.message]
+    assert len(warnings) == 1 and warnings[0].level == "warning"
+    assert "3 more will be written" in warnings[0].message and "--checkpoints_total_limit 1" in warnings[0].message
