@@ -1,8 +1,9 @@
 """Saves that do not stop training: a snapshot on the host now, the files written by a thread.
 
-A save copies what it writes off the GPU (the only part training waits for), then a single writer thread
-serialises and writes the files, atomically as every write here is. At most one save is in flight: a second
-waits for the first. What a finished save reports (its events) is handed back to the training thread, which
+A save copies what it writes off the GPU (the only part training waits for), then a writer thread serialises
+and writes the files, atomically as every write here is, one after another. A save's writes (its state and its
+checkpoint) are queued together; the next save waits for them before it copies anything, so at most one save is
+in flight. What a finished save reports (its events) is handed back to the training thread, which
 emits it, so callbacks always run on the thread that called ``train()``. A failed write is raised in the
 training thread at the next save, poll or finish, never dropped.
 """
@@ -40,8 +41,8 @@ class HostStaging:
     (cudaHostRegister through torch.cuda.cudart(), so it is released when training ends, which torch's own pinned
     allocator would not do until the process exits), made at the first save and reused by the next ones: every
     copy is queued at the bus's full speed and waited for once. Without it each tensor is copied on its own into
-    fresh pageable memory: one blocking copy and a page fault per 4 KiB (BENCHMARKS.md, run GV2: a save of the
-    16GB tier's state stalled training for seconds). The values are the same either way; the caller waits for
+    fresh pageable memory: one blocking copy and a page fault per 4 KiB (BENCHMARKS.md, run GV2: a save held
+    training up for 17.9 s, these copies a part of it). The values are the same either way; the caller waits for
     the last save's files before the next save's copies (run.py), so a buffer is never overwritten while read.
     """
 
