@@ -11,21 +11,29 @@ training thread at the next save, poll or finish, never dropped.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
+
+
+def map_leaves(value: Any, function: Callable[[Any], Any]) -> Any:
+    """``value`` in the same nesting of dicts, lists and tuples, each leaf (a tensor, a number, a string...)
+    replaced by ``function(leaf)``; leaves are visited in order."""
+    if isinstance(value, dict):
+        return {key: map_leaves(item, function) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_leaves(item, function) for item in value)
+    return function(value)
 
 
 def host_copy(value: Any) -> Any:
     """``value`` with every tensor copied to the host (a copy even when it is there already: training updates
     its tensors in place), in the same nesting of dicts, lists and tuples."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: host_copy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(host_copy(item) for item in value)
-    return value
+    return map_leaves(value, _copied_to_host)
+
+
+def _copied_to_host(leaf: Any) -> Any:
+    return leaf.detach().to("cpu", copy=True) if isinstance(leaf, torch.Tensor) else leaf
 
 
 # Page-locked staging only where it leaves this much host memory free beside it (the WebUI, the OS, the writer's
@@ -58,8 +66,7 @@ class HostStaging:
 
     def copy(self, kind: str, value: Any) -> Any:
         """``value`` with every tensor copied to the host, in the same nesting (``host_copy``'s contract)."""
-        leaves: list[torch.Tensor] = []
-        _collect_cuda_tensors(value, leaves)
+        leaves = _cuda_tensors(value)
         block = self._block(kind, leaves) if leaves else None
         if block is None:
             return host_copy(value)
@@ -72,7 +79,8 @@ class HostStaging:
             views.append(view)
             offset = _aligned(offset + size)
         torch.cuda.current_stream(leaves[0].device).synchronize()
-        return _replace_tensors(value, iter(views))
+        in_order = iter(views)  # the views replace the CUDA tensors in the order _cuda_tensors found them
+        return map_leaves(value, lambda leaf: next(in_order) if _is_cuda_tensor(leaf) else _copied_to_host(leaf))
 
     def release(self) -> None:
         """Unregister and free every buffer (training has ended and its writes are done)."""
@@ -130,28 +138,15 @@ def _aligned(size: int) -> int:
     return (size + _ALIGNMENT - 1) // _ALIGNMENT * _ALIGNMENT
 
 
-def _collect_cuda_tensors(value: Any, found: list[torch.Tensor]) -> None:
-    if isinstance(value, torch.Tensor):
-        if value.is_cuda:
-            found.append(value)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _collect_cuda_tensors(item, found)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _collect_cuda_tensors(item, found)
+def _is_cuda_tensor(leaf: Any) -> bool:
+    return isinstance(leaf, torch.Tensor) and leaf.is_cuda
 
 
-def _replace_tensors(value: Any, views: Iterator[torch.Tensor]) -> Any:
-    """``value`` with its CUDA tensors replaced by their host views (in the order ``_collect_cuda_tensors`` found
-    them) and every other tensor copied."""
-    if isinstance(value, torch.Tensor):
-        return next(views) if value.is_cuda else value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: _replace_tensors(item, views) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_replace_tensors(item, views) for item in value)
-    return value
+def _cuda_tensors(value: Any) -> list[torch.Tensor]:
+    """Every CUDA tensor in ``value``, each occurrence once, in ``map_leaves``' order."""
+    found: list[torch.Tensor] = []
+    map_leaves(value, lambda leaf: found.append(leaf) if _is_cuda_tensor(leaf) else None)
+    return found
 
 
 class BackgroundWriter:

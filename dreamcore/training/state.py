@@ -21,12 +21,13 @@ from safetensors.torch import load_file, save_file
 from dreamcore.config import STATE_NAME
 from dreamcore.fileio import atomic_directory
 from dreamcore.lora.adapters import load_trainable_state_dict, trainable_state_dict
+from dreamcore.training.saving import host_copy, map_leaves
 
 STATE_DIR_NAME = "state"
 PROGRESS_FILE = "progress.json"
 OPTIMIZER_FILE = "optimizer.pt"  # optimizer, schedule, scaler and generator states, their tensors replaced by names
 OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"  # those tensors (states of earlier versions hold them in the .pt)
-_TENSOR_MARK = "dreamcore.tensor"  # (mark, name): where a tensor of optimizer.safetensors goes back
+_TENSOR_MARK = "dreamcore.tensor:"  # + a name: where a tensor of optimizer.safetensors goes back
 _NUMBERED = re.compile(r"step-(\d+)")  # the folders this version writes
 
 
@@ -47,8 +48,6 @@ def training_state_writer(folder: Path, progress: TrainingProgress, trained_modu
                           copy_to_host: Callable[[Any], Any] | None = None) -> Callable[[], Path]:
     """Copy the resumable state to the host now (``copy_to_host``: how, as ``saving.host_copy`` does by default);
     the returned function writes it (atomically) into ``folder``, on any thread, while training goes on."""
-    from dreamcore.training.saving import host_copy
-
     snapshot = (copy_to_host or host_copy)({
         # LoRA runs: the adapters' weights only
         "weights": {name: trainable_state_dict(module) for name, module in trained_modules.items()},
@@ -89,35 +88,31 @@ def read_saved_optimizer_state(folder: Path) -> dict[str, Any]:
 
 
 def _split_tensors(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    """``value`` with each tensor replaced by (mark, name), and the tensors by name."""
+    """``value`` with each tensor replaced by a mark naming it, and the tensors by name."""
     tensors: dict[str, torch.Tensor] = {}
 
-    def split(item: Any) -> Any:
-        if isinstance(item, torch.Tensor):
-            name = f"t{len(tensors)}"
-            tensors[name] = item.contiguous()
-            return (_TENSOR_MARK, name)
-        if isinstance(item, dict):
-            return {key: split(inner) for key, inner in item.items()}
-        if isinstance(item, (list, tuple)):
-            return type(item)(split(inner) for inner in item)
-        return item
+    def mark(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        name = f"t{len(tensors)}"
+        tensors[name] = leaf.contiguous()
+        return _TENSOR_MARK + name
 
-    return split(value), tensors
+    return map_leaves(value, mark), tensors
 
 
 def _join_tensors(value: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
     """The inverse of ``_split_tensors``."""
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == _TENSOR_MARK:
-        if value[1] not in tensors:
-            raise ResumeError(f"{path}: the saved state has no tensor {value[1]!r}; the state is damaged, resume "
+    def tensor(leaf: Any) -> Any:
+        if not (isinstance(leaf, str) and leaf.startswith(_TENSOR_MARK)):
+            return leaf
+        name = leaf.removeprefix(_TENSOR_MARK)
+        if name not in tensors:
+            raise ResumeError(f"{path}: the saved state has no tensor {name!r}; the state is damaged, resume "
                               "from another state (step-N).")
-        return tensors[value[1]]
-    if isinstance(value, dict):
-        return {key: _join_tensors(inner, tensors, path) for key, inner in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_join_tensors(inner, tensors, path) for inner in value)
-    return value
+        return tensors[name]
+
+    return map_leaves(value, tensor)
 
 
 def _plain_learning_rates(state: dict) -> dict:
