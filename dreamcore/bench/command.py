@@ -66,14 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamcore.bench.recipe import GUIDE_VERBATIM, bench_inputs, model_sizes, parse_preset
+    from dreamcore.bench.recipe import GUIDE_VERBATIM, bench_inputs, check_model_size, parse_preset
     from dreamcore.presets import default_preset
 
     family = get_family(args.family)
     size = args.model_size or family.name
-    if size not in model_sizes(family):
-        print(f"dreamcore bench: --model-size {size} does not go with --family {family.name}; use "
-              f"{' or '.join(model_sizes(family))}.", file=sys.stderr)
+    try:
+        check_model_size(family, size)
+    except ValueError as error:
+        print(f"dreamcore bench: {error}.", file=sys.stderr)
         return 2
     specs = args.preset or (list(DEFAULT_PRESETS) if family is DEFAULT_FAMILY else [default_preset(family.name)])
     try:
@@ -191,20 +192,28 @@ def _write_json(path: Path | None, results, extra: dict | None) -> None:
                                         "results": [r.to_dict() for r in results]}, indent=2) + "\n")
 
 
-def _inputs_ready(inputs) -> bool:
-    """True when an earlier run under the same --work left the random model and the photos."""
+def _model_ready(inputs) -> bool:
+    return (inputs.model / "model_index.json").is_file()
+
+
+def _photos_ready(inputs) -> bool:
     from dreamcore.bench.recipe import GUIDE_PHOTOS
 
-    return (inputs.model / "model_index.json").is_file() and len(list(inputs.photos.glob("*.png"))) >= GUIDE_PHOTOS
+    return len(list(inputs.photos.glob("*.png"))) >= GUIDE_PHOTOS
+
+
+def _inputs_ready(inputs) -> bool:
+    """True when an earlier run under the same --work left the random model and the photos."""
+    return _model_ready(inputs) and _photos_ready(inputs)
 
 
 def _build_inputs(inputs) -> None:
     """The random model and the photos, each built unless an earlier run under the same --work left it."""
     from dreamcore.bench.recipe import GUIDE_PHOTOS, build_random_model, make_photos
 
-    if not (inputs.model / "model_index.json").is_file():
+    if not _model_ready(inputs):
         build_random_model(inputs.model, inputs.size, family=inputs.family)
-    if len(list(inputs.photos.glob("*.png"))) < GUIDE_PHOTOS:
+    if not _photos_ready(inputs):
         make_photos(inputs.photos, GUIDE_PHOTOS, inputs.resolution)
 
 

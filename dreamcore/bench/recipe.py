@@ -54,14 +54,19 @@ class BenchInputs:
     resolution: int
 
 
+def check_model_size(family: ModelFamily, size: str) -> None:
+    """Raises ValueError, saying what goes instead, when ``size`` is not one of ``family``'s model sizes."""
+    if size not in model_sizes(family):
+        raise ValueError(f"--model-size {size} does not go with --family {family.name}; use "
+                         f"{' or '.join(model_sizes(family))} ({size} is not one of {family.label}'s sizes)")
+
+
 def bench_inputs(work: Path, family: ModelFamily, size: str) -> BenchInputs:
     """The model and photo folders of ``family`` at ``size`` under ``work``: model-<size> (model-sd1, model-sdxl,
     model-tiny; a tiny model of another family than the default: model-tiny-<family>) and photos-<resolution>.
     Raises ValueError when ``size`` is not one of the family's sizes."""
+    check_model_size(family, size)
     sizes = model_sizes(family)
-    if size not in sizes:
-        raise ValueError(f"--model-size {size} does not go with --family {family.name}; use one of "
-                         f"{', '.join(sizes)}")
     folder = f"model-{size}" if size == family.name or family is DEFAULT_FAMILY else f"model-{size}-{family.name}"
     return BenchInputs(family, size, work / folder, work / f"photos-{sizes[size]}", sizes[size])
 
@@ -174,12 +179,11 @@ def single_file_inputs(model: Path) -> dict[str, Path]:
 def random_model_configs(family: ModelFamily, size: str) -> dict[str, dict[str, Any]]:
     """The component configs of the bench's model: the family's shipped configs of its published model (every text
     encoder it has) or the tiny test model's. Raises ValueError for a size the family has not."""
+    check_model_size(family, size)
     if size == TINY_SIZE:
         from dreamcore.tiny import tiny_component_configs
 
         return tiny_component_configs(family.name)
-    if size != family.name:
-        raise ValueError(f"model size {size!r} is not one of {family.label}'s: {', '.join(model_sizes(family))}")
     return {name: family.shipped_config(name) for name in (*_OTHER_COMPONENTS, *family.text_encoder_names)}
 
 
