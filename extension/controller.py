@@ -105,10 +105,10 @@ class TrainingController:
         if checkpoint is None:
             raise FileNotFoundError(f"Base model: {base_model!r} is not in the WebUI's checkpoint list any more; "
                                     "press the refresh button and choose again.")
-        from dreamcore.models import base_model_family
+        from dreamcore.prepare.sizing import crop_size
 
-        family = base_model_family(checkpoint)
-        return family.training_resolution, f"{family.label}'s training resolution"
+        size = crop_size(None, None, str(checkpoint))
+        return size.pixels, size.reason
 
     def prepare_photos(self, photos_dir: str, uploaded: list[str], job_name: str, size: int, framing: str,
                        token: str, class_word: str = "person", size_reason: str = "") -> Any:

@@ -5,16 +5,9 @@ model with ``--model``), so training uses them as they are."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
 HELP = ("crop a folder of photos square around the face (or, without one, around the subject), check the set "
         "against the guide, write a report")
-
-
-@dataclass(frozen=True)
-class CropSize:
-    pixels: int
-    reason: str  # for the summary: "SDXL's training resolution"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,37 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the trigger word you will train with (e.g. ohwx): checked against the CLIP tokenizer")
 
 
-def crop_size(size: int | None, family_name: str | None, model: str | None) -> CropSize:
-    """The crops' side: ``size`` when given, else the resolution training uses for the family named or read
-    from ``model`` when no resolution is set, so the crops are used as they are (the default family's without
-    either). Raises ModelLoadError when ``model`` cannot be read."""
-    from dreamcore.families.registry import DEFAULT_FAMILY, get_family
-
-    family = None
-    if model is not None:
-        from dreamcore.models import base_model_family
-
-        family = base_model_family(model)
-        why = f"{family.label}'s training resolution ({model} is an {family.label} model)"
-    elif family_name is not None:
-        family = get_family(family_name)
-        why = f"{family.label}'s training resolution"
-    else:
-        why = f"{DEFAULT_FAMILY.label}'s training resolution (give --family or --model for another model family)"
-    if size is None:
-        return CropSize((family or DEFAULT_FAMILY).training_resolution, why)
-    if family is not None and size != family.training_resolution:
-        return CropSize(size, f"as --size asks ({family.label} trains at {family.training_resolution} px unless "
-                              f"its resolution is set to {size})")
-    return CropSize(size, "as --size asks")
-
-
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from dreamcore.convert.errors import ModelLoadError
     from dreamcore.fileio import OutputWriteError
     from dreamcore.images import ImageLoadError
+    from dreamcore.prepare.sizing import crop_size
     from dreamcore.prepare.faces import DetectorUnavailableError
     from dreamcore.prepare.pipeline import OptionHints, PrepareError, prepare_photos
     from dreamcore.prepare.subject import subject_from_prompts

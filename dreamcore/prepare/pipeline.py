@@ -143,9 +143,9 @@ def prepare_photos(in_dir: str | Path, out_dir: str | Path, size: int = 512, fra
         raise PrepareError(f"{in_dir}: no photos found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); "
                            "put the photos directly in this folder")
     _check_output_folder(in_dir, out_dir)
-    settings = _Settings(size=size, size_reason=size_reason, framing=framing, keep_center_crop=keep_center_crop, require_face=require_face,
-                         look_for_faces=not detector_missing, subject=subject, pad_mode=pad_mode,
-                         max_pixels=max_pixels, hints=hints)
+    settings = _Settings(size=size, size_reason=size_reason, framing=framing, keep_center_crop=keep_center_crop,
+                         require_face=require_face, look_for_faces=not detector_missing, subject=subject,
+                         pad_mode=pad_mode, max_pixels=max_pixels, hints=hints)
 
     staging_area = contextlib.ExitStack()
     try:
@@ -420,8 +420,7 @@ def _assess_set(in_dir: Path, out_dir: Path, settings: _Settings, photos: list[P
                             f"({', '.join(named_groups[part][0])}); the model may learn them as part of the "
                             "person - vary " + ("the places" if part == "backgrounds" else "the outfits"))
     return PrepareReport(in_dir=in_dir, out_dir=out_dir, size=settings.size, size_reason=settings.size_reason,
-                         framing=settings.framing,
-                         photos=photos, warnings=warnings,
+                         framing=settings.framing, photos=photos, warnings=warnings,
                          duplicate_groups=[[photos[i].source.name for i in g] for g in duplicate_groups],
                          background_groups=named_groups["backgrounds"], clothing_groups=named_groups["clothing"],
                          token_check=token_check, subject=subject.name, subject_is_person=subject.is_person,
