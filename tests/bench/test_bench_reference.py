@@ -53,7 +53,8 @@ def test_a_command_is_timed_from_its_bar(tmp_path: Path, capsys) -> None:
     """))
     result = time_command([sys.executable, str(script), "0"], 3, tmp_path / "log.txt", "fake")
     assert result.returncode == 0 and result.steps == 12
-    assert 0.045 <= result.steady_s_per_step < 0.5
+    # the steps sleep 0.05 s; the stamps are taken as the output arrives, so each may be late by a few ms
+    assert 0.04 <= result.steady_s_per_step < 0.5
     assert "loading" in (tmp_path / "log.txt").read_text()  # the whole output is kept
     assert main(["--warmup", "3", "--log", str(tmp_path / "log2.txt"), "--json", str(tmp_path / "result.json"),
                  "--", sys.executable, str(script), "0"]) == 0
