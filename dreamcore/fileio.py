@@ -98,15 +98,22 @@ def atomic_write_stream(final_path: str | Path, write: Callable[[BinaryIO], None
 
 
 @contextlib.contextmanager
-def atomic_directory(final_dir: str | Path, expected_bytes: int | None = None) -> Iterator[Path]:
+def atomic_directory(final_dir: str | Path, expected_bytes: int | None = None,
+                     replaces: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside ``final_dir``; on success it replaces ``final_dir`` whole.
 
     A previous folder of that name is moved aside (``.old-<name>.<pid>``) and deleted only after the new one
     is in place. A process killed between those two renames leaves no ``final_dir`` but a complete old one:
     the next write (or ``remove_leftovers``) puts it back first, so a reader never finds the folder missing
     or half-written.
+
+    ``replaces``: a file every folder of this kind holds (``model_index.json``). An existing ``final_dir`` with
+    other contents and without that file is refused with an ``OutputWriteError``, before anything is written:
+    replacing it would delete files this writer never wrote (a folder of models given as the destination).
     """
     final_dir = Path(final_dir)
+    if replaces is not None:
+        _refuse_foreign_folder(final_dir, replaces)
     try:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
         _recover_directory(final_dir)
@@ -116,9 +123,12 @@ def atomic_directory(final_dir: str | Path, expected_bytes: int | None = None) -
     old = None
     try:
         yield temp_dir
-        os.chmod(temp_dir, 0o777 & ~_current_umask())  # mkdtemp's folder is private (0700), as above
+        umask = _current_umask()
+        os.chmod(temp_dir, 0o777 & ~umask)  # mkdtemp's folder is private (0700), as above
         for path in sorted(temp_dir.rglob("*")):
             if path.is_file():
+                # Libraries may write private files too (safetensors 0.8 writes 0600): readable as any new file
+                os.chmod(path, path.stat().st_mode & 0o7777 | (0o666 & ~umask))
                 _fsync_file(path)
         if final_dir.exists():
             old = final_dir.with_name(f".old-{final_dir.name}.{os.getpid()}")
@@ -143,6 +153,20 @@ def atomic_directory(final_dir: str | Path, expected_bytes: int | None = None) -
             raise _write_error(final_dir, error) from error
         raise
     _remove_stale_siblings(final_dir)
+
+
+def _refuse_foreign_folder(final_dir: Path, marker: str) -> None:
+    if not final_dir.is_dir() or (final_dir / marker).is_file():
+        return
+    try:
+        contents = sorted(child.name for child in final_dir.iterdir())
+    except OSError as error:
+        raise _write_error(final_dir, error) from error
+    if contents:
+        shown = ", ".join(contents[:3]) + (", ..." if len(contents) > 3 else "")
+        raise OutputWriteError(errno.EEXIST, f"could not write {final_dir}: the folder already holds other files "
+                               f"({shown}) and would be replaced whole; give a new or empty folder, such as "
+                               f"{final_dir / 'model'}")
 
 
 def remove_leftovers(folder: str | Path) -> list[str]:

@@ -157,7 +157,7 @@ def save_diffusers_folder(components: ModelComponents, directory: str | Path, dt
                                vae=weights_in(components.vae, dtype),
                                **{name: weights_in(module, dtype) for name, module in components.text_encoders().items()})
     directory = Path(directory)
-    with atomic_directory(directory) as temp:
+    with atomic_directory(directory, replaces="model_index.json") as temp:
         _pipeline(same, same.scheduler).save_pretrained(str(temp), safe_serialization=True)
         for name in get_family(same.family).tokenizer_names:
             _add_slow_tokenizer_files(getattr(same, name), temp / name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,35 @@ def test_outputs_get_ordinary_permissions(tmp_path: Path, monkeypatch: pytest.Mo
         (temp / "a").write_text("1")
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+
+
+def test_files_a_library_writes_private_get_ordinary_permissions(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fileio, "_UMASK", 0o022)
+    with atomic_directory(tmp_path / "folder") as temp:
+        (temp / "unet").mkdir()
+        (temp / "unet" / "weights.safetensors").write_bytes(b"1")
+        os.chmod(temp / "unet" / "weights.safetensors", 0o600)  # as safetensors' save_file leaves its files
+        (temp / "run.sh").write_text("")
+        os.chmod(temp / "run.sh", 0o700)
+    assert (tmp_path / "folder" / "unet" / "weights.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder" / "run.sh").stat().st_mode & 0o777 == 0o744  # an executable stays one
+
+
+def test_a_folder_of_other_files_is_refused_not_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "mine.ckpt").write_text("keep")
+    with pytest.raises(OutputWriteError, match="mine.ckpt.*new or empty folder"):
+        with atomic_directory(folder, replaces="model_index.json") as temp:
+            (temp / "model_index.json").write_text("{}")
+    assert sorted(p.name for p in folder.iterdir()) == ["mine.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    (folder / "mine.ckpt").unlink()
+    for _ in range(2):  # empty, then holding what this writer wrote: replaced
+        with atomic_directory(folder, replaces="model_index.json") as temp:
+            (temp / "model_index.json").write_text("{}")
+    assert sorted(p.name for p in folder.iterdir()) == ["model_index.json"]
 
 
 @pytest.mark.parametrize("free, translated", [(1 << 20, True), (100 << 30, False)])

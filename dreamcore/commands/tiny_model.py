@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dreamcore.fileio import OutputWriteError
     from dreamcore.tiny import save_tiny_model
 
     fmt = args.format or ("safetensors" if args.webui else "diffusers")
@@ -30,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
         print("tiny-model --webui writes an SD1 single file: leave out --family, and use --format safetensors "
               "(the default) or ckpt", file=sys.stderr)
         return 2
-    path = save_tiny_model(args.directory, family=args.family, fmt=fmt, seed=args.seed, webui=args.webui)
+    try:
+        path = save_tiny_model(args.directory, family=args.family, fmt=fmt, seed=args.seed, webui=args.webui)
+    except OutputWriteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     what = "model for the WebUIs" if args.webui else "model"
     print(f"tiny {args.family} {what} written to {path}")
     if args.webui:

@@ -152,6 +152,6 @@ def _convert_vae(src: str, destination: Path, fmt: str, half: bool) -> Path:
         return save_vae_file(vae, destination, half=half)
     if half:
         vae.half()
-    with atomic_directory(destination) as temp:
+    with atomic_directory(destination, replaces="config.json") as temp:
         vae.save_pretrained(str(temp), safe_serialization=True)
     return destination

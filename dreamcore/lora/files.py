@@ -128,7 +128,7 @@ def write_peft_folder(folder: str | Path, weights: LoraWeights) -> Path:
         for name, value in weights.lora_config(part).items():
             packed[f"{part}.{name}"] = sorted(value) if isinstance(value, set) else value
     metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(packed, indent=2, sort_keys=True)}
-    with atomic_directory(folder) as temp:
+    with atomic_directory(folder, replaces=PEFT_WEIGHTS_FILE) as temp:
         write_safetensors(temp / PEFT_WEIGHTS_FILE, tensors, metadata)
         (temp / "dreamcore_lora.json").write_text(json.dumps({"family": weights.family, **weights.metadata},
                                                              indent=2) + "\n")

@@ -32,6 +32,16 @@ def header(path: Path) -> dict:
         return json.loads(file.read(size))
 
 
+def test_a_diffusers_folder_is_not_written_over_a_folder_of_other_files(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The help's own order: a single file into a folder, then a diffusers model into the same folder."""
+    assert main(["tiny-model", "--format", "safetensors", str(tmp_path / "models")]) == 0
+    assert main(["tiny-model", str(tmp_path / "models")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "tiny-sd1.safetensors" in err and "new or empty folder" in err
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-sd1.safetensors"]
+
+
 @pytest.mark.parametrize("flags", [["--format", "diffusers"], ["--family", "sd2"]])
 def test_webui_model_is_an_sd1_single_file_only(flags: list[str], tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:

@@ -50,3 +50,19 @@ def test_ema_from_a_single_file_only_and_format_conflicts(tiny_files, tmp_path, 
     assert main(["convert", str(tiny_files[("sd1", ".ckpt")]), str(tmp_path / "y.ckpt"), "--use-ema"]) == 1
     assert "no EMA weights" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_a_folder_holding_other_files_is_not_replaced(tiny_files, tmp_path, capsys) -> None:
+    """A diffusers folder is written whole: given a folder of other models as DST, convert refuses and deletes
+    nothing; a folder it wrote before is replaced."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "other.safetensors").write_bytes(b"someone's model")
+    assert main(["convert", str(tiny_files[("sd1", ".safetensors")]), str(models)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(models) in err and "other.safetensors" in err and "new or empty" in err
+    assert sorted(p.name for p in models.iterdir()) == ["other.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]  # no temporary folder left beside it
+    assert main(["convert", str(tiny_files[("sd1", ".safetensors")]), str(models / "sd1")]) == 0
+    assert main(["convert", str(tiny_files[("sd1", ".safetensors")]), str(models / "sd1")]) == 0  # its own folder
+    assert (models / "sd1" / "model_index.json").is_file() and (models / "other.safetensors").is_file()
