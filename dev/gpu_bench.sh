@@ -8,7 +8,8 @@
 # `dreamcore bench` and, with RUN_ACCELERATE=1, issue 10's single-GPU run of the multi-process path; with
 # RUN_GPU_TESTS=1 the gpu tests (GPU_TESTS_K: a pytest -k filter). EXTRA_PYTHONPATH goes first on PYTHONPATH
 # (dev/allreduce_variant).
-# "sdxl": the SDXL section (below) instead: dreamcore bench of "SDXL LoRA" and "SDXL full" on the random SDXL, then
+# "sdxl": the SDXL section (below) instead: dreamcore bench of "SDXL LoRA" (as the preset, then through the recorded
+# step) and "SDXL full" on the random SDXL, then
 # diffusers' train_dreambooth_lora_sdxl.py (REFERENCE_SCRIPT, a path: never committed here) on the same model and
 # photos with the LoRA preset's settings. MODEL_SIZE tiny checks the commands on the tiny SDXL (on a CPU too).
 set -uo pipefail
@@ -30,6 +31,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 import torch._dynamo, torch._higher_order_ops.triton_kernel_wrap' 2>&1 | tail -2
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 python3 -c 'import torch, diffusers, transformers, accelerate, peft; import importlib.util as u; print("triton", u.find_spec("triton") and __import__("triton").__version__, "torch", torch.__version__, "diffusers", diffusers.__version__, "bnb", u.find_spec("bitsandbytes") and __import__("bitsandbytes").__version__, "transformers", transformers.__version__, "accelerate", accelerate.__version__, "peft", peft.__version__)'
+if [ "${RUN_GPU_TESTS:-0}" = 1 ]; then
+  python3 -m pytest -q -p no:cacheprovider --run-gpu -m gpu ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} tests/bench tests/training 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
+fi
 if [ "$SECTION" = sdxl ]; then
   # --- sdxl: dreamcore's SDXL presets, then diffusers' reference on the same random model and photos -----------
   REFERENCE=${1:?"usage: bash dev/gpu_bench.sh sdxl STEPS WARMUP REFERENCE_SCRIPT [MODEL_SIZE]"}; SIZE=${2:-sdxl}
@@ -46,6 +50,9 @@ if [ "$SECTION" = sdxl ]; then
     grep -v "it/s\]\|Loading\|Writing\|warn" "$OUT/$1.log" | tail -12
   }
   sdxl_bench sdxl-lora "$LORA"
+  # The same LoRA through the tiers' recorded step (one CUDA graph a step), with the settings it needs: bf16 instead
+  # of fp16's host-checked loss scaler, fused AdamW instead of bitsandbytes'.
+  sdxl_bench sdxl-lora-recorded "$LORA,fast_step=true,cuda_graph=true,mixed_precision=bf16,use_8bit_adam=false"
   # The reference's flags from the configuration dreamcore ran "SDXL LoRA" with (one a line). Its LoRA is on the
   # attention only (to_q/k/v/out.0 and q/k/v/out_proj, alpha = rank): dreamcore's also has proj_in/out, the
   # feed-forward and fc1/fc2. The instance photos stand in as its class images (their content does not change a
@@ -94,7 +101,7 @@ EOF
   echo "reference exit $?"
   tr '\r' '\n' < "$OUT/sdxl-reference.log" | grep -v "it/s\]\|Loading\|warn\|^\s*$" | tail -8
   sdxl_bench sdxl-full "SDXL full:$QUICK"
-  python3 - "$OUT/sdxl-reference.json" "$OUT/sdxl-lora.json" "$OUT/sdxl-full.json" <<'EOF'
+  python3 - "$OUT/sdxl-reference.json" "$OUT/sdxl-lora.json" "$OUT/sdxl-lora-recorded.json" "$OUT/sdxl-full.json" <<'EOF'
 import json
 import sys
 from pathlib import Path
@@ -105,17 +112,15 @@ results = [result for path in map(Path, sys.argv[2:]) if path.is_file()
 theirs = reference["steady_s_per_step"]
 print(f"reference: {theirs and f'{theirs:.4f} s/step'}, training peak {reference['train_peak_device_gib']} GiB, "
       f"run peak {reference['peak_device_gib']} GiB")
-for index, result in enumerate(results):
+for result in results:
     ours = (result.get("phases") or {}).get("steady_s_per_step")
-    # the first is the LoRA preset, whose settings the reference ran with
-    ratio = f", {theirs / ours:.2f}x the reference's it/s" if index == 0 and ours and theirs else ""
+    # the LoRA runs train what the reference trains (the recorded one at bf16 with fused AdamW)
+    lora = result["label"].startswith("SDXL LoRA")
+    ratio = f", {theirs / ours:.2f}x the reference's it/s" if lora and ours and theirs else ""
     print(f"{result['label']}: {result['status']}, {ours and f'{ours:.4f} s/step'}{ratio}, training peak "
           f"{result['train_peak_device_gib']} GiB, run peak {result['peak_device_gib']} GiB")
 EOF
   exit 0
-fi
-if [ "${RUN_GPU_TESTS:-0}" = 1 ]; then
-  python3 -m pytest -q -p no:cacheprovider --run-gpu -m gpu ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} tests/bench tests/training 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
 fi
 if [ "${RUN_ACCELERATE:-0}" = 1 ]; then
   W=/tmp/acc; rm -rf $W; mkdir -p $W/photos
