@@ -109,10 +109,13 @@ class Checkpoints:
             samples = gather_object(samples)
         if not accelerator.is_main_process:
             return None
-        sample_folder = self.plan.output_dir / "samples" / f"step-{step:06d}"
+        sample_folder = self.sample_folder(step)
         paths = write_samples(samples, sample_folder, config.seed)
         self.emit(SamplesSaved(step, tuple(str(p) for p in paths), prompt))
         return sample_folder
+
+    def sample_folder(self, step: int) -> Path:
+        return self.plan.output_dir / "samples" / f"step-{step:06d}"
 
     def validate(self, step: int) -> None:
         """Samples only, no checkpoint (validation_steps)."""
@@ -120,8 +123,9 @@ class Checkpoints:
             self.make_samples(pipeline, step)
         self.trainer.accelerator.wait_for_everyone()
 
-    def save_checkpoint(self, step: int, final: bool) -> dict[str, str]:
-        """Samples plus the single-file model (and, at the end, the diffusers folder)."""
+    def save_checkpoint(self, step: int, final: bool, samples: bool = True) -> dict[str, str]:
+        """Samples plus the single-file model (and, at the end, the diffusers folder). ``samples`` False: this
+        step's samples are made already (validation_steps), and are not drawn again."""
         from dreamcore.convert import save_single_file
         from dreamcore.convert.single_file import single_file_writer
         from dreamcore.models import save_diffusers_folder
@@ -132,7 +136,10 @@ class Checkpoints:
             self.trainer.release_step_memory()
             self.trainer.check_weights_across_processes(step)
         with self.trainer.sampling() as (components, pipeline):
-            sample_folder = self.make_samples(pipeline, step)
+            if samples:
+                sample_folder = self.make_samples(pipeline, step)
+            else:
+                sample_folder = self.sample_folder(step) if self.trainer.accelerator.is_main_process else None
             if sample_folder is not None:  # the main process
                 prompt = config.save_sample_prompt or plan.concepts[0].concept.instance_prompt
                 outputs["samples"] = str(sample_folder)

@@ -333,6 +333,10 @@ def run_steps(trainer: Trainer, checkpoints: Checkpoints, emit: Emitter, stop: S
                       accumulated_prior if config.with_prior_preservation else None, seconds))
 
     unread: tuple[int, LateValues, float] | None = None  # the last launched step, whose values are still on the GPU
+    # What the loop last saved, by step: a stop right after a save does not write or draw it again.
+    saved_state: tuple[int, Path] | None = None
+    saved_checkpoint: tuple[int, dict[str, str]] | None = None
+    sampled_step: int | None = None
     while step < plan.total_steps:
         if stop is not None and stop.is_set():
             status = "stopped"
@@ -366,11 +370,13 @@ def run_steps(trainer: Trainer, checkpoints: Checkpoints, emit: Emitter, stop: S
                     what for what, due in (("state", state_due), ("samples", samples_due or checkpoint_due),
                                            ("checkpoint", checkpoint_due)) if due)))
                 if state_due:
-                    checkpoints.save_state(step)
+                    saved_state = (step, checkpoints.save_state(step))
                 if samples_due:
                     checkpoints.validate(step)
                 if checkpoint_due:
-                    checkpoints.save_checkpoint(step, final=False)
+                    saved_checkpoint = (step, checkpoints.save_checkpoint(step, final=False))
+                if samples_due or checkpoint_due:
+                    sampled_step = step
             if checkpoint_due and trainer.likeness is not None and trainer.likeness.should_stop():
                 emit.log(f"likeness has not risen for {config.likeness_early_stop} checkpoints: stopping early "
                          f"at step {step} (likeness_early_stop).")
@@ -380,10 +386,16 @@ def run_steps(trainer: Trainer, checkpoints: Checkpoints, emit: Emitter, stop: S
 
     state = None
     if status == "stopped":
-        emit(Stage("export", f"stopped at step {step}: saving a resumable state and a checkpoint"))
+        state = saved_state[1] if saved_state is not None and saved_state[0] == step else None
+        checkpoint = saved_checkpoint[1] if saved_checkpoint is not None and saved_checkpoint[0] == step else None
+        to_save = [what for what, saved in (("a resumable state", state), ("a checkpoint", checkpoint))
+                   if saved is None]
+        emit(Stage("export", f"stopped at step {step}" + (f": saving {' and '.join(to_save)}" if to_save else "")))
         trainer.saver.wait()
-        state = checkpoints.save_state(step)
-        outputs = checkpoints.save_checkpoint(step, final=False)
+        if state is None:
+            state = checkpoints.save_state(step)
+        outputs = checkpoint if checkpoint is not None else \
+            checkpoints.save_checkpoint(step, final=False, samples=sampled_step != step)
         trainer.saver.wait()
     else:
         emit(Stage("export", "final model"))

@@ -133,6 +133,30 @@ def test_resume_of_an_in_backward_run_reaches_the_same_weights(tiny_model_dir: P
         optimizer_in_backward=True, max_grad_norm=0.0, mixed_precision="no")
 
 
+@pytest.mark.parametrize("saves", [{"validation_steps": 2}, {"save_interval": 2}])
+def test_a_stop_right_after_a_save_does_not_save_or_sample_that_step_again(
+        saves: dict, tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    """Ctrl+C during a save (state and samples, or a checkpoint) ends the run at that step: what the save wrote
+    is the stop's state and checkpoint, not written or drawn a second time."""
+    stop, events = StopRequest(), []
+
+    def record(event) -> None:
+        events.append(event)
+        if event.kind == "progress" and event.step == 2:  # announced just before step 2's save
+            stop.set()
+
+    config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", checkpointing_steps=2, **saves)
+    result = train(config, callbacks=[record], stop=stop)
+    assert result.status == "stopped" and result.step == 2
+    assert [e.step for e in events if e.kind == "samples"] == [2]
+    saved = [(e.what, e.step) for e in events if e.kind == "checkpoint"]
+    assert saved.count(("state", 2)) == 1 and saved.count(("checkpoint", 2)) == 1
+    assert Path(result.outputs["single_file"]).is_file() and Path(result.outputs["state"]).is_dir()
+    assert Path(result.outputs["samples"]) == tmp_path / "out" / "samples" / "step-000002"
+    export = [e.detail for e in events if e.kind == "stage" and e.name == "export"]
+    assert export == ["stopped at step 2" + ("" if "save_interval" in saves else ": saving a checkpoint")]
+
+
 def test_nan_loss_stops_with_a_cause(tiny_model_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
     config = tiny_config(tiny_model_dir, photo_dir, tmp_path / "out", learning_rate=1.0, max_train_steps=30,
                          max_grad_norm=0.0)
