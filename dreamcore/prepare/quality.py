@@ -16,8 +16,9 @@ from PIL import Image
 # grace_hopper 2148; the same under a Gaussian blur of about 1 px at that scale: 75 and 91; 1.5-2 px: 12-31.
 BLUR_MEASURE_FACE_WIDTH = 128
 BLURRY_BELOW = 100.0
-# Standard deviation of the grey levels (0-255) of a 64x64 copy under which a photo is one flat colour
-# (the averaging into 64x64 removes most sensor noise and JPEG blocking, so only real content is left).
+# Standard deviation of the levels (0-255) of each colour channel of a 64x64 copy under which a photo is one
+# flat colour (the averaging into 64x64 removes most sensor noise and JPEG blocking, so only real content is
+# left). Per channel, not grey: a brown dog on green grass can be one grey level.
 BLANK_BELOW = 3.0
 # Hamming distance between 64-bit perceptual hashes at or under which two crops count as near-duplicates
 # (the same shot, or a burst): re-encoding or a small crop shift stays under 6, different poses exceed 16.
@@ -29,8 +30,8 @@ ALIKE_MIN_SIMILARITY = 0.75
 
 def is_blank(image: Image.Image) -> bool:
     """True when the photo is one flat colour (a lens cap, a blank export): nothing in it to learn."""
-    small = image.convert("L").resize((64, 64), Image.Resampling.BOX, reducing_gap=2.0)
-    return float(np.asarray(small, dtype=np.float64).std()) < BLANK_BELOW
+    small = image.convert("RGB").resize((64, 64), Image.Resampling.BOX, reducing_gap=2.0)
+    return float(np.asarray(small, dtype=np.float64).reshape(-1, 3).std(axis=0).max()) < BLANK_BELOW
 
 
 def blur_score(image: Image.Image, face_box: tuple[float, float, float, float]) -> float:

@@ -56,3 +56,18 @@ def test_outside_face_histograms_ignore_exposure_but_see_another_place(astronaut
     assert similarity(clothing, bright_clothing) > quality.ALIKE_MIN_SIMILARITY
     assert similarity(background, other_background) < 0.5
     assert quality.lookalike_groups([background, bright_background, other_background]) == [[0, 1]]
+
+
+def test_blank_means_one_flat_colour_not_one_grey_level(astronaut: Image.Image) -> None:
+    """A brown dog on green grass can be a single grey level; it is still a photo with something in it."""
+    grass, dog = (90, 140, 60), (165, 100, 64)
+    two_colours = Image.new("RGB", (400, 300), grass)
+    two_colours.paste(dog, (120, 80, 300, 220))
+    grey = np.asarray(two_colours.convert("L").resize((64, 64), Image.Resampling.BOX), dtype=np.float64)
+    assert grey.std() < quality.BLANK_BELOW  # flat in grey
+    assert not quality.is_blank(_jpeg(two_colours, 90))
+    rng = np.random.default_rng(0)
+    noisy_flat = np.clip(rng.normal((40, 90, 160), 6, (300, 400, 3)), 0, 255).astype(np.uint8)
+    assert quality.is_blank(_jpeg(Image.fromarray(noisy_flat, "RGB"), 80))  # sensor noise on a lens cap
+    assert quality.is_blank(Image.new("RGB", (640, 480), (200, 30, 30)))
+    assert not quality.is_blank(astronaut)
