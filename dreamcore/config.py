@@ -317,10 +317,13 @@ class TrainConfig:
                             ".safetensors/.ckpt file).")
         elif not Path(self.pretrained_model_name_or_path).exists() and not HUB_REPO_ID.match(
                 self.pretrained_model_name_or_path):
-            problems.append(f"pretrained_model_name_or_path: {self.pretrained_model_name_or_path!r} does not exist.")
+            problems.append(f"pretrained_model_name_or_path: {self.pretrained_model_name_or_path!r} does not exist; "
+                            "check the path of the base model (a diffusers folder or a .safetensors/.ckpt file).")
         if self.pretrained_vae_name_or_path and not Path(self.pretrained_vae_name_or_path).exists() and not \
                 HUB_REPO_ID.match(self.pretrained_vae_name_or_path):
-            problems.append(f"pretrained_vae_name_or_path: {self.pretrained_vae_name_or_path!r} does not exist.")
+            problems.append(f"pretrained_vae_name_or_path: {self.pretrained_vae_name_or_path!r} does not exist; "
+                            "check the path of the VAE (a diffusers VAE folder or a single file), or leave it "
+                            "empty for the base model's own.")
         if self.concepts_list and (self.instance_data_dir or self.instance_prompt):
             problems.append("concepts_list and instance_data_dir/instance_prompt both given: use one or the other.")
         for index, concept in enumerate(self._concepts(problems)):
@@ -345,7 +348,8 @@ class TrainConfig:
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit <= 0:
             problems.append("checkpoints_total_limit: must be at least 1, or empty for no limit.")
         if not self.learning_rate > 0:
-            problems.append(f"learning_rate: must be positive (got {self.learning_rate}).")
+            problems.append(f"learning_rate: must be positive (got {self.learning_rate}); the guide uses 1e-6, "
+                            "LoRA about 1e-4.")
         if self.text_encoder_lr is not None and not self.text_encoder_lr >= 0:
             problems.append(f"text_encoder_lr: must not be negative (got {self.text_encoder_lr}); leave it empty "
                             "for learning_rate.")
@@ -700,7 +704,8 @@ def _concept_problems(concept: Concept, where: str, prior_preservation: bool) ->
     if not concept.instance_data_dir:
         problems.append(f"{where}: instance_data_dir is empty; give the folder of photos.")
     elif not folder.is_dir():
-        problems.append(f"{where}: photo folder {folder} does not exist.")
+        problems.append(f"{where}: photo folder {folder} does not exist; check instance_data_dir (the folder "
+                        "that holds the photos of the subject).")
     else:
         try:
             images = list_image_files(folder)

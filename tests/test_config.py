@@ -129,6 +129,19 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert len(raised.value.problems) >= 9
 
 
+def test_a_missing_path_or_a_bad_rate_says_what_to_check(tmp_path: Path) -> None:
+    config = TrainConfig(pretrained_model_name_or_path=str(tmp_path / "v1-5.safetensors"),
+                         pretrained_vae_name_or_path=str(tmp_path / "vae.safetensors"),
+                         instance_data_dir=str(tmp_path / "photos"), instance_prompt="photo of sks person",
+                         output_dir=str(tmp_path / "out"), learning_rate=-1.0)
+    problems = {p.split(":")[0]: p for p in config.problems()}
+    assert str(tmp_path / "v1-5.safetensors") in problems["pretrained_model_name_or_path"]
+    assert "check the path of the base model" in problems["pretrained_model_name_or_path"]
+    assert "leave it empty for the base model's own" in problems["pretrained_vae_name_or_path"]
+    assert str(tmp_path / "photos") in problems["instance"] and "check instance_data_dir" in problems["instance"]
+    assert "the guide uses 1e-6" in problems["learning_rate"]
+
+
 def test_empty_photo_folder(tmp_path: Path, model_dir: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
