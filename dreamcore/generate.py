@@ -284,9 +284,14 @@ def _load(source: ModelSource, device: str) -> LoadedModel:
 
     components = load_base_model(str(source.path))
     if source.lora is not None:
+        from dreamcore.lora.kohya import LoraFormatError
         from dreamcore.lora.merge import apply_lora
+        from dreamcore.models import ModelLoadError
 
-        apply_lora(components, source.lora)
+        try:
+            apply_lora(components, source.lora)
+        except LoraFormatError as error:  # every caller reports a model that cannot be drawn from
+            raise ModelLoadError(str(error)) from None
     pipeline = build_pipeline(components)
     # fp16 on a GPU, as the WebUI runs a model; the CPU keeps the fp32 it loaded (it has no fast fp16).
     pipeline.to(device, torch.float16) if device.startswith("cuda") else pipeline.to(device)

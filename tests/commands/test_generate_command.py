@@ -151,3 +151,13 @@ def test_settings_from_a_dict_list_every_problem() -> None:
         assert any(p.startswith(field) for p in problems), field
     assert settings_from_dict({"prompt": "x", "seed": "random"}).seed is None
     assert settings_from_dict({"prompt": "x", "seed": -1}).seed is None
+
+
+def test_a_lora_that_does_not_fit_is_an_error_naming_it(tiny_file: Path, tmp_path: Path, capsys) -> None:
+    # a model file given as the LoRA: read as neither layout, reported as one line, not a traceback
+    code = main(["generate", "--model", str(tiny_file), "--lora", str(tiny_file), "--prompt", "x",
+                 "--num_inference_steps", "2", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith(f"error: {tiny_file}: ") and "LoRA key" in err
+    assert not (tmp_path / "out").exists()

@@ -117,7 +117,7 @@ def test_merge_lora_cli_reports_bad_inputs(tmp_path: Path, capsys: pytest.Captur
     sd1 = trained_looking_lora("sd1")
     lora = write_kohya_file(tmp_path / "sd1.safetensors", sd1, kohya_metadata(sd1, "tiny", "x"))
     assert main(["merge-lora", str(base), str(lora), str(tmp_path / "o.safetensors")]) == 1
-    assert "LoRA for sd1 but the base model is sd2" in capsys.readouterr().err
+    assert "LoRA for SD1.x models but the model is SD2.x" in capsys.readouterr().err
     assert not (tmp_path / "o.safetensors").exists()
 
 
