@@ -397,6 +397,12 @@ def _load_tokenizer(source: str, family: str) -> Any:
         path = _resolve_source(source, "", what="tokenizer")
         if (path / "tokenizer").is_dir():
             path = path / "tokenizer"
+    # transformers 5 builds an empty tokenizer from a folder without vocabulary, which fails at the first prompt
+    if path.is_dir() and not ((path / "tokenizer.json").is_file() or
+                              ((path / "vocab.json").is_file() and (path / "merges.txt").is_file())):
+        raise ModelLoadError(f"{path}: no tokenizer in this folder (neither vocab.json with merges.txt nor "
+                             "tokenizer.json); copy the model's folder again, or delete this folder to use dreamcore's "
+                             "shipped CLIP tokenizer")
     try:
         return CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as error:

@@ -91,6 +91,19 @@ def test_folder_without_tokenizer_uses_the_shipped_one(sd1_folder, tmp_path) -> 
     assert loaded.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
+@pytest.mark.parametrize("kept", [[], ["tokenizer_config.json"], ["vocab.json", "tokenizer_config.json"]])
+def test_sdxl_folder_whose_second_tokenizer_folder_is_emptied_is_named(kept, tmp_path) -> None:
+    folder = save_diffusers_folder(build_tiny_model("sdxl"), tmp_path / "tiny-sdxl")
+    for path in (folder / "tokenizer_2").iterdir():
+        if path.name not in kept:
+            path.unlink()
+    with pytest.raises(ModelLoadError, match=r"tiny-sdxl/tokenizer_2: no tokenizer in this folder .*delete this folder"):
+        load_base_model(str(folder))
+    shutil.rmtree(folder / "tokenizer_2")  # without the folder: the shipped one, padding as SDXL's second does
+    loaded = load_base_model(str(folder))
+    assert loaded.tokenizer_2.pad_token == "!" and loaded.tokenizer_2("a cat").input_ids == [49406, 320, 2368, 49407]
+
+
 def test_replacement_vae_from_file_and_folder(sd1_folder, tmp_path) -> None:
     other = build_tiny_model("sd1", seed=11)
     vae_file = save_vae_file(other.vae, tmp_path / "other.vae.safetensors")
