@@ -97,7 +97,8 @@ def test_sdxl_folder_whose_second_tokenizer_folder_is_emptied_is_named(kept, tmp
     for path in (folder / "tokenizer_2").iterdir():
         if path.name not in kept:
             path.unlink()
-    with pytest.raises(ModelLoadError, match=r"tiny-sdxl/tokenizer_2: no tokenizer in this folder .*delete this folder"):
+    with pytest.raises(ModelLoadError,
+                       match=r"tiny-sdxl/tokenizer_2: no tokenizer in this folder .*delete this folder"):
         load_base_model(str(folder))
     shutil.rmtree(folder / "tokenizer_2")  # without the folder: the shipped one, padding as SDXL's second does
     loaded = load_base_model(str(folder))

@@ -157,7 +157,7 @@ def read_lora(path: str | Path, family: str = AUTO, default_family: str = DEFAUL
         path = path / PEFT_WEIGHTS_FILE
     state, metadata = read_state_dict(path)
     chosen = family if family != AUTO else (metadata.get(FAMILY_KEY) or sidecar.get("family")
-                                              or _family_from_kohya_metadata(metadata))
+                                              or _family_from_kohya_metadata(metadata, path))
     if is_kohya_state_dict(state):
         if chosen is None:
             chosen = _family_from_shapes(state) or default_family
@@ -235,14 +235,14 @@ def _read_diffusers_state(path: Path, state: dict[str, torch.Tensor], metadata: 
     return LoraWeights(parts, alphas, family, {k: v for k, v in metadata.items() if k != "lora_adapter_metadata"})
 
 
-def _family_from_kohya_metadata(metadata: dict[str, str]) -> str | None:
+def _family_from_kohya_metadata(metadata: dict[str, str], path: Path) -> str | None:
     version = metadata.get("ss_base_model_version", "")
     family = family_of_kohya_version(version) if version else None
     if family is not None:
         return family.name
     if version.startswith("sdxl_"):
-        raise LoraFormatError(f"this is a LoRA for {version} (ss_base_model_version); dreamcore handles LoRAs of "
-                              "SDXL base models, not of the refiner")
+        raise LoraFormatError(f"{path}: a LoRA for {version} (ss_base_model_version); dreamcore handles LoRAs of "
+                              "SDXL base models, not of the refiner: use one trained on SDXL base 1.0 or a fine-tune")
     if metadata.get("ss_v2") in ("True", "False"):
         by_v2 = family_of_kohya_version(SD2_KOHYA_VERSION if metadata["ss_v2"] == "True" else SD1_KOHYA_VERSION)
         return None if by_v2 is None else by_v2.name
@@ -292,7 +292,7 @@ def lora_family(path: str | Path) -> str | None:
 
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         metadata = handle.metadata() or {}
-    return metadata.get(FAMILY_KEY) or _family_from_kohya_metadata(metadata)
+    return metadata.get(FAMILY_KEY) or _family_from_kohya_metadata(metadata, Path(path))
 
 
 def webui_prompt_snippet(path: str | Path, weight: float | None = None) -> str:

@@ -179,7 +179,8 @@ def test_family_is_told_from_the_keys_without_metadata(sdxl_lora, tmp_path: Path
     path = write_safetensors(tmp_path / "bare.safetensors", state, {})
     assert read_lora(path).family == "sdxl"
     refiner = write_safetensors(tmp_path / "refiner.safetensors", state, {"ss_base_model_version": "sdxl_refiner_v1-0"})
-    with pytest.raises(LoraFormatError, match="not of the refiner"):
+    with pytest.raises(LoraFormatError, match=r"refiner.safetensors: a LoRA for sdxl_refiner_v1-0 .*not of the refiner: "
+                                              r"use one trained on SDXL base 1.0"):
         read_lora(refiner)
 
 
