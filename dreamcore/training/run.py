@@ -129,14 +129,13 @@ def ensure_class_images(trainer: Trainer, emit: Emitter, stop: StopSignal | None
 def with_family_resolution(config: TrainConfig, emit: Emitter) -> TrainConfig:
     """``config`` at its model family's training resolution (SDXL 1024 px) when the person chose none, so that
     photos are prepared, class images made and samples drawn at it. The family is read from the model's files
-    (a refiner is refused here, before any photo is cropped)."""
-    if config.chose("resolution"):
-        return config
+    (key names and shapes only) whether or not the resolution was chosen, so that a refiner is refused here,
+    before any photo is cropped into the output folder."""
     from dreamcore.models import base_model_family
 
     config.validate()  # every settings problem at once, before the model's files are read
     family = base_model_family(config.pretrained_model_name_or_path, config.revision, config.model_family)
-    if family.training_resolution == config.resolution:
+    if config.chose("resolution") or family.training_resolution == config.resolution:
         return config
     emit.log(f"resolution: {family.training_resolution} px, what {family.label} is trained at (no resolution "
              "given); set resolution to train at another size.")

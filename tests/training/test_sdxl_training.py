@@ -118,6 +118,7 @@ def test_a_refiner_is_refused_before_training(resolution, photo_dir, tmp_path) -
     with pytest.raises(ModelLoadError, match=r"sd_xl_refiner_1.0.safetensors: this is an SDXL refiner.*SDXL base"):
         train(config, callbacks=[events.append])
     assert not any(isinstance(e, Stage) and e.name == "train" for e in events)
+    assert not (tmp_path / "out").exists()  # refused before a photo was cropped into the output folder
 
 
 def test_a_refiner_folder_is_named_as_such(sdxl_dir, tmp_path) -> None:
