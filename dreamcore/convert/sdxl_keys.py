@@ -114,15 +114,15 @@ def clip_l_to_original(state_dict: Mapping[str, torch.Tensor], max_positions: in
     return out
 
 
-def clip_l_from_original(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The file's CLIP ViT-L weights (prefix removed) -> ``text_model.*``; also the keys left out (the position
-    ids, which are 0..76 by definition)."""
+def clip_l_from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The file's CLIP ViT-L weights (prefix removed) -> ``text_model.*``. The position ids are not weights
+    (0..76 by definition, rebuilt on load; SDXL base 1.0 and dreamcore's files hold them): dropped unmentioned,
+    as the SD1 and SD2 readers drop them."""
     unknown = [key for key in state_dict if not key.startswith("text_model.")]
     if unknown:
         raise ModelLoadError(f"unexpected text encoder key {CLIP_L_PREFIX}{unknown[0]}: it is not part of SDXL's "
                              "CLIP ViT-L text encoder")
-    ignored = [CLIP_L_PREFIX + POSITION_IDS] if POSITION_IDS in state_dict else []
-    return {key: tensor for key, tensor in state_dict.items() if key != POSITION_IDS}, ignored
+    return {key: tensor for key, tensor in state_dict.items() if key != POSITION_IDS}
 
 
 def openclip_g_to_original(state_dict: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:

@@ -2,8 +2,8 @@
 
 Pure functions over state dicts, as ``layout`` is for SD1/SD2: ``to_sdxl_single_file_layout`` prefixes each
 component the way the WebUIs expect; ``split_sdxl_single_file_layout`` takes a file's state dict apart and fails
-on any key it cannot place, except those listed as ignored (training buffers, EMA copies, the position ids
-and open_clip's logit scale), which no SDXL pipeline reads.
+on any key it cannot place, except those listed as ignored (training buffers, EMA copies and open_clip's
+logit scale), which no SDXL pipeline reads.
 """
 
 from __future__ import annotations
@@ -73,11 +73,11 @@ def split_sdxl_single_file_layout(state_dict: Mapping[str, torch.Tensor], unet_c
         if not has_ema:
             raise ModelLoadError("this file has no EMA weights (no 'model_ema.*' keys); load it without use_ema")
         unet = {key: _ema_tensor(state_dict, key) for key in unet}
-    text_encoder, clip_ignored = clip_l_from_original(clip_l)
+    text_encoder = clip_l_from_original(clip_l)
     text_encoder_2, openclip_ignored = openclip_g_from_original(openclip_g, text_layers_2)
     return SplitSdxlCheckpoint(unet=sdxl_unet_from_original(unet, unet_config),
                                vae=vae_from_original(vae, vae_config), text_encoder=text_encoder,
-                               text_encoder_2=text_encoder_2, ignored=ignored + clip_ignored + openclip_ignored,
+                               text_encoder_2=text_encoder_2, ignored=ignored + openclip_ignored,
                                has_ema=has_ema)
 
 

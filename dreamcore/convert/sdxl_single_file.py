@@ -99,7 +99,8 @@ def sdxl_single_file_to_components(state_dict: Mapping[str, torch.Tensor], confi
     except ModelLoadError as error:
         raise ModelLoadError(f"{source}: {error}") from None
     if split.ignored:
-        log.info("%s: left out %d keys no SDXL pipeline reads (e.g. %s)", source, len(split.ignored), split.ignored[0])
+        log.info("%s: left out %d key%s no SDXL pipeline reads (e.g. %s)", source, len(split.ignored),
+                 "" if len(split.ignored) == 1 else "s", split.ignored[0])
     unet = assign_weights(empty_unet(configs["unet"]), split.unet, "UNet", source, MODEL_NAME)
     vae = assign_weights(empty_vae(configs["vae"]), split.vae, "VAE", source, MODEL_NAME)
     text_encoder = assign_weights(empty_text_encoder(configs["text_encoder"]), split.text_encoder, "text encoder",

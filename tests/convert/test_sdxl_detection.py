@@ -43,6 +43,20 @@ def test_base_files_and_fine_tunes_are_recognised(state) -> None:
     assert sdxl_single_file_to_components(fine_tune, configs).family == "sdxl"
 
 
+def test_only_keys_that_hold_something_are_reported_as_left_out(state, caplog) -> None:
+    # the position ids (0..76 by definition) are in SDXL base 1.0 and in every file dreamcore writes
+    assert "conditioner.embedders.0.transformer.text_model.embeddings.position_ids" in state
+    configs = tiny_sdxl_configs()
+    with caplog.at_level("INFO", logger="dreamcore.convert.sdxl_single_file"):
+        sdxl_single_file_to_components(state, configs, source="mine.safetensors")
+    assert "left out" not in caplog.text
+    with caplog.at_level("INFO", logger="dreamcore.convert.sdxl_single_file"):
+        sdxl_single_file_to_components({**state, "conditioner.embedders.1.model.logit_scale": torch.tensor(4.6)},
+                                       configs, source="theirs.safetensors")
+    assert ("theirs.safetensors: left out 1 key no SDXL pipeline reads "
+            "(e.g. conditioner.embedders.1.model.logit_scale)") in caplog.text
+
+
 def test_sd_files_are_not_sdxl() -> None:
     assert not is_sdxl_state_dict({"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.ones(2),
                                    "model.diffusion_model.input_blocks.0.0.weight": torch.ones(2, 4, 3, 3)})
