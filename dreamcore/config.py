@@ -113,7 +113,7 @@ class TrainConfig:
     resolution: int = _field(
         512, "Training resolution in pixels (a multiple of 8). Unless you set it, the model family's: "
         + ", ".join(f"{family.label} {family.training_resolution}" for family in FAMILIES.values()) + ".",
-        "Concept")
+        "Concept", default_help="the model family's")
     center_crop: bool = _field(False, "Centre-crop photos to a square; otherwise a random crop.", "Concept")
     hflip: bool = _field(False, "Randomly mirror photos (augmentation; turns off latent caching).", "Concept")
     prepare_photos: bool = _field(
@@ -334,9 +334,15 @@ class TrainConfig:
                      "n_save_sample", "save_infer_steps", "class_infer_steps", "lr_num_cycles"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: must be at least 1 (got {getattr(self, name)}).")
+        from dreamcore.prepare.sizing import SMALLEST_SIZE
+
+        if 0 < self.resolution < SMALLEST_SIZE:
+            problems.append(f"resolution: {self.resolution} is below {SMALLEST_SIZE} pixels, the smallest photos are "
+                            f"prepared and trained at; use {SMALLEST_SIZE} or more, or leave it unset for the model "
+                            "family's own (SD1.x 512, SDXL 1024).")
         if self.resolution > 0 and self.resolution % 8:
             problems.append(f"resolution: {self.resolution} is not a multiple of 8 (the VAE works in 8-pixel "
-                            f"cells); use {self.resolution // 8 * 8 or 8}.")
+                            f"cells); use {max(self.resolution // 8 * 8, SMALLEST_SIZE)}.")
         for name in ("max_train_steps", "num_train_epochs"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -619,7 +625,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(*names, dest=f.name, type=_optional(kind) if field_is_optional(f) else kind,
                                 choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
-                                help=f"{help_text} (default: {f.default})")
+                                help=f"{help_text} (default: {f.metadata.get('default_help', f.default)})")
 
 
 def config_from_arguments(namespace: argparse.Namespace) -> TrainConfig:

@@ -268,3 +268,23 @@ def test_saved_settings_hold_absolute_paths(tmp_path: Path, photos: Path, model_
     assert (absolute.pretrained_vae_name_or_path, absolute.resume_from_checkpoint) == \
         ("stabilityai/sd-vae-ft-mse", "step-4")
     assert absolute.chosen_settings == config.chosen_settings
+
+
+@pytest.mark.parametrize("resolution, expected", [
+    (48, ["resolution: 48 is below 64 pixels", "use 64 or more"]),
+    (30, ["resolution: 30 is below 64 pixels", "resolution: 30 is not a multiple of 8", "use 64."]),
+    (100, ["resolution: 100 is not a multiple of 8", "use 96."]),
+])
+def test_a_resolution_below_the_smallest_crop_or_off_the_vaes_grid_is_refused(resolution: int,
+                                                                              expected: list[str]) -> None:
+    problems = "\n".join(TrainConfig(resolution=resolution).problems())
+    for text in expected:
+        assert text in problems, problems
+    assert not [p for p in TrainConfig(resolution=64).problems() if p.startswith("resolution")]
+
+
+def test_the_resolutions_help_names_the_model_familys_default() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "SDXL 1024. (default: the model family's)" in text and "(default: 512)" not in text

@@ -131,7 +131,7 @@ def load_sdxl_single_file(path: str | Path, family: str = "auto", use_ema: bool 
     metadata = metadata or {}
     if not is_sdxl_state_dict(state_dict):
         raise ModelLoadError(f"{path} is not an SDXL model (no conditioner.embedders.* keys); load it as SD1/SD2")
-    for source, named in (("family argument", family if family != "auto" else None),
+    for source, named in (("the family given (--family, model_family)", family if family != "auto" else None),
                           (f"{path.name}'s metadata", metadata.get(FAMILY_KEY))):
         if named is not None and named != SDXL_FAMILY:
             raise ModelLoadError(f"{path}: {source} says {named} but the weights are SDXL (two text encoders under "

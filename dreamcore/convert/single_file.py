@@ -246,7 +246,7 @@ def _file_metadata(components: ModelComponents, path: Path) -> dict[str, str]:
 def _choose_family(path: Path, key_family: str, requested: str, yaml_config, metadata: Mapping[str, str]
                    ) -> str | None:
     """The family by precedence (argument, yaml, metadata); None for SD2 when only a forward pass can tell."""
-    sources = [("family argument", requested if requested != "auto" else None),
+    sources = [("the family given (--family, model_family)", requested if requested != "auto" else None),
                (f"{path.with_suffix('.yaml').name}", yaml_config.family if yaml_config else None),
                (f"{path.name}'s metadata", metadata.get(FAMILY_KEY))]
     for source, family in sources:

@@ -29,6 +29,7 @@ from dreamcore.prepare.framing import (FRAMINGS, PAD_MODES, CropPlan, plan_cente
 from dreamcore.prepare.report import (GUIDE_MAX_PHOTOS, GUIDE_MIN_PHOTOS, OBJECT_MIN_PHOTOS, STEPS_PER_PHOTO,
                                       PhotoResult, PrepareReport)
 from dreamcore.prepare.saliency import salient_point
+from dreamcore.prepare.sizing import SMALLEST_SIZE
 from dreamcore.prepare.same_person import SamePersonCheck, check_same_person, face_patch
 from dreamcore.prepare.subject import Subject
 from dreamcore.prepare.token import TokenCheck, check_token
@@ -229,8 +230,8 @@ def _write_error(out_dir: Path, in_dir: Path, what: str, errno: int | None) -> O
 
 def _check_options(size: int, framing: str, pad_mode: str) -> None:
     problems = []
-    if not isinstance(size, int) or size < 64 or size % 8:
-        problems.append(f"size must be a whole number of pixels, at least 64 and a multiple of 8 (the VAE "
+    if not isinstance(size, int) or size < SMALLEST_SIZE or size % 8:
+        problems.append(f"size must be a whole number of pixels, at least {SMALLEST_SIZE} and a multiple of 8 (the VAE "
                         f"works in 8-pixel blocks), not {size!r}; the guide uses 512")
     if framing not in FRAMINGS:
         problems.append(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The smallest side photos are cropped to and trained at: the VAE's 8-pixel cells leave an 8x8 latent, the least
+# a UNet's three downsamplings divide evenly.
+SMALLEST_SIZE = 64
+
 
 @dataclass(frozen=True)
 class CropSize:

@@ -174,7 +174,7 @@ def test_yaml_beside_the_file_wins_and_contradictions_are_errors(tiny_files, tmp
                                          "ldm.modules.encoders.modules.FrozenCLIPEmbedder\n")
     with pytest.raises(ModelLoadError, match="model.yaml says sd1 but the weights are sd2"):
         load_single_file(sd2)
-    with pytest.raises(ModelLoadError, match="family argument says sd1"):
+    with pytest.raises(ModelLoadError, match=r"the family given \(--family, model_family\) says sd1"):
         load_single_file(tiny_files[("sd2", ".ckpt")], family="sd1")
 
 

@@ -111,7 +111,7 @@ def test_a_wrong_family_argument_is_named(tiny, tmp_path) -> None:
     from dreamcore.convert import save_single_file
 
     path = save_single_file(tiny, tmp_path / "model.safetensors")
-    with pytest.raises(ModelLoadError, match="family argument says sd1 but the weights are SDXL"):
+    with pytest.raises(ModelLoadError, match=r"the family given \(--family, model_family\) says sd1 but the weights are SDXL"):
         load_single_file(path, family="sd1")
 
 
