@@ -155,10 +155,12 @@ def settings_from_dict(values: Mapping[str, Any], source: str = "settings") -> G
 # --- the parameters text -----------------------------------------------------------------------------
 
 def parameters_text(settings: GenerationSettings, seed: int, width: int, height: int, model_name: str,
-                    model_hash: str | None = None) -> str:
+                    model_hash: str | None = None, lora_name: str | None = None) -> str:
     """The settings of one image as the WebUI writes them: the prompt, ``Negative prompt: ...`` (when there is
     one), then one line of ``Key: value`` pairs. A value holding a comma, colon or line break is written as a
-    JSON string, which the WebUI's parser reads back as it was."""
+    JSON string, which the WebUI's parser reads back as it was. ``model_name`` and ``model_hash`` are the base
+    model's; a LoRA drawn with it (``lora_name``, its file's name) is written into the prompt as the WebUI's
+    ``<lora:name:1>``, so sending the text to txt2img draws with the base model and that LoRA again."""
     sampler = SAMPLERS[settings.sampler]
     fields: dict[str, Any] = {
         "Steps": settings.num_inference_steps,
@@ -172,7 +174,10 @@ def parameters_text(settings: GenerationSettings, seed: int, width: int, height:
     }
     line = ", ".join(f"{key}: {_quoted(value)}" for key, value in fields.items() if value not in (None, ""))
     negative = f"\nNegative prompt: {settings.negative_prompt}" if settings.negative_prompt else ""
-    return f"{settings.prompt}{negative}\n{line}"
+    prompt = settings.prompt
+    if lora_name and f"<lora:{lora_name}:" not in prompt:
+        prompt = f"{prompt} <lora:{lora_name}:1>" if prompt else f"<lora:{lora_name}:1>"
+    return f"{prompt}{negative}\n{line}"
 
 
 def _quoted(value: Any) -> str:
@@ -188,14 +193,26 @@ class ModelSource:
 
     path: Path
     lora: Path | None = None
-    label: str = ""  # how the model is named in the parameters text; default: the file's name
+    label: str = ""  # how the base model is named in the parameters text; default: the file's name
 
     @property
     def name(self) -> str:
+        """The base model's name, as the parameters text's ``Model``."""
         if self.label:
             return self.label
-        named = self.lora if self.lora is not None else self.path
-        return named.stem if named.is_file() else named.name
+        return self.path.stem if self.path.is_file() else self.path.name
+
+    @property
+    def lora_name(self) -> str | None:
+        """The LoRA's name as the WebUI's ``<lora:name:1>`` names it (its file's name), or None."""
+        if self.lora is None:
+            return None
+        return self.lora.stem if self.lora.is_file() else self.lora.name
+
+    @property
+    def title(self) -> str:
+        """Both names, for messages: "base + lora"."""
+        return self.name if self.lora is None else f"{self.name} + {self.lora_name}"
 
     def key(self) -> tuple[Any, ...]:
         """Changes when a file is written again (a re-run's checkpoint), so the cache reloads it."""
@@ -257,7 +274,7 @@ class PipelineCache:
     def release(self) -> list[str]:
         """Unload every model (after the generation running now, if any); returns their names."""
         with self._lock:
-            names = [model.source.name for model in self._models.values()]
+            names = [model.source.title for model in self._models.values()]
             self._models.clear()
             _free_memory()
         return names
@@ -361,7 +378,8 @@ def _draw_batch_count(model: LoadedModel, settings: GenerationSettings, out: str
     results = []
     for index in range(settings.batch_count):
         image = draw(model, [settings.prompt], settings, seed + index, width, height)[0]
-        text = parameters_text(settings, seed + index, width, height, model.source.name, model.model_hash)
+        text = parameters_text(settings, seed + index, width, height, model.source.name, model.model_hash,
+                               model.source.lora_name)
         image.info[PARAMETERS_CHUNK] = text
         path = save_png(image, Path(out), seed + index, text) if out is not None else None
         results.append(GeneratedImage(image, seed + index, text, path))

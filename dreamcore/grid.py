@@ -129,7 +129,7 @@ def render_grid(checkpoints: Sequence[RunCheckpoint], prompts: Sequence[str], se
     reference, note = _likeness_reference(photos_dir)
     cells, likeness = [], []
     for checkpoint in checkpoints:
-        progress(f"drawing {checkpoint.label} ({checkpoint.source.name}) ...")
+        progress(f"drawing {checkpoint.label} ({checkpoint.source.title}) ...")
         with cache.use(checkpoint.source) as model:
             width, height = settings.width or model.native_size, settings.height or model.native_size
             images = draw(model, list(prompts), settings, settings.seed, width, height)

@@ -95,8 +95,9 @@ class GeneratePanel:
                                           height=models.resolution)
             grid = render_grid(models.checkpoints, prompts, settings, cache=self.service.cache,
                                class_prompt=models.class_prompt, photos_dir=models.photos_dir)
-            text = parameters_text(settings, models.seed, models.resolution, models.resolution,
-                                   models.checkpoints[0].source.name)
+            first = models.checkpoints[0].source
+            text = parameters_text(settings, models.seed, models.resolution, models.resolution, first.name,
+                                   lora_name=first.lora_name)
             path = save_png(grid.image, models.output_dir / "grids", models.seed, text)
         except (GridError, GenerateError, ModelLoadError, TrainingFirstError, JobNotFoundError) as error:
             return None, f"**{error}**"

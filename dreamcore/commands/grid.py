@@ -72,5 +72,6 @@ def make_grid(args: argparse.Namespace):
               file=sys.stderr)
     out = Path(args.out) if args.out else models.output_dir / "grids"
     # The first cell's parameters, as the WebUI's grids carry: PNG Info then shows how the cells were drawn.
-    text = parameters_text(settings, settings.seed, size, size, grid.checkpoints[0].source.name)
+    first = grid.checkpoints[0].source
+    text = parameters_text(settings, settings.seed, size, size, first.name, lora_name=first.lora_name)
     return save_png(grid.image, out, settings.seed, text)

@@ -1,4 +1,4 @@
-"""Baking a LoRA into a base model: one full single file, with diffusers' own loading and fusing."""
+"""Baking a LoRA into a base model's weights: for generating with it, or as one full single file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dreamcore.lora.files import LoraWeights, read_lora
-from dreamcore.lora.kohya import PEFT_A, PEFT_B, LoraFormatError, peft_to_kohya
+from dreamcore.lora.kohya import PEFT_A, PEFT_B, LoraFormatError
 
 if TYPE_CHECKING:
     from dreamcore.components import ModelComponents
@@ -26,11 +26,9 @@ def merge_lora(base: str, lora: str, out: str | Path, weight: float = 1.0, half:
 
 
 def apply_lora(components, lora: str | Path, weight: float = 1.0) -> None:
-    """Fuse a LoRA into a loaded model's weights in place (diffusers' load_lora_weights + fuse_lora)."""
+    """Fuse a LoRA into a loaded model's weights in place. Raises LoraFormatError for a LoRA of another model."""
     from dreamcore.convert.architecture import base_family
     from dreamcore.families.registry import get_family
-    from dreamcore.models import build_pipeline
-
     weights = read_lora(lora, default_family=components.family)
     model_label = get_family(components.family).label
     if base_family(weights.family) != base_family(components.family):
@@ -43,11 +41,29 @@ def apply_lora(components, lora: str | Path, weight: float = 1.0) -> None:
         raise LoraFormatError(f"{lora}: {len(unfit)} of its layers are not in this {model_label} model or have "
                               f"other sizes there (e.g. {unfit[0]}); it is a LoRA for another model: use it with "
                               "the model it was trained on")
-    pipeline = build_pipeline(components)
-    # The kohya layout is the one every LoRA can be written in; diffusers reads its alphas itself.
-    pipeline.load_lora_weights(peft_to_kohya(weights.parts, weights.alphas, weights.family), adapter_name="merged")
-    pipeline.fuse_lora(lora_scale=weight, adapter_names=["merged"])
-    pipeline.unload_lora_weights()
+    _fuse(components, weights, weight)
+
+
+def _fuse(components: "ModelComponents", weights: LoraWeights, scale: float) -> None:
+    """Each adapted layer's weight += scale * alpha / rank * up @ down, in the layer's dtype. By hand, not with
+    diffusers' load_lora_weights + fuse_lora: its reading of a kohya file tells the text encoder's layout by an
+    out_proj adapter and fails ("Could not automatically infer state dict type") on LoRAs without one."""
+    import torch
+
+    for part, state in weights.parts.items():
+        # transformers 5's CLIPTextModel has no "text_model." level; LoRA files keep it
+        layers = {name.removeprefix("text_model."): layer for name, layer in getattr(components, part).named_modules()}
+        for key, down in state.items():
+            if not key.endswith(PEFT_A):
+                continue
+            module = key[:-len(PEFT_A)]
+            layer = layers[module.removeprefix("text_model.")]
+            rank = down.shape[0]
+            factor = scale * weights.alphas.get(f"{part}.{module}", float(rank)) / rank
+            # a convolution's down is (rank, in, kh, kw) and its up (out, rank, 1, 1): the product has its shape
+            delta = state[module + PEFT_B].flatten(1).double() @ down.flatten(1).double()
+            with torch.no_grad():
+                layer.weight += (factor * delta).reshape(layer.weight.shape).to(layer.weight.dtype)
 
 
 def unfit_layers(components: "ModelComponents", weights: LoraWeights) -> list[str]:
