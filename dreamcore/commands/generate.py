@@ -30,8 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_seed, default=1337,
                         help="A number, or 'random' (drawn once and written into each image's parameters); "
                              "image i of a batch uses seed + i.")
-    parser.add_argument("--guidance_scale", type=float, default=7.5, help="CFG scale.")
-    parser.add_argument("--num_inference_steps", type=int, default=30, help="Sampling steps.")
+    # the WebUI's names ("CFG scale", "Steps") as the second spelling
+    parser.add_argument("--guidance_scale", "--cfg_scale", dest="guidance_scale", type=float, default=7.5,
+                        help="CFG scale.")
+    parser.add_argument("--num_inference_steps", "--steps", dest="num_inference_steps", type=int, default=30,
+                        help="Sampling steps.")
     parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS),
                         help="The WebUI's sampler of that name.")
     parser.add_argument("--batch_count", "--num_images", dest="batch_count", type=int, default=1,

@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{' | '.join(DEFAULT_EXTRA_PROMPTS)}, and the class prompt.")
     parser.add_argument("--seed", type=int, default=None, help="The seed of every cell (default: the run's seed).")
     parser.add_argument("--negative_prompt", default="")
-    parser.add_argument("--guidance_scale", type=float, default=7.5)
-    parser.add_argument("--num_inference_steps", type=int, default=30)
+    parser.add_argument("--guidance_scale", "--cfg_scale", dest="guidance_scale", type=float, default=7.5,
+                        help="CFG scale.")
+    parser.add_argument("--num_inference_steps", "--steps", dest="num_inference_steps", type=int, default=30,
+                        help="Sampling steps.")
     parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS))
     parser.add_argument("--resolution", type=int, default=None,
                         help="Cell size in pixels (default: the run's training resolution).")

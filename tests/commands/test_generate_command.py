@@ -191,3 +191,11 @@ def test_a_lora_is_written_as_the_webui_draws_it_on_its_base_model(tiny_file: Pa
     fields = webui_reading(Image.open(next((tmp_path / "lora").glob("*.png"))).info["parameters"])
     assert fields["Prompt"] == "photo of sks person <lora:anna-face:1>"
     assert fields["Model"] == "anna-v1" and fields["Model hash"] == base_fields["Model hash"]
+
+
+def test_the_webuis_names_for_steps_and_cfg_scale_are_understood(tiny_file: Path, tmp_path: Path, capsys) -> None:
+    code = main(["generate", "--model", str(tiny_file), "--prompt", "x", "--steps", "2", "--cfg_scale", "5",
+                 "--seed", "3", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    fields = webui_reading(Image.open(next(tmp_path.glob("*.png"))).info["parameters"])
+    assert fields["Steps"] == "2" and fields["CFG scale"] == "5"
