@@ -192,7 +192,8 @@ class JobProgress:
             self.step = int(event.get("step", self.step))
             self.outputs.update({str(k): str(v) for k, v in (event.get("outputs") or {}).items()})
             if self.finished_status == "completed":
-                self.eta_seconds = 0.0
+                # nothing is under way any more: the last stage shown beside "completed" read as still running
+                self.eta_seconds, self.stage = 0.0, ""
         elif kind == JOB_MODEL:
             self.family = str(event["family"])
         elif kind == JOB_ERROR:

@@ -83,3 +83,17 @@ def test_a_line_cut_short_by_a_kill_does_not_break_the_next_attempt(job, monkeyp
     assert progress.attempt == 2 and progress.finished_status == "completed"
     assert progress.outputs == {"single_file": "m.safetensors"}
     assert any("unfinished event line" in message for message in progress.messages)
+
+
+def test_a_completed_job_shows_no_stage_but_a_stopped_one_keeps_where_it_stopped():
+    from dreamcore.jobs.events_file import JobProgress
+
+    def progress_after(status: str) -> JobProgress:
+        progress = JobProgress()
+        for event in ({"kind": "job_started", "attempt": 1}, {"kind": "stage", "name": "export"},
+                      {"kind": "finished", "status": status, "step": 12}):
+            progress.apply(event)
+        return progress
+
+    assert progress_after("completed").stage == ""  # it showed "completed (export)"
+    assert progress_after("stopped").stage == "export"
