@@ -83,6 +83,25 @@ class TabHandlers:
             return choices, loaded
         return choices, choices[0] if len(choices) == 1 else None
 
+    def preset_for_model(self, base_model: str, preset: str) -> str:
+        """The preset to show once a base model is chosen: its family's own (SDXL LoRA for SDXL, Portrait for
+        SD1/SD2) while the preset shown is another family's starting one; a preset the person picked is kept.
+        A model that cannot be read keeps the preset too: Start names the problem."""
+        from dreamcore.models import ModelLoadError
+        from dreamcore.presets import FAMILY_DEFAULT_PRESETS, PORTRAIT_PRESET, default_preset
+
+        checkpoint = self.controller.host.checkpoint_path(base_model) if base_model else None
+        if checkpoint is None or preset not in {PORTRAIT_PRESET, *FAMILY_DEFAULT_PRESETS.values()}:
+            return preset
+        from dreamcore.models import base_model_family
+
+        try:
+            family = base_model_family(str(checkpoint))
+        except (ModelLoadError, OSError, ValueError) as error:
+            logger.info("dreamcore: the preset stays %s: %s", preset, error)
+            return preset
+        return default_preset(family.name)
+
     # --- training --------------------------------------------------------------------------------
     def start(self, *values: Any) -> Iterator[tuple[Any, ...]]:
         """Start button: queue the job, then follow it until it ends (yields WATCH_OUTPUTS)."""
@@ -430,6 +449,13 @@ def build_tab(controller: TrainingController, default_preset: str, notice: str =
             follow_on_load, inputs=[], outputs=watch_outputs, **unlimited)
         refresh.click(lambda: gr.update(choices=handlers.refresh_models()), inputs=[], outputs=[base_model])
         preset.change(lambda name: handlers.preset_values(name), inputs=[preset], outputs=advanced_controls)
+
+        def preset_for_model(model: str, shown: str) -> Any:
+            # An unchanged preset is left alone, so its change event does not reset the advanced settings.
+            chosen = handlers.preset_for_model(model, shown)
+            return gr.update() if chosen == shown else gr.update(value=chosen)
+
+        base_model.change(preset_for_model, inputs=[base_model, preset], outputs=[preset])
         start.click(start_and_follow, inputs=form_inputs, outputs=watch_outputs)
         watch.click(follow, inputs=[job], outputs=watch_outputs)
         cancel.click(handlers.cancel, inputs=[job], outputs=[message])
