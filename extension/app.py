@@ -40,7 +40,8 @@ def build_app(output_root: str | Path, share_api: bool = True, access: Any = Non
     blocks, handlers = build_tab(controller, PORTRAIT_PRESET, notice=notice)
     blocks.title = TAB_TITLE
     generation = GenerateService(controller.manager(), output_root / "generated")
-    blocks, handlers.generate_panel = with_generate_panel(blocks, generation, host.checkpoint_dir())
+    blocks, handlers.generate_panel = with_generate_panel(blocks, generation, host.checkpoint_dir(),
+                                                          lora_folder=host.lora_dir())
     app = FastAPI(title="dreamcore")
     if share_api:
         from dreamcore.jobs.allowed import AllowedFolders

@@ -29,12 +29,16 @@ class PanelImages:
 class GeneratePanel:
     """What the panel's controls do, without gradio (tests call these as the buttons do)."""
 
-    def __init__(self, service: GenerateService, model_folder: Path):
+    def __init__(self, service: GenerateService, model_folder: Path, lora_folder: Path | None = None):
+        """``lora_folder``: LoRA files inside ``model_folder`` that the list leaves out (each cannot draw on its
+        own; its job's entry draws with it on its base model)."""
         self.service = service
         self.model_folder = Path(model_folder)
+        self.lora_folder = Path(lora_folder) if lora_folder is not None else None
 
     def choices(self) -> list[str]:
-        return [choice.label for choice in self.service.model_choices((self.model_folder,))]
+        return [choice.label for choice in self.service.model_choices((self.model_folder,))
+                if self.lora_folder is None or choice.job or not choice.source.path.is_relative_to(self.lora_folder)]
 
     def prompt_for(self, model: str) -> str:
         """The instance prompt of the job the model comes from; "" for a model file."""
@@ -128,11 +132,11 @@ def _whole(value: Any) -> Any:
 # --- gradio ----------------------------------------------------------------------------------------------
 
 def with_generate_panel(train_blocks: Any, service: GenerateService, model_folder: Path,
-                        train_title: str = "Train") -> tuple[Any, GeneratePanel]:
+                        train_title: str = "Train", lora_folder: Path | None = None) -> tuple[Any, GeneratePanel]:
     """The app's page: the training tab and the Generate panel, each on a tab of its own."""
     import gradio as gr
 
-    panel = GeneratePanel(service, model_folder)
+    panel = GeneratePanel(service, model_folder, lora_folder)
     with gr.Blocks(analytics_enabled=False, title=getattr(train_blocks, "title", None)) as page:
         with gr.Tab(train_title):
             train_blocks.render()

@@ -348,8 +348,10 @@ class StandaloneHost:
         folder = self.checkpoint_dir()
         if not folder.is_dir():
             return []
+        # The LoRAs the app publishes lie in models/Lora: no base model to train from.
         return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                      if p.suffix in CHECKPOINT_SUFFIXES and ".vae." not in p.name)
+                      if p.suffix in CHECKPOINT_SUFFIXES and ".vae." not in p.name
+                      and not p.is_relative_to(self.lora_dir()))
 
     def checkpoint_path(self, title: str) -> str | None:
         path = self.checkpoint_dir() / title

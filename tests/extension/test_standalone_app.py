@@ -30,6 +30,19 @@ def test_build_app_serves_the_tab_and_the_rest_api(tmp_path: Path) -> None:
     assert page.status_code == 200 and "<html" in page.text.lower()
 
 
+def test_published_loras_are_neither_base_models_nor_models_to_draw_with(tmp_path: Path) -> None:
+    """A finished LoRA job is copied to models/Lora, inside the models folder: it was listed as a base model to
+    train from and as a model in the Generate panel, where it can only fail ('this is a LoRA, not a full
+    model'); its job's own entry draws with it."""
+    app_module = importlib.import_module("dreamcore_webui.app")
+    (tmp_path / "models" / "Lora" / "dreamcore").mkdir(parents=True)
+    (tmp_path / "models" / "Lora" / "dreamcore" / "anna.safetensors").write_bytes(b"x")
+    (tmp_path / "models" / "tiny.safetensors").write_bytes(b"x")
+    _app, _blocks, handlers = app_module.build_app(tmp_path, share_api=False)
+    assert handlers.controller.host.checkpoint_choices() == ["tiny.safetensors"]
+    assert handlers.generate_panel.choices() == ["tiny.safetensors"]
+
+
 def test_with_a_token_the_tab_asks_for_it_as_its_login(tmp_path: Path) -> None:
     """Listening beyond this computer the app has a token: the REST API asks for it, and so does the tab,
     which can start jobs too."""
