@@ -336,13 +336,15 @@ class TrainConfig:
                 problems.append(f"{name}: must be at least 1 (got {getattr(self, name)}).")
         from dreamcore.prepare.sizing import SMALLEST_SIZE
 
-        if 0 < self.resolution < SMALLEST_SIZE:
-            problems.append(f"resolution: {self.resolution} is below {SMALLEST_SIZE} pixels, the smallest photos are "
-                            f"prepared and trained at; use {SMALLEST_SIZE} or more, or leave it unset for the model "
-                            "family's own (SD1.x 512, SDXL 1024).")
-        if self.resolution > 0 and self.resolution % 8:
-            problems.append(f"resolution: {self.resolution} is not a multiple of 8 (the VAE works in 8-pixel "
-                            f"cells); use {max(self.resolution // 8 * 8, SMALLEST_SIZE)}.")
+        if self.resolution > 0 and (self.resolution < SMALLEST_SIZE or self.resolution % 8):
+            reasons = []
+            if self.resolution % 8:
+                reasons.append("is not a multiple of 8 (the VAE works in 8-pixel cells)")
+            if self.resolution < SMALLEST_SIZE:
+                reasons.append(f"is below {SMALLEST_SIZE} pixels, the smallest photos are prepared and trained at")
+            advice = (f"use {SMALLEST_SIZE} or more, or leave it unset for the model family's own (SD1.x 512, SDXL "
+                      "1024)") if self.resolution < SMALLEST_SIZE else f"use {self.resolution // 8 * 8}"
+            problems.append(f"resolution: {self.resolution} {' and '.join(reasons)}; {advice}.")
         for name in ("max_train_steps", "num_train_epochs"):
             value = getattr(self, name)
             if value is not None and value <= 0:
