@@ -305,8 +305,9 @@ def test_cancel_stops_a_running_job_and_resume_finishes_it(webui: dict) -> None:
     webui["callbacks"].ui_tabs_callback()
     handlers = webui["extension"].handlers
     advanced = dict(zip([f.name for f in handlers.advanced], handlers.preset_values(handlers.default_preset)))
-    advanced.update(host_scenario.TINY_RUN, with_prior_preservation=False, max_train_steps="10",
-                    save_interval=0, checkpointing_steps=5)
+    # enough steps that the tab's once-a-second view sees training run (10 tiny steps could end between two looks)
+    advanced.update(host_scenario.TINY_RUN, with_prior_preservation=False, max_train_steps="100",
+                    save_interval=0, checkpointing_steps=25)
     values = ["base/tiny-sd1.safetensors", str(webui["photos"]), None, "sks", "person", "stop-me",
               handlers.default_preset, *advanced.values()]
     cancel_message = ""
@@ -317,11 +318,11 @@ def test_cancel_stops_a_running_job_and_resume_finishes_it(webui: dict) -> None:
     assert "was cancelled" in outputs[0]
     assert handlers.cancel("stop-me").startswith("**job 'stop-me' has already ended")
     stopped_at = handlers.controller.job("stop-me").step
-    assert stopped_at < 10
+    assert stopped_at < 100
     for outputs in handlers.resume("stop-me"):
         pass
     info = handlers.controller.job("stop-me")
-    assert info.status == "completed" and info.step == 10, outputs[0]
+    assert info.status == "completed" and info.step == 100, outputs[0]
     assert "finished" in outputs[0]
 
 
