@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from pathlib import Path
@@ -14,11 +15,17 @@ CHECK = Path(__file__).with_name("api_host_check.py")
 
 @pytest.mark.parametrize("host", ["a1111", "forge"])
 def test_the_rest_api_works_with_the_hosts_fastapi(host: str):
-    python = REPO / ".venv-hosts" / host / "bin" / "python"
-    if not python.exists():
-        pytest.skip(f"no {host} venv at {python.parent.parent} (tests/extension/host_venvs.py builds it)")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([str(python), str(CHECK)], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
+    venvs = REPO / ".venv-hosts"
+    python = venvs / host / "bin" / "python"
+    venvs.mkdir(exist_ok=True)
+    # The host tests build the venv under this lock (tests/extension/host_venvs.py), maybe in another worker at
+    # this moment: wait for a build to end, and hold the lock shared so that none starts while the check runs.
+    with open(venvs / f"{host}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if not (python.exists() and (venvs / host / ".dreamcore-host-pins.json").is_file()):
+            pytest.skip(f"no {host} venv at {python.parent.parent} (tests/extension/host_venvs.py builds it)")
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+        result = subprocess.run([str(python), str(CHECK)], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "api ok" in result.stdout
