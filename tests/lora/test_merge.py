@@ -16,27 +16,15 @@ from dreamcore.lora.kohya import LoraFormatError
 from dreamcore.lora.merge import apply_lora, unfit_layers
 from dreamcore.tiny import build_tiny_model
 
+from lora_adapters import with_adapters
+
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def adapted(family: str, seed: int = 0) -> ModelComponents:
     """A tiny model of ``family`` with LoRA adapters on its UNet and text encoders, lora_B not zero."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    model = build_tiny_model(family, seed=seed)
-    torch.manual_seed(seed)
-    model.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=UNET_TARGETS), adapter_name="default")
-    for encoder in model.text_encoders().values():
-        config = LoraConfig(r=2, lora_alpha=2, target_modules=TEXT_TARGETS)
-        inject_adapter_in_model(config, encoder, adapter_name="default")
-        encoder.peft_config = {"default": config}
-    with torch.no_grad():
-        for module in (model.unet, *model.text_encoders().values()):
-            for name, parameter in module.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(0, 0.3)
-    return model
+    return with_adapters(build_tiny_model(family, seed=seed), UNET_TARGETS, TEXT_TARGETS, seed=seed)
 
 
 @pytest.fixture(scope="module")

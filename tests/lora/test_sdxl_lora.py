@@ -26,33 +26,21 @@ from dreamcore.lora.files import (LoraWeights, convert_lora, kohya_metadata, loo
                                   write_kohya_file, write_peft_folder)
 from dreamcore.lora.kohya import LoraFormatError, kohya_to_peft, peft_to_kohya
 
+from lora_adapters import with_adapters
 from tiny_sdxl import build_tiny_sdxl
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
-def with_adapters(model: ModelComponents, seed: int = 0) -> ModelComponents:
+def sdxl_with_adapters(model: ModelComponents, seed: int = 0) -> ModelComponents:
     """PEFT LoRA adapters on the UNet and both text encoders, as a trained run leaves them (lora_B not zero)."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    torch.manual_seed(seed)
-    model.unet.add_adapter(LoraConfig(r=2, lora_alpha=4, target_modules=UNET_TARGETS), adapter_name="default")
-    for encoder in (model.text_encoder, model.text_encoder_2):
-        config = LoraConfig(r=2, lora_alpha=2, target_modules=TEXT_TARGETS)
-        inject_adapter_in_model(config, encoder, adapter_name="default")
-        encoder.peft_config = {"default": config}
-    with torch.no_grad():
-        for module in (model.unet, model.text_encoder, model.text_encoder_2):
-            for name, parameter in module.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(0, 0.3)
-    return model
+    return with_adapters(model, UNET_TARGETS, TEXT_TARGETS, unet_alpha=4, seed=seed)
 
 
 @pytest.fixture(scope="module")
 def adapted() -> ModelComponents:
-    return with_adapters(build_tiny_sdxl(seed=11))
+    return sdxl_with_adapters(build_tiny_sdxl(seed=11))
 
 
 @pytest.fixture(scope="module")
