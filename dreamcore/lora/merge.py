@@ -51,8 +51,7 @@ def _fuse(components: "ModelComponents", weights: LoraWeights, scale: float) -> 
     import torch
 
     for part, state in weights.parts.items():
-        # transformers 5's CLIPTextModel has no "text_model." level; LoRA files keep it
-        layers = {name.removeprefix("text_model."): layer for name, layer in getattr(components, part).named_modules()}
+        layers = _layers(getattr(components, part))
         for key, down in state.items():
             if not key.endswith(PEFT_A):
                 continue
@@ -72,9 +71,7 @@ def unfit_layers(components: "ModelComponents", weights: LoraWeights) -> list[st
     unfit = []
     for part, state in weights.parts.items():
         model = getattr(components, part, None)
-        # transformers 5's CLIPTextModel has no "text_model." level; LoRA files keep it
-        layers = {} if model is None else {name.removeprefix("text_model."): layer
-                                           for name, layer in model.named_modules()}
+        layers = {} if model is None else _layers(model)
         for key, down in state.items():
             if not key.endswith(PEFT_A):
                 continue
@@ -84,3 +81,9 @@ def unfit_layers(components: "ModelComponents", weights: LoraWeights) -> list[st
             if weight is None or up is None or down.shape[1] != weight.shape[1] or up.shape[0] != weight.shape[0]:
                 unfit.append(f"{part}.{module}")
     return sorted(unfit)
+
+
+def _layers(model) -> dict:
+    """A model's layers by name, without the "text_model." level: transformers 5's CLIPTextModel has none, and
+    LoRA files keep it (their names are looked up with it removed)."""
+    return {name.removeprefix("text_model."): layer for name, layer in model.named_modules()}
